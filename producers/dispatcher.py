@@ -1,0 +1,103 @@
+"""Turn pending work into Celery messages carrying doc ids.
+
+A claim marks rows as published and commits only after their messages were sent: a producer
+that dies in between leaves the rows unclaimed (rolled back), never lost. Two producers claim
+disjoint rows (``FOR UPDATE SKIP LOCKED``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+
+from celery import Celery
+from kombu.exceptions import OperationalError as KombuOperationalError
+from psycopg_pool import ConnectionPool
+
+from workers import db
+from workers.batching import chunked
+from workers.errors import BrokerUnavailable
+from workers.queues import TASK_EMBED, queue_for_format
+
+logger = logging.getLogger(__name__)
+
+PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5,
+                 "interval_max": 2.0}
+
+
+@dataclass
+class Published:
+    claimed: int = 0
+    docs: int = 0
+    messages: int = 0
+
+
+class Dispatcher:
+    def __init__(self, pool: ConnectionPool, app: Celery, *, ids_per_message: int,
+                 claim_limit: int):
+        self.pool = pool
+        self.app = app
+        self.ids_per_message = ids_per_message
+        self.claim_limit = claim_limit
+        self._queues: dict[int, str | None] = {}
+
+    def dispatch_once(self) -> Published:
+        """Claim up to ``claim_limit`` pending rows and publish them; commit after sending."""
+        published = Published()
+        with db.pooled(self.pool) as conn, conn.transaction():
+            rows = conn.execute(_claim_sql(), {"limit": self.claim_limit}).fetchall()
+            if not rows:
+                return published
+            published.claimed = len(rows)
+            by_version: dict[int, list[int]] = defaultdict(list)
+            for version_id, doc_id in rows:
+                by_version[version_id].append(doc_id)
+            self._refresh_queues(conn, by_version)
+            try:
+                with self.app.producer_or_acquire() as producer:
+                    for version_id, doc_ids in by_version.items():
+                        queue = self._queues.get(version_id)
+                        if queue is None:
+                            continue
+                        for ids in chunked(sorted(doc_ids), self.ids_per_message):
+                            self.app.send_task(TASK_EMBED, args=(version_id, ids), queue=queue,
+                                               producer=producer, retry=True,
+                                               retry_policy=PUBLISH_RETRY)
+                            published.messages += 1
+                            published.docs += len(ids)
+            except KombuOperationalError as exc:
+                # rolls the claim back: the rows stay publishable
+                raise BrokerUnavailable(f"cannot publish to the broker: {exc}") from exc
+        if published.docs:
+            logger.info("published %d docs in %d messages", published.docs, published.messages)
+        return published
+
+    def drain(self) -> Published:
+        """Publish until nothing is left to claim."""
+        total = Published()
+        while True:
+            step = self.dispatch_once()
+            total.claimed += step.claimed
+            total.docs += step.docs
+            total.messages += step.messages
+            if step.claimed < self.claim_limit:
+                return total
+
+    def _refresh_queues(self, conn, by_version: dict[int, list[int]]) -> None:
+        if all(v in self._queues for v in by_version):
+            return
+        for row in db.fetch_all(conn, "model_versions"):
+            if row["kind"] != "embedding":
+                continue
+            try:
+                self._queues[row["id"]] = queue_for_format(row["format"])
+            except ValueError as exc:
+                logger.error("model version %s: %s", row["id"], exc)
+                self._queues[row["id"]] = None
+
+
+def _claim_sql() -> str:
+    import schema
+
+    return schema.query("claim_pending")

@@ -1,0 +1,68 @@
+"""The long-running producer: listener, dispatcher and reconciler in one loop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from producers.dispatcher import Dispatcher, Published
+from producers.listener import Listener
+from producers.reconcile import reconcile_missing, requeue_stale
+from workers import db
+from workers.errors import PgfleetError
+from workers.queues import NOTIFY_CHANNEL
+from workers.settings import Settings, redact, resolve_urls
+
+logger = logging.getLogger(__name__)
+
+#: how often published-but-unfinished work is checked for lost messages
+REQUEUE_CHECK_S = 5.0
+
+
+class ProducerLoop:
+    def __init__(self, settings: Settings):
+        from workers.app import create_app
+
+        self.settings = settings
+        urls = resolve_urls(settings)
+        self.app = create_app(settings)
+        self.app.conf.broker_url = urls.redis_url
+        self.pool = db.open_pool(urls.database_url, min_size=1, max_size=2,
+                                 name="pgfleet-producer")
+        self.listener = Listener(urls.database_url, NOTIFY_CHANNEL)
+        self.dispatcher = Dispatcher(self.pool, self.app, ids_per_message=settings.ids_per_message,
+                                     claim_limit=settings.claim_limit)
+        self._stop = threading.Event()
+        logger.info("producer for %s, broker %s", redact(urls.database_url), redact(urls.redis_url))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run_once(self) -> Published:
+        reconcile_missing(self.pool)
+        requeue_stale(self.pool, self.settings.requeue_after_s)
+        return self.dispatcher.drain()
+
+    def run_forever(self) -> None:
+        next_requeue = next_reconcile = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            try:
+                if now >= next_reconcile:
+                    reconcile_missing(self.pool)
+                    next_reconcile = now + self.settings.reconcile_interval_s
+                if now >= next_requeue:
+                    requeue_stale(self.pool, self.settings.requeue_after_s)
+                    next_requeue = now + REQUEUE_CHECK_S
+                self.dispatcher.drain()
+            except PgfleetError as exc:
+                logger.error("%s; trying again in %.1f s", exc, self.settings.poll_interval_s)
+                self._stop.wait(self.settings.poll_interval_s)
+                continue
+            self.listener.wait(self.settings.poll_interval_s)
+        self.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.pool.close(timeout=5)

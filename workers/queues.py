@@ -1,0 +1,33 @@
+"""Queue and task names, in one place. Keep them stable: deployments and tools name them."""
+
+from __future__ import annotations
+
+#: torch engine; fp16 on CUDA, fp32 on CPU where no GPU exists
+QUEUE_GPU = "embed.gpu"
+#: ONNX Runtime INT8 engine on CPU
+QUEUE_CPU = "embed.cpu"
+#: long jobs: training, distillation, quantization
+QUEUE_TRAINING = "training"
+
+ALL_QUEUES = (QUEUE_GPU, QUEUE_CPU, QUEUE_TRAINING)
+
+TASK_EMBED = "pgfleet.embed_docs"
+
+#: the channel the docs triggers NOTIFY on
+NOTIFY_CHANNEL = "pgfleet_pending"
+
+_QUEUE_BY_FORMAT = {
+    "torch": QUEUE_GPU,
+    "onnx": QUEUE_CPU,
+    "onnx-int8": QUEUE_CPU,
+}
+
+
+def queue_for_format(model_format: str) -> str:
+    """The queue whose workers serve a model version of this format."""
+    try:
+        return _QUEUE_BY_FORMAT[model_format]
+    except KeyError:
+        raise ValueError(
+            f"no queue serves model format {model_format!r}; known: {sorted(_QUEUE_BY_FORMAT)}"
+        ) from None

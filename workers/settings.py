@@ -1,0 +1,173 @@
+"""Typed settings, read once from ``PGFLEET_*`` environment variables.
+
+Names carry their units. URLs: ``PGFLEET_DATABASE_URL`` and ``PGFLEET_REDIS_URL`` point at
+your own servers; when they are unset, the commands use the embedded servers that
+``pgfleet up`` started under ``PGFLEET_HOME`` (see :mod:`pgfleet.state`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from workers.errors import ConfigurationError
+
+PREFIX = "PGFLEET_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    redis_url: str | None = None
+    home: Path = Path(".pgfleet")
+
+    # batching, per worker process
+    batch_max_docs: int = 64
+    batch_max_wait_ms: int = 50
+    # producer: ids per Celery message when there is a backlog, rows claimed per round
+    ids_per_message: int = 16
+    claim_limit: int = 2048
+    poll_interval_s: float = 1.0
+    requeue_after_s: float = 120.0
+    reconcile_interval_s: float = 300.0
+
+    # failures
+    max_attempts: int = 5
+    retry_base_s: float = 2.0
+    retry_max_s: float = 300.0
+
+    # engines
+    device: str = "auto"
+    torch_threads: int = 0
+    worker_prefetch: int = 16
+
+    # ports of the embedded default and Flower (0 = pick a free one)
+    pg_port: int = 0
+    redis_port: int = 0
+    flower_port: int = 5555
+    shutdown_timeout_s: float = 30.0
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, f.type, raw)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        positive = ("batch_max_docs", "ids_per_message", "claim_limit", "max_attempts",
+                    "worker_prefetch")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{PREFIX}{name.upper()} must be at least 1")
+        if self.batch_max_wait_ms < 0:
+            raise ConfigurationError(f"{PREFIX}BATCH_MAX_WAIT_MS must not be negative")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigurationError(
+                f"{PREFIX}DEVICE must be auto, cpu, cuda or cuda:N, not {self.device!r}")
+        for name in ("database_url", "redis_url"):
+            url = getattr(self, name)
+            if url is not None:
+                check_url(name, url)
+
+
+_SCHEMES = {
+    "database_url": ("postgresql", "postgres"),
+    "redis_url": ("redis", "rediss", "redis+socket", "unix"),
+}
+
+
+def check_url(name: str, url: str) -> None:
+    """Raise a one-line ConfigurationError for a URL that cannot be right."""
+    scheme = urlsplit(url).scheme
+    if scheme not in _SCHEMES[name]:
+        raise ConfigurationError(
+            f"{PREFIX}{name.upper()} must start with {' or '.join(s + '://' for s in _SCHEMES[name])}"
+            f", got {redact(url)!r}")
+
+
+def _parse(name: str, kind: object, raw: str) -> object:
+    text = str(kind)
+    try:
+        if "Path" in text:
+            return Path(raw)
+        if text.startswith("int"):
+            return int(raw)
+        if text.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"{PREFIX}{name.upper()}={raw!r} is not a valid {text.split()[0]}") from None
+    return raw
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, for logs and messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+STATE_FILE = "fleet.json"
+
+
+@dataclass(frozen=True)
+class Urls:
+    database_url: str
+    redis_url: str
+    embedded: bool
+
+
+def resolve_urls(settings: Settings) -> Urls:
+    """The servers to use: the configured URLs, else those of the fleet ``pgfleet up``
+    started under ``PGFLEET_HOME``."""
+    if settings.database_url and settings.redis_url:
+        return Urls(settings.database_url, settings.redis_url, embedded=False)
+    state = read_state(settings.home)
+    if state is None:
+        missing = [n for n in ("DATABASE_URL", "REDIS_URL")
+                   if not getattr(settings, n.lower())]
+        raise ConfigurationError(
+            f"no {' and no '.join(PREFIX + m for m in missing)} set, and no embedded fleet is "
+            f"running under {settings.home.resolve()}: set the URL(s), or start one with "
+            "`pgfleet up`")
+    return Urls(settings.database_url or state["database_url"],
+                settings.redis_url or state["redis_url"], embedded=True)
+
+
+def read_state(home: Path) -> dict | None:
+    """The state file of a running embedded fleet, or None (missing, stale or unreadable)."""
+    import json
+
+    path = home / STATE_FILE
+    try:
+        state = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    pid = state.get("pid")
+    if not isinstance(pid, int) or not _alive(pid):
+        return None
+    return state
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
