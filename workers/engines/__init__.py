@@ -4,6 +4,6 @@ Heavy imports (torch, onnxruntime) happen inside the loaders, never at import ti
 """
 
 from workers.engines.base import Engine, ModelSpec
-from workers.engines.registry import load_engine, resolve_artifact
+from workers.engines.registry import load_engine, load_for, resolve_artifact
 
-__all__ = ["Engine", "ModelSpec", "load_engine", "resolve_artifact"]
+__all__ = ["Engine", "ModelSpec", "load_engine", "load_for", "resolve_artifact"]

@@ -12,6 +12,9 @@ from workers.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
+#: texts per forward pass on CPU (measured: 16 is ~1.9x faster than 64 on paragraphs)
+CPU_ENCODE_BATCH_SIZE = 16
+
 
 def pick_device(setting: str) -> str:
     import torch
@@ -22,7 +25,8 @@ def pick_device(setting: str) -> str:
 
 
 class TorchEngine:
-    def __init__(self, spec: ModelSpec, path: str, *, device: str = "auto", threads: int = 0):
+    def __init__(self, spec: ModelSpec, path: str, *, device: str = "auto", threads: int = 0,
+                 encode_batch_size: int = 0):
         try:
             import torch
             from sentence_transformers import SentenceTransformer
@@ -48,16 +52,19 @@ class TorchEngine:
                 f"registry says {spec.dimensions}")
         self.max_seq_length = int(self.model.max_seq_length or spec.max_seq_length or 512)
         self._tokenizer = self.model.tokenizer
+        on_gpu = self.device.startswith("cuda")
+        self.encode_batch_size = encode_batch_size or (0 if on_gpu else CPU_ENCODE_BATCH_SIZE)
         logger.info("loaded %s on %s (%s dims, max %s tokens)", spec.label, self.device,
                     self.dimensions, self.max_seq_length)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
-        # sentence-transformers sorts by length inside encode, so one call with the whole
-        # batch pads each mini-batch as little as possible
+        # sentence-transformers sorts by length inside encode, so each forward pass of
+        # encode_batch_size texts holds texts of similar length and pads little
         vectors = self.model.encode(
-            list(texts), batch_size=len(texts), normalize_embeddings=True,
+            list(texts), batch_size=self.encode_batch_size or len(texts),
+            normalize_embeddings=True,
             convert_to_numpy=True, show_progress_bar=False)
         return np.asarray(vectors, dtype=np.float32)
 
