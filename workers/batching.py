@@ -97,7 +97,7 @@ def plan_batch(rows: Iterable[dict[str, Any]]) -> BatchPlan:
     for row in rows:
         doc_id, digest = row["doc_id"], bytes(row["hash"])
         if row["cached"] is not None:
-            plan.hits[doc_id] = (digest, row["cached"])
+            plan.hits[doc_id] = (digest, as_array(row["cached"]))
             plan.hit_counts[digest] = plan.hit_counts.get(digest, 0) + 1
             continue
         content = row["content"]
@@ -110,6 +110,12 @@ def plan_batch(rows: Iterable[dict[str, Any]]) -> BatchPlan:
         plan.texts.append(text)
         plan.text_hashes.append(digest)
     return plan
+
+
+def as_array(vector: Any) -> np.ndarray:
+    """A float32 array from a pgvector ``Vector`` or anything array-like."""
+    to_numpy = getattr(vector, "to_numpy", None)
+    return np.asarray(to_numpy() if to_numpy else vector, dtype=np.float32)
 
 
 def backoff_s(attempt: int, *, base_s: float, max_s: float,

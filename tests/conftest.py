@@ -1,0 +1,189 @@
+"""Fixtures: the embedded PostgreSQL and Redis (real servers, started once per session),
+and real fleet processes (producer and worker) started from the same commands
+``pgfleet up`` runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float = 30.0, interval_s: float = 0.05,
+               message: str = "condition") -> object:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {message}")
+        time.sleep(interval_s)
+
+
+@dataclass
+class Services:
+    home: Path
+    database_url: str
+    redis_url: str
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ, PGFLEET_DATABASE_URL=self.database_url,
+                   PGFLEET_REDIS_URL=self.redis_url, PGFLEET_HOME=str(self.home))
+        env.update(extra)
+        return env
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory) -> Iterator[Services]:
+    from pgfleet.fleet import migrate_url, servers
+    from workers.settings import Settings
+
+    home = tmp_path_factory.mktemp("pgfleet-home")
+    with servers(Settings(home=home)) as (database_url, redis_url):
+        migrate_url(database_url)
+        yield Services(home, database_url, redis_url)
+
+
+@pytest.fixture
+def conn(services):
+    from workers import db
+
+    with db.connect(services.database_url, autocommit=True) as connection:
+        yield connection
+
+
+def reset_database(conn) -> None:
+    conn.execute("TRUNCATE docs, model_cache, inference_logs RESTART IDENTITY CASCADE")
+    conn.execute("DELETE FROM model_versions WHERE id <> 1")
+
+
+@pytest.fixture
+def clean(conn):
+    reset_database(conn)
+    return conn
+
+
+@pytest.fixture(scope="session")
+def scratch_url(services) -> str:
+    """A second migrated database that no fleet process works on: for checking triggers
+    and queries without a worker consuming what they produce."""
+    from schema.migrate import migrate
+    from workers import db
+
+    with db.connect(services.database_url, autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS pgfleet_scratch WITH (FORCE)")
+        admin.execute("CREATE DATABASE pgfleet_scratch")
+    url = services.database_url.rsplit("/", 1)[0] + "/pgfleet_scratch"
+    with db.connect(url) as conn:
+        migrate(conn)
+    return url
+
+
+@pytest.fixture
+def scratch(scratch_url):
+    from workers import db
+
+    with db.connect(scratch_url, autocommit=True) as connection:
+        reset_database(connection)
+        yield connection
+
+
+class Proc:
+    """A fleet process started as ``pgfleet up`` starts it, with its log kept on disk."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path):
+        self.name, self.argv, self.env = name, argv, env
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Proc:
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=log,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True)
+        log.close()
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        import signal
+
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process = None
+
+    def log(self) -> str:
+        return self.log_path.read_text("utf-8", errors="replace")
+
+
+@dataclass
+class Fleet:
+    services: Services
+    producer: Proc
+    worker: Proc
+
+
+def fleet_procs(services: Services, log_dir: Path, **env: str) -> tuple[Proc, Proc]:
+    from pgfleet.supervisor import fleet_children
+
+    specs = {s.name: s for s in fleet_children(flower_port=None)}
+    environment = services.env(PGFLEET_BATCH_MAX_WAIT_MS="50", **env)
+    return (Proc("producer", specs["producer"].argv, environment, log_dir),
+            Proc("worker-gpu", specs["worker-gpu"].argv, environment, log_dir))
+
+
+def wait_worker_ready(services: Services, conn, timeout_s: float = 90.0) -> None:
+    """Wait until the worker has loaded its model: one doc goes all the way through."""
+    doc_id = conn.execute("INSERT INTO docs (content) VALUES ('fleet warm-up') RETURNING id"
+                          ).fetchone()[0]
+    wait_until(lambda: conn.execute("SELECT 1 FROM embeddings WHERE doc_id = %s",
+                                    (doc_id,)).fetchone(), timeout_s, message="worker warm-up")
+    conn.execute("DELETE FROM docs WHERE id = %s", (doc_id,))
+
+
+@pytest.fixture(scope="session")
+def fleet(services, tmp_path_factory) -> Iterator[Fleet]:
+    from workers import db
+
+    log_dir = tmp_path_factory.mktemp("fleet-logs")
+    producer, worker = fleet_procs(services, log_dir)
+    worker.start()
+    producer.start()
+    try:
+        with db.connect(services.database_url, autocommit=True) as conn:
+            wait_worker_ready(services, conn)
+        yield Fleet(services, producer, worker)
+    finally:
+        producer.stop()
+        worker.stop()
+        artifacts = ROOT / "test-artifacts"
+        artifacts.mkdir(exist_ok=True)
+        for proc in (producer, worker):
+            (artifacts / f"{proc.name}.log").write_text(proc.log(), "utf-8")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 120.0,
+            input_text: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pgfleet.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout_s, input=input_text)

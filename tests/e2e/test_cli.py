@@ -1,0 +1,139 @@
+"""The pgfleet command as a person runs it: `pgfleet up` with the embedded default, the
+other commands against it, and a clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from tests.conftest import ROOT, run_cli, wait_until
+from workers import db
+
+pytestmark = pytest.mark.e2e
+
+
+def _env(home, **extra):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PGFLEET_DATABASE_URL", "PGFLEET_REDIS_URL")}
+    env.update(PGFLEET_HOME=str(home), PGFLEET_FLOWER_PORT="0", **extra)
+    return env
+
+
+def _port_open(url_port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", url_port)) == 0
+
+
+def test_up_runs_the_fleet_and_sigterm_stops_every_child(tmp_path):
+    home = tmp_path / "home"
+    env = _env(home)
+    log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
+    up = subprocess.Popen([sys.executable, "-m", "pgfleet.cli", "up"], env=env, cwd=ROOT,
+                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        state_path = home / "fleet.json"
+        wait_until(state_path.exists, 60, message="fleet.json")
+        state = json.loads(state_path.read_text())
+        # every pgfleet command with the same PGFLEET_HOME talks to this fleet
+        url = run_cli("db", "url", env=env)
+        assert url.returncode == 0 and url.stdout.strip() == state["database_url"]
+        pg_port = int(state["database_url"].split(":")[-1].split("/")[0])
+        redis_port = int(state["redis_url"].split(":")[-1].split("/")[0])
+
+        with db.connect(state["database_url"], autocommit=True) as conn:
+            doc_id = conn.execute("INSERT INTO docs (content) VALUES ('hello from any client') "
+                                  "RETURNING id").fetchone()[0]
+            wait_until(lambda: conn.execute("SELECT 1 FROM embeddings WHERE doc_id = %s",
+                                            (doc_id,)).fetchone(), 120, message="embedded")
+
+        status = run_cli("status", "--json", env=env)
+        assert status.returncode == 0, status.stderr
+        data = json.loads(status.stdout)
+        [version] = data["versions"]
+        assert {"name", "version", "docs", "embedded", "pending", "failed",
+                "oldest_pending_s"} <= set(version)
+        assert version["docs"] == version["embedded"] == 1
+        queues = sorted(q for w in data["workers"] for q in w["queues"])
+        assert queues == ["embed.cpu", "embed.gpu", "training"], data["workers"]
+        assert all({"name", "queues"} <= set(w) for w in data["workers"])
+
+        children = psutil.Process(up.pid).children(recursive=True)
+        assert len(children) >= 5
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert alive == [], [p.pid for p in alive]
+        assert not state_path.exists()
+        assert not _port_open(pg_port) and not _port_open(redis_port)
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+        log.close()
+    output = (tmp_path / "up.log").read_text()
+    assert "fleet stopped" in output and "Traceback" not in output
+
+
+def test_a_second_up_on_the_same_home_is_refused(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "fleet.json").write_text(json.dumps({"pid": os.getpid(), "database_url": "x",
+                                                 "redis_url": "y"}))
+    result = run_cli("up", env=_env(home))
+    assert result.returncode == 2
+    assert "already running" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreachable_database_gives_one_clear_line(tmp_path):
+    env = _env(tmp_path, PGFLEET_DATABASE_URL="postgresql://app:s3cret@127.0.0.1:1/app",
+               PGFLEET_REDIS_URL="redis://127.0.0.1:1/0")
+    for args in (["status"], ["db", "migrate"], ["search", "anything"]):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 1, result
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, result.stderr
+        assert "cannot connect to PostgreSQL at postgresql://app:***@127.0.0.1:1/app" in lines[0]
+        assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_malformed_url_and_missing_fleet_give_one_clear_line(tmp_path):
+    bad = run_cli("status", env=_env(tmp_path, PGFLEET_DATABASE_URL="mysql://x"))
+    assert bad.returncode == 2 and "must start with postgresql://" in bad.stderr
+    missing = run_cli("db", "url", env=_env(tmp_path))
+    assert missing.returncode == 2 and "pgfleet up" in missing.stderr
+    assert "Traceback" not in bad.stderr + missing.stderr
+
+
+def test_unreachable_redis_gives_one_clear_line(services, clean, tmp_path):
+    clean.execute("INSERT INTO docs (content) VALUES ('needs a broker')")
+    env = _env(tmp_path, PGFLEET_DATABASE_URL=services.database_url,
+               PGFLEET_REDIS_URL="redis://127.0.0.1:1/0")
+    result = subprocess.run([sys.executable, "-m", "producers", "--once"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "cannot publish to the broker" in result.stderr
+    # the claim was rolled back: the work is still there to publish
+    assert clean.execute("SELECT count(*) FROM pending_embeddings WHERE enqueued_at IS NULL"
+                         ).fetchone()[0] == 1
+
+
+def test_load_reports_bad_rows_and_inserts_the_good_ones(services, clean, tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"content": "good one"}\n{"oops": 1}\n{"content": "good two"}\n', "utf-8")
+    notes = tmp_path / "notes.md"
+    notes.write_text("# Title\nbody\n\n# Other\nmore\n", "utf-8")
+    result = run_cli("load", str(path), str(notes),
+                     env=_env(tmp_path, PGFLEET_DATABASE_URL=services.database_url,
+                              PGFLEET_REDIS_URL=services.redis_url))
+    assert result.returncode == 1
+    assert "docs.jsonl:2" in result.stderr
+    assert "inserted 4 docs from 2 file(s)" in result.stdout
+    assert clean.execute("SELECT count(*) FROM docs").fetchone()[0] == 4

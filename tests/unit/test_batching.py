@@ -1,0 +1,89 @@
+import random
+
+import numpy as np
+import pytest
+
+from workers.batching import (
+    MAX_IDS_PER_MESSAGE,
+    backoff_s,
+    chunked,
+    group_by_version,
+    plan_batch,
+    validate_embed_args,
+)
+from workers.errors import InvalidTaskArguments
+
+
+def test_valid_args_by_position_and_by_name():
+    assert validate_embed_args((1, [3, 4])) == (1, [3, 4])
+    assert validate_embed_args((), {"version_id": 2, "doc_ids": (5,)}) == (2, [5])
+
+
+@pytest.mark.parametrize("args, kwargs, fragment", [
+    ((), {}, "expected (version_id, doc_ids)"),
+    ((1,), {}, "expected (version_id, doc_ids)"),
+    (("1", [1]), {}, "version_id must be a positive integer"),
+    ((True, [1]), {}, "version_id must be a positive integer"),
+    ((0, [1]), {}, "version_id must be a positive integer"),
+    ((1, "1,2"), {}, "doc_ids must be a list"),
+    ((1, [1, "x"]), {}, "positive 64-bit integers"),
+    ((1, [-4]), {}, "positive 64-bit integers"),
+    ((1, [2**63]), {}, "positive 64-bit integers"),
+    ((1, [1.5]), {}, "positive 64-bit integers"),
+    ((), {"version_id": 1, "doc_ids": [1], "extra": 1}, "unknown arguments"),
+    ((1, [1]), {"version_id": 1}, "either by position or by name"),
+])
+def test_invalid_args_say_what_is_wrong(args, kwargs, fragment):
+    with pytest.raises(InvalidTaskArguments, match=None) as info:
+        validate_embed_args(args, kwargs)
+    assert fragment in str(info.value)
+
+
+def test_too_many_ids_in_one_message_is_refused():
+    with pytest.raises(InvalidTaskArguments, match="at most"):
+        validate_embed_args((1, list(range(1, MAX_IDS_PER_MESSAGE + 2))))
+
+
+def test_group_by_version_merges_and_dedupes_in_order():
+    groups = group_by_version([(1, [3, 1]), (2, [7]), (1, [1, 9])])
+    assert groups == {1: [3, 1, 9], 2: [7]}
+
+
+def test_chunked():
+    assert list(chunked([1, 2, 3, 4, 5], 2)) == [[1, 2], [3, 4], [5]]
+    assert list(chunked([], 3)) == []
+
+
+def _row(doc_id, digest, content=None, cached=None):
+    return {"doc_id": doc_id, "hash": digest, "content": content, "cached": cached}
+
+
+def test_plan_batch_splits_hits_misses_and_empties():
+    vec = np.ones(3, dtype=np.float32)
+    plan = plan_batch([
+        _row(1, b"a", "a much longer text here"),
+        _row(2, b"b", "short"),
+        _row(3, b"a", "a much longer text here"),  # same content as doc 1: encoded once
+        _row(4, b"c", cached=vec),
+        _row(5, b"c", cached=vec),
+        _row(6, b"e", "   \n\t"),
+        _row(7, b"f", ""),
+    ])
+    assert plan.texts == ["short", "a much longer text here"]  # shortest first
+    assert plan.text_hashes == [b"b", b"a"]
+    assert plan.docs_by_hash == {b"a": [1, 3], b"b": [2]}
+    assert set(plan.hits) == {4, 5}
+    assert plan.hit_counts == {b"c": 2}
+    assert plan.empty == [(6, b"e"), (7, b"f")]
+    assert plan.batch_size == 7
+
+
+def test_backoff_is_capped_exponential_with_jitter():
+    rng = random.Random(7)
+    values = [backoff_s(n, base_s=1, max_s=10, rng=rng) for n in range(1, 10)]
+    for attempt, value in enumerate(values, start=1):
+        ceiling = min(10, 2 ** (attempt - 1))
+        assert ceiling / 2 <= value <= ceiling
+    assert max(values) <= 10
+    with pytest.raises(ValueError):
+        backoff_s(0, base_s=1, max_s=2)

@@ -1,0 +1,56 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from workers.errors import ConfigurationError
+from workers.settings import STATE_FILE, Settings, redact, resolve_urls
+
+
+def test_defaults_and_parsing():
+    s = Settings.from_env({"PGFLEET_BATCH_MAX_DOCS": "32", "PGFLEET_POLL_INTERVAL_S": "0.5",
+                           "PGFLEET_HOME": "/tmp/x"})
+    assert s.batch_max_docs == 32 and s.poll_interval_s == 0.5 and s.home == Path("/tmp/x")
+    assert Settings.from_env({}).batch_max_wait_ms == 50
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"PGFLEET_BATCH_MAX_DOCS": "many"}, "PGFLEET_BATCH_MAX_DOCS='many' is not a valid int"),
+    ({"PGFLEET_BATCH_MAX_DOCS": "0"}, "PGFLEET_BATCH_MAX_DOCS must be at least 1"),
+    ({"PGFLEET_DEVICE": "tpu"}, "PGFLEET_DEVICE must be"),
+    ({"PGFLEET_DATABASE_URL": "mysql://x"}, "PGFLEET_DATABASE_URL must start with"),
+    ({"PGFLEET_REDIS_URL": "http://x"}, "PGFLEET_REDIS_URL must start with"),
+])
+def test_bad_settings_give_one_clear_message(env, fragment):
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env(env)
+    assert fragment in str(info.value)
+
+
+def test_secrets_are_redacted_from_messages():
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({"PGFLEET_DATABASE_URL": "mysql://u:hunter2@db/x"})
+    assert "hunter2" not in str(info.value)
+    assert redact("postgresql://u:hunter2@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert redact("redis://localhost:6379/0") == "redis://localhost:6379/0"
+
+
+def test_urls_come_from_env_or_from_a_running_fleet(tmp_path):
+    with pytest.raises(ConfigurationError, match="pgfleet up"):
+        resolve_urls(Settings(home=tmp_path))
+    state = {"pid": os.getpid(), "database_url": "postgresql://a@127.0.0.1:1/p",
+             "redis_url": "redis://127.0.0.1:2/0"}
+    (tmp_path / STATE_FILE).write_text(json.dumps(state))
+    urls = resolve_urls(Settings(home=tmp_path))
+    assert urls.database_url == state["database_url"] and urls.embedded
+    explicit = resolve_urls(Settings(home=tmp_path, database_url="postgresql://x@y/z",
+                                     redis_url="redis://y/0"))
+    assert explicit.database_url == "postgresql://x@y/z" and not explicit.embedded
+
+
+def test_a_stale_state_file_is_ignored(tmp_path):
+    (tmp_path / STATE_FILE).write_text(json.dumps(
+        {"pid": 2**22 + 12345, "database_url": "postgresql://a@b/c", "redis_url": "redis://b/0"}))
+    with pytest.raises(ConfigurationError):
+        resolve_urls(Settings(home=tmp_path))
