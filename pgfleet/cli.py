@@ -265,15 +265,19 @@ def search(text: str | None, k: int, version_ref: str | None, query_file, as_jso
 @click.option("--texts", type=click.Choice(["paragraphs", "short"]), default="paragraphs",
               show_default=True)
 @click.option("--idle-samples", default=30, show_default=True)
+@click.option("--logs", "logs_dir", type=click.Path(path_type=Path), default=None,
+              help="copy the fleet's logs here")
 @click.option("--json", "as_json", is_flag=True)
-def bench(docs: int, texts: str, idle_samples: int, as_json: bool) -> None:
+def bench(docs: int, texts: str, idle_samples: int, logs_dir: Path | None,
+          as_json: bool) -> None:
     """The fleet against the bare model on this machine: backlog throughput ratio and idle
     latency. Starts its own embedded servers and fleet in a temporary directory."""
     from pgfleet import bench as bench_mod
     from pgfleet import context
 
     result = bench_mod.run(bench_mod.BenchConfig(docs=docs, texts=texts,
-                                                 idle_samples=idle_samples), context.settings())
+                                                 idle_samples=idle_samples, logs_dir=logs_dir),
+                           context.settings())
     if as_json:
         click.echo(json.dumps(result))
         return

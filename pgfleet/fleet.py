@@ -86,6 +86,7 @@ def up(conf: Settings, *, flower: bool = True,
         raise ConfigurationError(
             f"a fleet is already running under {conf.home.resolve()} (pid {state['pid']}); "
             "stop it first, or use another PGFLEET_HOME")
+    _stop_orphans(conf.home / STATE_FILE)
     stop_event = threading.Event()
     supervisor: Supervisor | None = None
 
@@ -118,7 +119,21 @@ def up(conf: Settings, *, flower: bool = True,
                 if stop_event.is_set():
                     return 0
                 supervisor.start_all()
-                tick = on_ready(supervisor) if on_ready else None
+                base_state = json.loads(state_path.read_text("utf-8"))
+                known_pids: dict[str, int] = {}
+                extra_tick = on_ready(supervisor) if on_ready else None
+
+                def tick() -> None:
+                    # keep the children's pids current (restarts change them) so that a
+                    # later start can stop orphans of a killed `pgfleet up`
+                    pids = supervisor.pids()
+                    if pids != known_pids:
+                        known_pids.clear()
+                        known_pids.update(pids)
+                        _write_state(state_path, {**base_state, "children": pids})
+                    if extra_tick is not None:
+                        extra_tick()
+
                 logger.info("fleet is up: database %s, broker %s%s", _redacted(database_url),
                             _redacted(redis_url),
                             f", Flower http://127.0.0.1:{flower_port}" if flower_port else "")
@@ -137,6 +152,31 @@ def _redacted(url: str) -> str:
     from workers.settings import redact
 
     return redact(url)
+
+
+def _stop_orphans(state_path: Path) -> None:
+    """A previous ``pgfleet up`` that was SIGKILLed leaves its children running (they are
+    in sessions of their own): stop those named in its state file."""
+    import psutil
+
+    try:
+        old = json.loads(state_path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return
+    for name, pid in (old.get("children") or {}).items():
+        try:
+            proc = psutil.Process(int(pid))
+            cmdline = " ".join(proc.cmdline())
+        except (psutil.Error, ValueError, TypeError):
+            continue
+        if "producers" in cmdline or "celery" in cmdline:
+            logger.warning("stopping %s (pid %s) left running by a previous pgfleet up", name, pid)
+            for child in [proc, *proc.children(recursive=True)]:
+                try:
+                    child.kill()
+                except psutil.Error:
+                    pass
+    state_path.unlink(missing_ok=True)
 
 
 def _write_state(path: Path, state: dict) -> None:

@@ -74,7 +74,7 @@ WHERE p.version_id = %(version_id)s
 -- meanwhile is skipped), their pending rows, cache rows and hit counts, and the log row.
 -- Idempotent: writing the same batch twice leaves the same state.
 WITH input AS (
-    SELECT * FROM unnest(%(doc_ids)s::bigint[], %(hashes)s::bytea[], %(vectors)s::vector[])
+    SELECT * FROM unnest(%(doc_ids)s::bigint[], %(hashes)s::bytea[], %(vectors)b::vector[])
         AS u(doc_id, hash, embedding)
 ), live AS (
     SELECT i.doc_id, i.hash, i.embedding
@@ -104,7 +104,7 @@ WITH input AS (
 ), cached AS (
     INSERT INTO model_cache (version_id, input_hash, embedding)
     SELECT %(version_id)s, u.hash, u.embedding
-    FROM unnest(%(miss_hashes)s::bytea[], %(miss_vectors)s::vector[]) AS u(hash, embedding)
+    FROM unnest(%(miss_hashes)s::bytea[], %(miss_vectors)b::vector[]) AS u(hash, embedding)
     ON CONFLICT (version_id, input_hash) DO NOTHING
     RETURNING 1
 ), hit AS (

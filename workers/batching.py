@@ -112,6 +112,23 @@ def plan_batch(rows: Iterable[dict[str, Any]]) -> BatchPlan:
     return plan
 
 
+def token_budget_groups(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Indices grouped for forward passes: shortest first, each group as large as fits
+    ``len(group) * longest_in_group <= budget`` (a text longer than the budget goes alone)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        # sorted ascending, so this text is the longest of the group it joins
+        if current and (len(current) + 1) * max(1, lengths[index]) > budget:
+            groups.append(current)
+            current = []
+        current.append(index)
+    if current:
+        groups.append(current)
+    return groups
+
+
 def as_array(vector: Any) -> np.ndarray:
     """A float32 array from a pgvector ``Vector`` or anything array-like."""
     to_numpy = getattr(vector, "to_numpy", None)

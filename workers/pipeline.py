@@ -120,10 +120,12 @@ class EmbedPipeline:
                             permanent=True)
                     for doc_id, digest in plan.empty]
         encoded: dict[bytes, np.ndarray] = {}
+        encode_started = time.perf_counter()
         if plan.texts:
             encoded, encode_failures = self._encode(spec, plan)
             failures.extend(encode_failures)
             report.model_calls = len(plan.texts)
+        encode_ms = (time.perf_counter() - encode_started) * 1000.0
         params = _write_params(spec, plan, encoded)
         params.update(worker=self.name, batch_size=plan.batch_size,
                       cache_hits=report.cache_hits, model_calls=report.model_calls,
@@ -136,9 +138,9 @@ class EmbedPipeline:
         report.latency_ms = (time.perf_counter() - started) * 1000.0
         logger.info(
             "embedded batch version=%s docs=%d written=%d cache_hits=%d encoded=%d failed=%d "
-            "stale=%d ms=%.1f", spec.label, plan.batch_size, report.written, report.cache_hits,
-            report.model_calls, len(failures),
-            plan.batch_size - report.written - len(failures), report.latency_ms)
+            "stale=%d ms=%.1f encode_ms=%.1f", spec.label, plan.batch_size, report.written,
+            report.cache_hits, report.model_calls, len(failures),
+            plan.batch_size - report.written - len(failures), report.latency_ms, encode_ms)
         return report
 
     def _fetch(self, spec: ModelSpec, doc_ids: list[int]) -> list[dict[str, Any]]:

@@ -41,9 +41,9 @@ class Settings:
     # engines
     device: str = "auto"
     torch_threads: int = 0
-    # texts per forward pass inside a batch (0 = auto: 16 on CPU, the whole batch on CUDA);
-    # on CPU, small length-sorted passes waste less on padding than one big one
-    encode_batch_size: int = 0
+    # padded tokens per forward pass (0 = auto: 1024 on CPU, 262144 on CUDA); texts are
+    # sorted by length and grouped so that little compute goes to padding
+    token_budget: int = 0
     worker_prefetch: int = 16
 
     # ports of the embedded default and Flower (0 = pick a free one)

