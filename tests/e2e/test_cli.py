@@ -65,6 +65,14 @@ def test_up_runs_the_fleet_and_sigterm_stops_every_child(tmp_path):
         assert queues == ["embed.cpu", "embed.gpu", "training"], data["workers"]
         assert all({"name", "queues"} <= set(w) for w in data["workers"])
 
+        # a child that dies is restarted, and the restart is logged
+        producer = _child(up.pid, "producers")
+        producer.kill()
+        wait_until(lambda: (p := _child(up.pid, "producers")) and p.pid != producer.pid, 30,
+                   message="producer restarted")
+        wait_until(lambda: b"producer exited with code -9" in (tmp_path / "up.log").read_bytes(),
+                   10, message="restart logged")
+
         children = psutil.Process(up.pid).children(recursive=True)
         assert len(children) >= 5
         up.send_signal(signal.SIGTERM)
@@ -79,6 +87,47 @@ def test_up_runs_the_fleet_and_sigterm_stops_every_child(tmp_path):
         log.close()
     output = (tmp_path / "up.log").read_text()
     assert "fleet stopped" in output and "Traceback" not in output
+
+
+def _child(pid: int, needle: str) -> psutil.Process | None:
+    for proc in psutil.Process(pid).children(recursive=False):
+        try:
+            if needle in " ".join(proc.cmdline()):
+                return proc
+        except psutil.Error:
+            continue
+    return None
+
+
+def test_a_killed_up_leaves_nothing_behind_after_the_next_start(tmp_path):
+    home = tmp_path / "home"
+    env = _env(home)
+    first = subprocess.Popen([sys.executable, "-m", "pgfleet.cli", "up", "--no-flower"], env=env,
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    second = None
+    try:
+        state_path = home / "fleet.json"
+        wait_until(lambda: state_path.exists() and "children" in state_path.read_text(), 60,
+                   message="fleet.json with children")
+        orphans = psutil.Process(first.pid).children(recursive=True)
+        first.kill()  # SIGKILL: no cleanup runs
+        first.wait(10)
+        assert any(p.is_running() for p in orphans)
+        second = subprocess.Popen([sys.executable, "-m", "pgfleet.cli", "up", "--no-flower"],
+                                  env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_until(lambda: state_path.exists()
+                   and json.loads(state_path.read_text()).get("pid") == second.pid, 60,
+                   message="second fleet up")
+        _, alive = psutil.wait_procs(orphans, timeout=15)
+        assert alive == [], [(p.pid, p.cmdline()) for p in alive]
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(60) == 0
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_a_second_up_on_the_same_home_is_refused(tmp_path):

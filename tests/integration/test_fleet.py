@@ -199,3 +199,21 @@ def test_messages_naming_missing_docs_or_bad_arguments_are_harmless(fleet, clean
     [doc_id] = insert(clean, "the worker is still healthy")
     wait_embedded(clean, [doc_id])
     assert fleet.worker.process.poll() is None
+
+
+def test_two_producers_at_once_publish_each_doc_once(fleet, clean, tmp_path):
+    from tests.conftest import Proc
+
+    second = Proc("producer-2", fleet.producer.argv, fleet.producer.env, tmp_path).start()
+    try:
+        time.sleep(1.0)  # both listening
+        ids = []
+        for i in range(30):  # many small transactions: both producers wake up
+            ids += insert(clean, *[f"two producers, round {i}, doc {j}" for j in range(10)])
+        wait_embedded(clean, ids, timeout_s=120)
+        wait_until(lambda: settled(clean))
+    finally:
+        second.stop()
+    assert "published" in second.log()  # the second producer did take part
+    docs = clean.execute("SELECT sum(batch_size) FROM inference_logs").fetchone()[0]
+    assert docs == len(ids)  # nothing embedded twice
