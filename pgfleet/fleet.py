@@ -17,7 +17,7 @@ from pgfleet.services import EmbeddedPostgres, EmbeddedRedis, free_port
 from pgfleet.supervisor import Supervisor, fleet_children
 from schema.migrate import migrate
 from workers import db
-from workers.errors import ConfigurationError, DatabaseUnavailable
+from workers.errors import BrokerUnavailable, ConfigurationError, DatabaseUnavailable
 from workers.settings import STATE_FILE, Settings, read_state
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,19 @@ def migrate_url(url: str, wait_s: float = 30.0) -> None:
         logger.info("applied migrations: %s", ", ".join(result.applied))
 
 
+def check_redis(url: str, timeout_s: float = 5.0) -> None:
+    """Fail early, in one line, when the broker cannot be reached."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(f"cannot connect to Redis at {_redacted(url)}: {exc}") from exc
+    finally:
+        client.close()
+
+
 def _flower_port(conf: Settings) -> int:
     port = conf.flower_port
     if port == 0:
@@ -102,6 +115,7 @@ def up(conf: Settings, *, flower: bool = True,
         with servers(conf) as (database_url, redis_url):
             if stop_event.is_set():
                 return 0
+            check_redis(redis_url)
             migrate_url(database_url)
             flower_port = _flower_port(conf) if flower else None
             env = dict(os.environ, PGFLEET_DATABASE_URL=database_url,

@@ -174,6 +174,15 @@ def test_unreachable_redis_gives_one_clear_line(services, clean, tmp_path):
                          ).fetchone()[0] == 1
 
 
+def test_up_with_an_unreachable_redis_says_so_in_one_line(services, tmp_path):
+    env = _env(tmp_path, PGFLEET_DATABASE_URL=services.database_url,
+               PGFLEET_REDIS_URL="redis://:pw@127.0.0.1:1/0")
+    result = run_cli("up", env=env, timeout_s=60)
+    assert result.returncode == 1
+    assert "cannot connect to Redis at redis://:***@127.0.0.1:1/0" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_load_reports_bad_rows_and_inserts_the_good_ones(services, clean, tmp_path):
     path = tmp_path / "docs.jsonl"
     path.write_text('{"content": "good one"}\n{"oops": 1}\n{"content": "good two"}\n', "utf-8")
