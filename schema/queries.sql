@@ -55,23 +55,33 @@ FROM model_versions
 WHERE id = %(version_id)s;
 
 -- name: fetch_batch
--- One round trip: the docs still pending for this version, their current content hash,
--- and a cached vector where one exists. Content is returned only for cache misses.
-SELECT p.doc_id,
+-- One round trip: marks the docs still pending for this version as started (counting the
+-- attempt, so that a doc whose worker keeps dying is noticed), and returns their current
+-- content hash and a cached vector where one exists. Content is returned only for misses.
+WITH started AS (
+    UPDATE pending_embeddings p
+    SET attempts = p.attempts + 1, started_at = now()
+    WHERE p.version_id = %(version_id)s
+      AND p.doc_id = ANY(%(doc_ids)s)
+      AND p.not_before <= now()
+    RETURNING p.doc_id, p.version_id, p.attempts
+)
+SELECT s.doc_id,
+       s.attempts,
        h.hash,
        CASE WHEN c.embedding IS NULL THEN d.content END AS content,
        c.embedding AS cached
-FROM pending_embeddings p
-JOIN docs d ON d.id = p.doc_id
+FROM started s
+JOIN docs d ON d.id = s.doc_id
 CROSS JOIN LATERAL (SELECT pgfleet_content_hash_v1(d.content) AS hash) h
-LEFT JOIN model_cache c ON c.version_id = p.version_id AND c.input_hash = h.hash
-WHERE p.version_id = %(version_id)s
-  AND p.doc_id = ANY(%(doc_ids)s);
+LEFT JOIN model_cache c ON c.version_id = s.version_id AND c.input_hash = h.hash;
 
 -- name: write_batch
 -- One statement, one short transaction: vectors for docs whose content still hashes to
 -- what was embedded (a doc updated meanwhile is left to its newer job; a doc deleted
--- meanwhile is skipped), their pending rows, cache rows and hit counts, and the log row.
+-- meanwhile is skipped: if its delete commits during this statement, the foreign key check
+-- fails and the caller runs the statement again), their pending rows, cache rows and hit
+-- counts, and the log row.
 -- Idempotent: writing the same batch twice leaves the same state.
 WITH input AS (
     SELECT * FROM unnest(%(doc_ids)s::bigint[], %(hashes)s::bytea[], %(vectors)b::vector[])
@@ -81,7 +91,6 @@ WITH input AS (
     FROM input i
     JOIN docs d ON d.id = i.doc_id
     WHERE pgfleet_content_hash_v1(d.content) = i.hash
-    FOR KEY SHARE OF d
 ), written AS (
     INSERT INTO embeddings (doc_id, version_id, chunk, embedding, content_hash, embedded_at)
     SELECT doc_id, %(version_id)s, 0, embedding, hash, now() FROM live
@@ -131,8 +140,9 @@ SELECT (SELECT count(*) FROM written) AS written,
 -- An item failed. Below the attempt limit it is retried after a backoff (the producer picks
 -- it up again once not_before passes); at the limit its pending row is removed and the
 -- failure stays recorded. Only applies while the doc still has the content that failed.
+-- Attempts were counted when the batch was fetched.
 WITH target AS (
-    SELECT p.doc_id, p.version_id, p.attempts + 1 AS attempts
+    SELECT p.doc_id, p.version_id, greatest(p.attempts, 1) AS attempts
     FROM pending_embeddings p
     WHERE p.doc_id = %(doc_id)s AND p.version_id = %(version_id)s
       AND p.content_hash = %(hash)s
@@ -146,7 +156,7 @@ WITH target AS (
     RETURNING attempts
 ), retried AS (
     UPDATE pending_embeddings p
-    SET attempts = t.attempts, enqueued_at = NULL, last_error = %(error)s,
+    SET enqueued_at = NULL, started_at = NULL, last_error = %(error)s,
         not_before = now() + make_interval(secs => %(retry_in_s)s)
     FROM target t
     WHERE p.doc_id = t.doc_id AND p.version_id = t.version_id
@@ -188,7 +198,3 @@ ORDER BY v.id;
 -- name: insert_docs
 INSERT INTO docs (content, metadata)
 SELECT * FROM unnest(%(contents)s::text[], %(metadata)s::jsonb[]);
-
--- name: pending_attempts
-SELECT attempts FROM pending_embeddings
-WHERE doc_id = %(doc_id)s AND version_id = %(version_id)s;

@@ -25,11 +25,16 @@ def create_app(settings: Settings | None = None) -> Celery:
             logger.debug("%s; the app uses default settings", exc)
             settings = Settings()
     app = Celery("pgfleet", include=["workers.tasks.embed"])
+    broker = _broker_url(settings)
     app.conf.update(
-        broker_url=_broker_url(settings),
+        broker_url=broker,
+        # per-message results (a summary or a clear error) for `celery -A workers result`
+        result_backend=broker,
+        result_expires=86400,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
-        # messages carry ids; the durable record is PostgreSQL, so no result backend
+        # messages carry ids; the durable record is PostgreSQL; embed results are stored
+        # explicitly per message
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],

@@ -67,7 +67,10 @@ def pooled(pool: ConnectionPool) -> Iterator[psycopg.Connection]:
     try:
         with pool.connection() as conn:
             yield conn
-    except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
+    except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure,
+            psycopg.errors.ForeignKeyViolation) as exc:
+        # a foreign-key violation here is a doc deleted while its batch was written: running
+        # the statement again skips it
         raise DatabaseConflict(f"database conflict, safe to retry: {_first_line(exc)}") from exc
     except PoolTimeout as exc:
         raise DatabaseUnavailable(f"no database connection available: {exc}") from exc

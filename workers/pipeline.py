@@ -25,7 +25,13 @@ from psycopg_pool import ConnectionPool
 from workers import db
 from workers.batching import BatchPlan, backoff_s, chunked, plan_batch
 from workers.engines.base import Engine, ModelSpec
-from workers.errors import DatabaseUnavailable, ModelLoadError, PgfleetError, RetryableError
+from workers.errors import (
+    DatabaseUnavailable,
+    ModelLoadError,
+    PgfleetError,
+    RetryableError,
+    UnknownModelVersion,
+)
 from workers.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -55,6 +61,7 @@ class BatchReport:
     model_calls: int = 0
     failures: list[Failure] = field(default_factory=list)
     latency_ms: float = 0.0
+    fetched_ids: set[int] = field(default_factory=set)
 
     def add(self, other: BatchReport) -> None:
         self.requested += other.requested
@@ -64,6 +71,7 @@ class BatchReport:
         self.model_calls += other.model_calls
         self.failures.extend(other.failures)
         self.latency_ms += other.latency_ms
+        self.fetched_ids |= other.fetched_ids
 
 
 def worker_name() -> str:
@@ -85,12 +93,22 @@ class EmbedPipeline:
         report = BatchReport(version_id, requested=len(doc_ids))
         spec = self.spec(version_id)
         if spec is None:
-            logger.error("message names model version %s, which does not exist; %d doc ids "
-                         "dropped", version_id, len(doc_ids))
-            return report
+            raise UnknownModelVersion(
+                f"model version {version_id} does not exist or is not an embedding model")
         for ids in chunked(sorted(set(doc_ids)), self.settings.batch_max_docs):
             report.add(self._batch(spec, ids))
         return report
+
+    def unknown_docs(self, doc_ids: Sequence[int], report: BatchReport) -> set[int]:
+        """The ids among these that name no doc at all (one query, only if some were not
+        fetched: those are done already, in backoff, or unknown)."""
+        candidates = sorted(set(doc_ids) - report.fetched_ids)
+        if not candidates:
+            return set()
+        with db.pooled(self.pool) as conn:
+            existing = {r[0] for r in conn.execute(
+                "SELECT id FROM docs WHERE id = ANY(%s)", (candidates,))}
+        return set(candidates) - existing
 
     def spec(self, version_id: int) -> ModelSpec | None:
         spec = self._specs.get(version_id)
@@ -100,19 +118,38 @@ class EmbedPipeline:
             if row is None:
                 return None
             if row["kind"] != "embedding":
-                logger.error("model version %s is a %s model, not an embedding model",
-                             version_id, row["kind"])
                 return None
             spec = self._specs[version_id] = ModelSpec.from_row(row)
         return spec
 
     def _batch(self, spec: ModelSpec, doc_ids: list[int]) -> BatchReport:
-        started = time.perf_counter()
         report = BatchReport(spec.version_id, requested=len(doc_ids))
         rows = self._with_retry(lambda: self._fetch(spec, doc_ids))
-        report.fetched = len(rows)
         if not rows:
-            return report  # already done, deleted, or never pending: a no-op
+            return report  # already done, deleted, in backoff, or never pending: a no-op
+        # A doc fetched before without finishing was in a batch whose worker died (or it is
+        # being retried): it may be what kills the process, so it goes alone, after the rest.
+        fresh = [r for r in rows if r["attempts"] <= 1]
+        suspects = [r for r in rows if r["attempts"] > 1]
+        if fresh:
+            report.add(self._process(spec, fresh))
+        for row in suspects:
+            if row["attempts"] > self.settings.max_attempts:
+                failure = Failure(row["doc_id"], bytes(row["hash"]), "worker died",
+                                  f"the worker process died {row['attempts'] - 1} times while "
+                                  "embedding this doc", permanent=True)
+                self._record_failure(spec, failure)
+                report.failures.append(failure)
+                continue
+            report.add(self._process(spec, [row]))
+        report.requested = len(doc_ids)
+        report.fetched = len(rows)
+        report.fetched_ids = {r["doc_id"] for r in rows}
+        return report
+
+    def _process(self, spec: ModelSpec, rows: list[dict[str, Any]]) -> BatchReport:
+        started = time.perf_counter()
+        report = BatchReport(spec.version_id)
         plan = plan_batch(rows)
         report.cache_hits = len(plan.hits)
         failures = [Failure(doc_id, digest, "empty content",
@@ -195,11 +232,11 @@ class EmbedPipeline:
                             plan.docs_by_hash[digest], tokens, limit)
 
     def _record_failure(self, spec: ModelSpec, failure: Failure) -> None:
-        row: dict[str, Any] | None = None
         with db.pooled(self.pool) as conn, conn.transaction():
-            attempts_row = db.fetch_one(conn, "pending_attempts",
-                                        {"doc_id": failure.doc_id, "version_id": spec.version_id})
-            attempt = (attempts_row["attempts"] if attempts_row else 0) + 1
+            attempts_row = conn.execute(
+                "SELECT attempts FROM pending_embeddings WHERE doc_id = %s AND version_id = %s",
+                (failure.doc_id, spec.version_id)).fetchone()
+            attempt = max(1, attempts_row[0] if attempts_row else 1)
             retry_in_s = backoff_s(attempt, base_s=self.settings.retry_base_s,
                                    max_s=self.settings.retry_max_s)
             row = db.fetch_one(conn, "record_failure", {

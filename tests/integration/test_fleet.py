@@ -3,6 +3,7 @@ process running the packaged all-MiniLM-L6-v2."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import time
@@ -180,22 +181,43 @@ def test_bad_content_is_handled_and_recorded(fleet, clean):
                          (ids[0],)).fetchone()[0] == 0
 
 
-def test_messages_naming_missing_docs_or_bad_arguments_are_harmless(fleet, clean):
+def test_bad_messages_get_a_clear_error_in_their_result_and_never_crash_the_worker(fleet, clean):
     from workers.app import create_app
     from workers.queues import QUEUE_GPU, TASK_EMBED
     from workers.settings import Settings
 
+    [real] = insert(clean, "a real doc next to bad ones")
+    wait_embedded(clean, [real])
     app = create_app(Settings(database_url=fleet.services.database_url,
                               redis_url=fleet.services.redis_url))
-    app.send_task(TASK_EMBED, args=(1, [987654321]), queue=QUEUE_GPU)
-    app.send_task(TASK_EMBED, args=(424242, [1]), queue=QUEUE_GPU)
-    app.send_task(TASK_EMBED, args=("one", "two"), queue=QUEUE_GPU)
-    app.send_task(TASK_EMBED, args=(), queue=QUEUE_GPU)
-    wait_until(lambda: "rejected embed message" in fleet.worker.log(), 10,
-               message="bad message rejected in the log")
-    wait_until(lambda: "model version 424242, which does not exist" in fleet.worker.log(), 10,
-               message="unknown version logged")
+    sent = {
+        "unknown doc": app.send_task(TASK_EMBED, args=(1, [real, 987654321]), queue=QUEUE_GPU),
+        "unknown version": app.send_task(TASK_EMBED, args=(424242, [1]), queue=QUEUE_GPU),
+        "wrong types": app.send_task(TASK_EMBED, args=("one", "two"), queue=QUEUE_GPU),
+        "no arguments": app.send_task(TASK_EMBED, args=(), queue=QUEUE_GPU),
+        "fine": app.send_task(TASK_EMBED, args=(1, [real]), queue=QUEUE_GPU),
+    }
+    expected = {
+        "unknown doc": "doc ids [987654321] do not exist",
+        "unknown version": "model version 424242 does not exist",
+        "wrong types": "version_id must be a positive integer",
+        "no arguments": "expected (version_id, doc_ids)",
+    }
+    for name, result in sent.items():
+        result.get(timeout=30, propagate=False)
+        if name == "fine":
+            assert result.state == "SUCCESS", result.result
+            assert result.result["version_id"] == 1
+        else:
+            assert result.state == "FAILURE", (name, result.result)
+            assert expected[name] in str(result.result), (name, result.result)
+    # let the results unsubscribe while Redis is still up
+    del result
+    sent.clear()
+    gc.collect()
     app.close()
+    log = fleet.worker.log()
+    assert "rejected embed message" in log and "do not exist" in log
     [doc_id] = insert(clean, "the worker is still healthy")
     wait_embedded(clean, [doc_id])
     assert fleet.worker.process.poll() is None

@@ -3,19 +3,28 @@
 Producers publish ``embed_docs(version_id, doc_ids)`` messages; a worker buffers many of them
 (celery-batches) and runs them as one batch when it holds ``PGFLEET_BATCH_MAX_DOCS`` doc ids
 or ``PGFLEET_BATCH_MAX_WAIT_MS`` has passed, whichever comes first.
+
+Each message gets a result (in the result backend, for ``celery -A workers result ID``): a
+summary, or a clear error for malformed arguments, an unknown model version or unknown doc
+ids. A batch whose pool process dies is republished at once and acknowledged; the docs it
+held are then embedded one at a time, so that one doc that kills the process cannot take
+its neighbours with it (see :mod:`workers.pipeline`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from typing import Any
 
-from celery_batches import Batches
+from celery import states
+from celery_batches import Batches, SimpleRequest
+from celery_batches.trace import apply_batches_task
 
 from workers import lifecycle
 from workers.app import app
-from workers.batching import group_by_version, validate_embed_args
-from workers.errors import InvalidTaskArguments, PgfleetError
+from workers.batching import validate_embed_args
+from workers.errors import InvalidTaskArguments, PgfleetError, UnknownModelVersion
 from workers.queues import TASK_EMBED
 from workers.settings import Settings
 
@@ -25,13 +34,22 @@ _settings = Settings.from_env()
 
 
 class DocBatches(Batches):
-    """celery-batches that also flushes as soon as the buffered messages hold a full batch
-    of doc ids (celery-batches alone counts messages, and a message can carry many ids)."""
+    """celery-batches, adjusted:
+
+    * flushes as soon as the buffered messages hold a full batch of doc ids (celery-batches
+      alone counts messages, and a message can carry many ids);
+    * re-arms its flush timer when the consumer restarts after a broker reconnect (otherwise
+      partial batches would never flush again: celery-batches issue #107);
+    * acknowledges a batch whose pool process died, after republishing its messages
+      (otherwise they hold prefetch slots until the visibility timeout).
+    """
 
     abstract = True
     max_batch_docs = _settings.batch_max_docs
 
     def Strategy(self, task, app, consumer):  # noqa: N802 - Celery's name
+        # called again on every consumer (re)start: a timer from before a reconnect is gone
+        self._tref = None
         handler = super().Strategy(task, app, consumer)
 
         def counting_handler(message, body, ack, reject, callbacks, **kw):
@@ -50,29 +68,83 @@ class DocBatches(Batches):
                 total += 1
         return total
 
+    def flush(self, requests):
+        serializable = ([SimpleRequest.from_request(r) for r in requests],)
+
+        def on_return(_result: Any) -> None:
+            for request in requests:
+                request.acknowledge()
+
+        def on_lost(exc_info: Any) -> None:
+            logger.error("the pool process running a batch of %d messages died (%s); "
+                         "republishing them", len(requests), getattr(exc_info, "exception",
+                                                                      exc_info))
+            for request in requests:
+                try:
+                    self.app.send_task(self.name, args=request.args, kwargs=request.kwargs,
+                                       queue=(request.delivery_info or {}).get("routing_key"))
+                except Exception:  # noqa: BLE001 - the producer republishes stale work too
+                    logger.exception("republishing message %s failed", request.id)
+                request.acknowledge()
+
+        return self._pool.apply_async(apply_batches_task, (self, serializable, 0, None),
+                                      callback=on_return, error_callback=on_lost)
+
+
+def _store(request: Any, state: str, result: Any) -> None:
+    try:
+        app.backend.store_result(request.id, result, state, request=request)
+    except Exception:  # noqa: BLE001 - a result is a courtesy; the work is in PostgreSQL
+        logger.warning("could not store the result of %s", request.id, exc_info=True)
+
 
 @app.task(base=DocBatches, name=TASK_EMBED, flush_every=_settings.batch_max_docs,
           flush_interval=_settings.batch_max_wait_ms / 1000.0, acks_late=True,
           ignore_result=True)
 def embed_docs(requests: list[Any]) -> dict[str, int]:
-    jobs = []
+    by_version: dict[int, list[tuple[Any, list[int]]]] = defaultdict(list)
     for request in requests:
         try:
-            jobs.append(validate_embed_args(request.args, request.kwargs))
+            version_id, doc_ids = validate_embed_args(request.args, request.kwargs)
         except InvalidTaskArguments as exc:
             logger.error("rejected embed message %s: %s", request.id, exc)
+            _store(request, states.FAILURE, exc)
+            continue
+        by_version[version_id].append((request, doc_ids))
     summary = {"messages": len(requests), "docs": 0, "written": 0, "cache_hits": 0,
                "failed": 0}
-    for version_id, doc_ids in group_by_version(jobs).items():
+    pipeline = lifecycle.pipeline() if by_version else None
+    for version_id, items in by_version.items():
+        ids = list(dict.fromkeys(d for _, doc_ids in items for d in doc_ids))
         try:
-            report = lifecycle.pipeline().run(version_id, doc_ids)
+            report = pipeline.run(version_id, ids)
+            unknown = pipeline.unknown_docs(ids, report)
+        except UnknownModelVersion as exc:
+            logger.error("rejected %d embed messages: %s", len(items), exc)
+            for request, _ in items:
+                _store(request, states.FAILURE, exc)
+            continue
         except PgfleetError as exc:
             # the pending rows stay; the producer republishes them after requeue_after_s
             logger.error("embedding %d docs for version %s failed, left pending: %s",
-                         len(doc_ids), version_id, exc)
+                         len(ids), version_id, exc)
+            for request, _ in items:
+                _store(request, states.FAILURE, exc)
             continue
-        summary["docs"] += report.requested
+        summary["docs"] += len(ids)
         summary["written"] += report.written
         summary["cache_hits"] += report.cache_hits
         summary["failed"] += len(report.failures)
+        for request, doc_ids in items:
+            missing = [d for d in doc_ids if d in unknown]
+            if missing:
+                logger.warning("embed message %s names doc ids that do not exist: %s",
+                               request.id, missing[:20])
+                _store(request, states.FAILURE, InvalidTaskArguments(
+                    f"doc ids {missing[:20]} do not exist (deleted, or never inserted); "
+                    "the others were processed"))
+            else:
+                _store(request, states.SUCCESS, {"version_id": version_id,
+                                                 "doc_ids": len(doc_ids),
+                                                 "batch_written": report.written})
     return summary
