@@ -71,7 +71,9 @@ def up(demo: bool, demo_docs: int, flower: bool) -> None:
 
     conf = context.settings()
     on_ready = _demo(conf, demo_docs) if demo else None
-    sys.exit(fleet.up(conf, flower=flower, on_ready=on_ready))
+    # the generated Flower password goes to the terminal once, never to a log
+    sys.exit(fleet.up(conf, flower=flower, on_ready=on_ready,
+                      announce=lambda text: out.print(text, highlight=False, soft_wrap=True)))
 
 
 def _demo(conf, extra_docs: int):
@@ -121,6 +123,31 @@ def _demo(conf, extra_docs: int):
         return tick
 
     return on_ready
+
+
+# ---------------------------------------------------------------------------------- flower
+@main.command()
+@click.option("--port", default=None, type=int, help="default: PGFLEET_FLOWER_PORT")
+@click.option("--address", default="127.0.0.1", show_default=True)
+def flower(port: int | None, address: str) -> None:
+    """Run Flower for this fleet, always behind basic authentication
+    (PGFLEET_FLOWER_USER, default admin, and PGFLEET_FLOWER_PASSWORD)."""
+    import os
+
+    from pgfleet import context
+
+    conf = context.settings()
+    password = os.environ.get("PGFLEET_FLOWER_PASSWORD")
+    if not password:
+        raise ConfigurationError("Flower never runs without authentication: set "
+                                 "PGFLEET_FLOWER_PASSWORD (and PGFLEET_FLOWER_USER)")
+    user = os.environ.get("PGFLEET_FLOWER_USER") or "admin"
+    urls = context.urls(conf)
+    env = dict(os.environ, FLOWER_BASIC_AUTH=f"{user}:{password}",
+               PGFLEET_REDIS_URL=urls.redis_url, PGFLEET_DATABASE_URL=urls.database_url)
+    argv = [sys.executable, "-m", "celery", "-A", "workers", "flower",
+            f"--port={port if port is not None else conf.flower_port}", f"--address={address}"]
+    os.execve(sys.executable, argv, env)
 
 
 # ---------------------------------------------------------------------------------- db
@@ -184,6 +211,67 @@ def status(as_json: bool) -> None:
     if not data["workers"]:
         workers.add_row("[red]none answered[/red]", "")
     out.print(workers)
+
+
+# ---------------------------------------------------------------------------------- failures
+@main.command()
+@click.option("--retry", is_flag=True, help="clear the failures and queue their docs again")
+@click.option("--version", "version_ref", default=None, help="only this version (with --retry)")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def failures(retry: bool, version_ref: str | None, limit: int, as_json: bool) -> None:
+    """Docs that could not be embedded, with why; --retry queues them again."""
+    from pgfleet import context
+    from pgfleet.versions import embedding_version
+    from workers import db as wdb
+
+    with context.connection() as conn:
+        if retry:
+            version_id = embedding_version(conn, version_ref).version_id if version_ref else None
+            with conn.transaction():
+                row = wdb.fetch_one(conn, "retry_failures", {"version_id": version_id})
+            out.print(f"queued {row['queued']} doc(s) again")
+            return
+        rows = wdb.fetch_all(conn, "list_failures", {"limit": limit})
+    if as_json:
+        click.echo(json.dumps([{**r, "first_failed_at": r["first_failed_at"].isoformat(),
+                                "last_failed_at": r["last_failed_at"].isoformat()}
+                               for r in rows]))
+        return
+    table = Table(title=f"failures (latest {limit})")
+    for col in ("doc", "version", "reason", "attempts", "last error", "last failed"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["doc_id"]), r["version"], r["reason"], str(r["attempts"]),
+                      (r["last_error"] or "")[:120], r["last_failed_at"].strftime("%Y-%m-%d %H:%M:%S"))
+    out.print(table)
+
+
+# ---------------------------------------------------------------------------------- verify
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def verify(as_json: bool) -> None:
+    """Check that every doc has exactly the right vectors; exit 1 if anything is wrong."""
+    from pgfleet import context
+    from pgfleet.verify import consistent
+    from pgfleet.verify import verify as run_verify
+
+    with context.connection() as conn:
+        report = run_verify(conn)
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        table = Table(title="verify")
+        for col in ("version", "docs", "missing", "stale", "orphaned", "duplicated", "pending",
+                    "failed", "failed with content"):
+            table.add_column(col, justify="right")
+        for r in report:
+            table.add_row(f"{r['name']}@{r['version']}", *(str(r[k]) for k in (
+                "docs", "missing", "stale", "orphaned", "duplicated", "pending", "failed",
+                "failed_with_content")))
+        out.print(table)
+    if not consistent(report, settled=False):
+        sys.exit(1)
 
 
 # ---------------------------------------------------------------------------------- load

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import signal
 import threading
 import time
@@ -91,7 +92,8 @@ def _flower_port(conf: Settings) -> int:
 
 
 def up(conf: Settings, *, flower: bool = True,
-       on_ready: Callable[[Supervisor], Callable[[], None] | None] | None = None) -> int:
+       on_ready: Callable[[Supervisor], Callable[[], None] | None] | None = None,
+       announce: Callable[[str], None] = print) -> int:
     """Run the fleet until a signal arrives. Returns the exit code."""
     conf.home.mkdir(parents=True, exist_ok=True)
     state = read_state(conf.home)
@@ -121,6 +123,12 @@ def up(conf: Settings, *, flower: bool = True,
             env = dict(os.environ, PGFLEET_DATABASE_URL=database_url,
                        PGFLEET_REDIS_URL=redis_url, PGFLEET_HOME=str(conf.home.resolve()),
                        TOKENIZERS_PARALLELISM="false")
+            if flower and not env.get("PGFLEET_FLOWER_PASSWORD"):
+                env["PGFLEET_FLOWER_PASSWORD"] = secrets.token_urlsafe(16)
+                announce(f"Flower: http://127.0.0.1:{flower_port}  user "
+                         f"{env.get('PGFLEET_FLOWER_USER') or 'admin'}  password "
+                         f"{env['PGFLEET_FLOWER_PASSWORD']}  (generated for this run; set "
+                         "PGFLEET_FLOWER_PASSWORD to choose one)")
             env.setdefault("HF_HUB_OFFLINE", "1")
             supervisor = Supervisor(fleet_children(flower_port=flower_port), env=env,
                                     log_dir=conf.home / "logs",

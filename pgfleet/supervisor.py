@@ -55,8 +55,8 @@ def fleet_children(*, flower_port: int | None, worker_concurrency: int = 1) -> l
             "-c", str(worker_concurrency), "--loglevel", "INFO", "-E",
             "--without-gossip", "--without-mingle"]))
     if flower_port is not None:
-        specs.append(ChildSpec("flower", [*celery, "flower", f"--port={flower_port}",
-                                          "--address=127.0.0.1"]))
+        specs.append(ChildSpec("flower", [python, "-m", "pgfleet.cli", "flower",
+                                          f"--port={flower_port}"]))
     return specs
 
 

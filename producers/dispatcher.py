@@ -61,9 +61,10 @@ class Dispatcher:
                         if queue is None:
                             continue
                         for ids in chunked(sorted(doc_ids), self.ids_per_message):
+                            # nobody waits for these results: no subscription to them
                             self.app.send_task(TASK_EMBED, args=(version_id, ids), queue=queue,
                                                producer=producer, retry=True,
-                                               retry_policy=PUBLISH_RETRY)
+                                               retry_policy=PUBLISH_RETRY, ignore_result=True)
                             published.messages += 1
                             published.docs += len(ids)
             except KombuOperationalError as exc:

@@ -8,10 +8,10 @@ import time
 
 from producers.dispatcher import Dispatcher, Published
 from producers.listener import Listener
-from producers.reconcile import reconcile_missing, requeue_stale
+from producers.reconcile import broker_backlog, reconcile_missing, requeue_stale
 from workers import db
 from workers.errors import PgfleetError
-from workers.queues import NOTIFY_CHANNEL
+from workers.queues import NOTIFY_CHANNEL, QUEUE_CPU, QUEUE_GPU
 from workers.settings import Settings, redact, resolve_urls
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ class ProducerLoop:
         self.settings = settings
         urls = resolve_urls(settings)
         self.app = create_app(settings)
-        self.app.conf.broker_url = urls.redis_url
+        self.redis_url = urls.redis_url
         self.pool = db.open_pool(urls.database_url, min_size=1, max_size=2,
                                  name="pgfleet-producer")
         self.listener = Listener(urls.database_url, NOTIFY_CHANNEL)
@@ -41,8 +41,12 @@ class ProducerLoop:
 
     def run_once(self) -> Published:
         reconcile_missing(self.pool)
-        requeue_stale(self.pool, self.settings.requeue_after_s)
+        self._requeue()
         return self.dispatcher.drain()
+
+    def _requeue(self) -> None:
+        backlog = broker_backlog(self.redis_url, (QUEUE_GPU, QUEUE_CPU))
+        requeue_stale(self.pool, self.settings.requeue_after_s, broker_busy=bool(backlog))
 
     def run_forever(self) -> None:
         next_requeue = next_reconcile = 0.0
@@ -53,7 +57,7 @@ class ProducerLoop:
                     reconcile_missing(self.pool)
                     next_reconcile = now + self.settings.reconcile_interval_s
                 if now >= next_requeue:
-                    requeue_stale(self.pool, self.settings.requeue_after_s)
+                    self._requeue()
                     next_requeue = now + REQUEUE_CHECK_S
                 self.dispatcher.drain()
             except PgfleetError as exc:

@@ -12,10 +12,12 @@ from workers import db
 logger = logging.getLogger(__name__)
 
 
-def requeue_stale(pool: ConnectionPool, older_than_s: float) -> int:
-    """Pending rows published more than ``older_than_s`` ago and still not done."""
+def requeue_stale(pool: ConnectionPool, older_than_s: float, *, broker_busy: bool = False) -> int:
+    """Pending rows published more than ``older_than_s`` ago and still not done (ten times
+    that while the broker still holds a backlog)."""
     with db.pooled(pool) as conn, conn.transaction():
-        count = conn.execute(schema.query("requeue_stale"), {"older_than_s": older_than_s}).rowcount
+        count = conn.execute(schema.query("requeue_stale"), {
+            "older_than_s": older_than_s, "broker_busy": broker_busy}).rowcount
     if count:
         logger.warning("republishing %d docs whose messages were published more than %.0f s "
                        "ago and are not done (broker restart, killed worker?)", count, older_than_s)
@@ -30,3 +32,17 @@ def reconcile_missing(pool: ConnectionPool) -> int:
         logger.warning("queued %d docs that had no vector and no pending work "
                        "(loaded with triggers off, or restored?)", count)
     return count
+
+
+def broker_backlog(redis_url: str, queues: tuple[str, ...]) -> int | None:
+    """Messages waiting in the embedding queues, or None when the broker cannot say."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        return sum(int(client.llen(q)) for q in queues)
+    except redis.RedisError as exc:
+        logger.warning("cannot read the queue lengths: %s", exc)
+        return None
+    finally:
+        client.close()

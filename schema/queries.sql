@@ -20,10 +20,14 @@ RETURNING p.version_id, p.doc_id;
 
 -- name: requeue_stale
 -- Work published long ago and still pending: its message may be lost (broker restarted,
--- worker killed). Make it publishable again; a duplicate message is a cheap no-op.
+-- worker killed). Make it publishable again; a duplicate message is a cheap no-op. While
+-- the broker still holds a backlog, only work far older than that is taken (its message is
+-- probably just waiting in the queue).
 UPDATE pending_embeddings
-SET enqueued_at = NULL
-WHERE enqueued_at < now() - make_interval(secs => %(older_than_s)s);
+SET enqueued_at = NULL, started_at = NULL
+WHERE enqueued_at < now() - make_interval(secs => %(older_than_s)s)
+  AND (NOT %(broker_busy)s
+       OR enqueued_at < now() - make_interval(secs => %(older_than_s)s * 10));
 
 -- name: reconcile_missing
 -- Docs with no vector, no pending row and no recorded failure for an active version
@@ -198,3 +202,58 @@ ORDER BY v.id;
 -- name: insert_docs
 INSERT INTO docs (content, metadata)
 SELECT * FROM unnest(%(contents)s::text[], %(metadata)s::jsonb[]);
+
+-- name: verify
+-- The fleet's promise, checked: per active embedding version, docs whose stored vector is
+-- missing or stale (and that are neither pending nor failed), failures on docs that do have
+-- content, vectors for docs that no longer exist, and pending work.
+SELECT v.id AS version_id, v.name, v.version,
+       (SELECT count(*) FROM docs) AS docs,
+       (SELECT count(*) FROM docs d
+         WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.doc_id = d.id
+                             AND e.version_id = v.id AND e.chunk = 0)
+           AND NOT EXISTS (SELECT 1 FROM pending_embeddings p WHERE p.doc_id = d.id
+                             AND p.version_id = v.id)
+           AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.doc_id = d.id
+                             AND f.version_id = v.id)) AS missing,
+       (SELECT count(*) FROM embeddings e JOIN docs d ON d.id = e.doc_id
+         WHERE e.version_id = v.id
+           AND e.content_hash <> pgfleet_content_hash_v1(d.content)
+           AND NOT EXISTS (SELECT 1 FROM pending_embeddings p WHERE p.doc_id = d.id
+                             AND p.version_id = v.id)) AS stale,
+       (SELECT count(*) FROM embeddings e WHERE e.version_id = v.id
+           AND NOT EXISTS (SELECT 1 FROM docs d WHERE d.id = e.doc_id)) AS orphaned,
+       (SELECT count(*) FROM (SELECT doc_id FROM embeddings WHERE version_id = v.id
+                              GROUP BY doc_id, chunk HAVING count(*) > 1) x) AS duplicated,
+       (SELECT count(*) FROM pending_embeddings p WHERE p.version_id = v.id) AS pending,
+       (SELECT count(*) FROM embedding_failures f WHERE f.version_id = v.id) AS failed,
+       (SELECT count(*) FROM embedding_failures f JOIN docs d ON d.id = f.doc_id
+         WHERE f.version_id = v.id AND btrim(d.content, E' \t\n\r\f\v') <> '') AS failed_with_content
+FROM model_versions v
+WHERE v.kind = 'embedding' AND v.active
+ORDER BY v.id;
+
+-- name: list_failures
+SELECT f.doc_id, v.name || '@' || v.version AS version, f.reason, f.attempts, f.last_error,
+       f.first_failed_at, f.last_failed_at
+FROM embedding_failures f
+JOIN model_versions v ON v.id = f.version_id
+ORDER BY f.last_failed_at DESC
+LIMIT %(limit)s;
+
+-- name: retry_failures
+-- Clear recorded failures and queue their docs again (from their current content).
+WITH cleared AS (
+    DELETE FROM embedding_failures
+    WHERE %(version_id)s::integer IS NULL OR version_id = %(version_id)s::integer
+    RETURNING doc_id, version_id
+), queued AS (
+    INSERT INTO pending_embeddings (doc_id, version_id, content_hash)
+    SELECT c.doc_id, c.version_id, pgfleet_content_hash_v1(d.content)
+    FROM cleared c JOIN docs d ON d.id = c.doc_id
+    ON CONFLICT (doc_id, version_id) DO UPDATE
+        SET attempts = 0, not_before = now(), enqueued_at = NULL, started_at = NULL,
+            last_error = NULL, content_hash = EXCLUDED.content_hash
+    RETURNING 1
+)
+SELECT count(*) AS queued, pg_notify('pgfleet_pending', '') IS NULL AS notified FROM queued;

@@ -148,7 +148,8 @@ def fleet_procs(services: Services, log_dir: Path, **env: str) -> tuple[Proc, Pr
     from pgfleet.supervisor import fleet_children
 
     specs = {s.name: s for s in fleet_children(flower_port=None)}
-    environment = services.env(PGFLEET_BATCH_MAX_WAIT_MS="50", **env)
+    environment = services.env(PGFLEET_BATCH_MAX_WAIT_MS="50", PGFLEET_RETRY_BASE_S="0.1",
+                               PGFLEET_RETRY_MAX_S="0.5", **env)
     return (Proc("producer", specs["producer"].argv, environment, log_dir),
             Proc("worker-gpu", specs["worker-gpu"].argv, environment, log_dir))
 

@@ -47,9 +47,10 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_queues=[Queue(name) for name in queues.ALL_QUEUES],
         task_default_queue=queues.QUEUE_GPU,
         broker_transport_options={
-            # an unacked message comes back after this long if its worker died; the
-            # producer's reconciler republishes lost work independently of it
-            "visibility_timeout": max(60, int(settings.requeue_after_s) * 2),
+            # a message reserved by a worker that died comes back after this long: the
+            # same bound as the producer's republishing of unfinished work, so that the
+            # time to recover is one setting (PGFLEET_REQUEUE_AFTER_S), not Redis' default
+            "visibility_timeout": max(10, int(settings.requeue_after_s)),
         },
         worker_cancel_long_running_tasks_on_connection_loss=True,
     )

@@ -87,6 +87,7 @@ class EmbedPipeline:
         self.name = name or worker_name()
         self.sleep = sleep
         self._specs: dict[int, ModelSpec] = {}
+        self._checked: set[int] = set()
 
     def run(self, version_id: int, doc_ids: Sequence[int]) -> BatchReport:
         """Embed these docs for this version, batch by batch. Unknown docs are a no-op."""
@@ -191,10 +192,24 @@ class EmbedPipeline:
         assert row is not None
         return row
 
+    def engine(self, spec: ModelSpec) -> Engine:
+        """The version's engine, refused if its vectors would not match those stored."""
+        engine = self.load(spec)
+        if spec.version_id not in self._checked:
+            with db.pooled(self.pool) as conn:
+                row = conn.execute("SELECT vector_dims(embedding) FROM embeddings "
+                                   "WHERE version_id = %s LIMIT 1", (spec.version_id,)).fetchone()
+            if row is not None and row[0] != engine.dimensions:
+                raise ModelLoadError(
+                    f"model version {spec.label} produces {engine.dimensions}-dimensional "
+                    f"vectors but its stored vectors have {row[0]}: refusing to mix them")
+            self._checked.add(spec.version_id)
+        return engine
+
     def _encode(self, spec: ModelSpec, plan: BatchPlan,
                 ) -> tuple[dict[bytes, np.ndarray], list[Failure]]:
         try:
-            engine = self.load(spec)
+            engine = self.engine(spec)
         except ModelLoadError as exc:
             logger.error("cannot load %s: %s", spec.label, exc)
             return {}, [Failure(d, h, "model unavailable", str(exc))

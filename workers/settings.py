@@ -30,7 +30,7 @@ class Settings:
     ids_per_message: int = 16
     claim_limit: int = 2048
     poll_interval_s: float = 1.0
-    requeue_after_s: float = 120.0
+    requeue_after_s: float = 60.0
     reconcile_interval_s: float = 300.0
 
     # failures

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -54,6 +55,17 @@ def test_up_runs_the_fleet_and_sigterm_stops_every_child(tmp_path):
             wait_until(lambda: conn.execute("SELECT 1 FROM embeddings WHERE doc_id = %s",
                                             (doc_id,)).fetchone(), 120, message="embedded")
 
+        # Flower is up, and refuses requests without the password printed once at start
+        password = re.search(r"password (\S+)", (tmp_path / "up.log").read_text()).group(1)
+        base = f"http://127.0.0.1:{state['flower_port']}"
+        wait_until(lambda: _http(f"{base}/healthcheck")[0] == 200, 60, message="Flower up")
+        assert _http(f"{base}/api/workers")[0] == 401
+        assert _http(f"{base}/api/workers", auth=("admin", "wrong"))[0] == 401
+        code, body = _http(f"{base}/api/workers?refresh=1", auth=("admin", password))
+        assert code == 200 and "gpu@" in body, body[:300]
+        assert all(password not in p.read_text(errors="replace")
+                   for p in (home / "logs").glob("*.log"))
+
         status = run_cli("status", "--json", env=env)
         assert status.returncode == 0, status.stderr
         data = json.loads(status.stdout)
@@ -87,6 +99,24 @@ def test_up_runs_the_fleet_and_sigterm_stops_every_child(tmp_path):
         log.close()
     output = (tmp_path / "up.log").read_text()
     assert "fleet stopped" in output and "Traceback" not in output
+
+
+def _http(url: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:
+    import base64
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url)
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except OSError:
+        return 0, ""
 
 
 def _child(pid: int, needle: str) -> psutil.Process | None:
@@ -195,3 +225,31 @@ def test_load_reports_bad_rows_and_inserts_the_good_ones(services, clean, tmp_pa
     assert "docs.jsonl:2" in result.stderr
     assert "inserted 4 docs from 2 file(s)" in result.stdout
     assert clean.execute("SELECT count(*) FROM docs").fetchone()[0] == 4
+
+
+def test_failures_verify_and_retry(services, clean, tmp_path):
+    env = _env(tmp_path, PGFLEET_DATABASE_URL=services.database_url,
+               PGFLEET_REDIS_URL=services.redis_url)
+    clean.execute("INSERT INTO docs (content) VALUES ('fine'), ('also fine')")
+    clean.execute("DELETE FROM pending_embeddings WHERE doc_id = 2")
+    clean.execute("INSERT INTO embedding_failures (doc_id, version_id, reason, attempts, "
+                  "last_error) VALUES (2, 1, 'model error', 5, 'RuntimeError: boom')")
+    listing = run_cli("failures", "--json", env=env)
+    assert listing.returncode == 0, listing.stderr
+    [row] = json.loads(listing.stdout)
+    assert row["doc_id"] == 2 and row["reason"] == "model error" and row["attempts"] == 5
+    check = run_cli("verify", "--json", env=env)
+    assert check.returncode == 0, check.stdout + check.stderr
+    [report] = json.loads(check.stdout)
+    assert report["failed_with_content"] == 1 and report["pending"] == 1
+    retried = run_cli("failures", "--retry", env=env)
+    assert retried.returncode == 0 and "queued 1 doc(s) again" in retried.stdout
+    assert clean.execute("SELECT count(*) FROM embedding_failures").fetchone()[0] == 0
+    assert clean.execute("SELECT attempts, enqueued_at FROM pending_embeddings WHERE doc_id = 2"
+                         ).fetchone() == (0, None)
+    # a stale vector is something verify reports, with exit code 1
+    clean.execute("INSERT INTO embeddings (doc_id, version_id, embedding, content_hash) "
+                  "VALUES (1, 1, array_fill(0.1, ARRAY[384])::vector, '\\x00')")
+    clean.execute("DELETE FROM pending_embeddings WHERE doc_id = 1")
+    bad = run_cli("verify", "--json", env=env)
+    assert bad.returncode == 1 and json.loads(bad.stdout)[0]["stale"] == 1

@@ -102,3 +102,29 @@ def test_token_budget_groups_sort_by_length_and_respect_the_budget():
         assert len(group) * longest <= 200 or len(group) == 1
     assert groups[-1] == [4]  # longer than the budget: alone
     assert token_budget_groups([], 100) == []
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(st.lists(st.integers(min_value=0, max_value=600), max_size=80),
+       st.integers(min_value=1, max_value=5000))
+def test_token_budget_groups_cover_every_index_once(lengths, budget):
+    from workers.batching import token_budget_groups
+
+    groups = token_budget_groups(lengths, budget)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for group in groups:
+        assert len(group) == 1 or len(group) * max(max(lengths[i] for i in group), 1) <= budget
+
+
+@given(st.lists(st.one_of(st.none(), st.integers(), st.text(max_size=5), st.floats(),
+                          st.lists(st.integers(), max_size=3)), max_size=4))
+def test_validation_accepts_or_refuses_clearly_never_crashes(args):
+    try:
+        version_id, doc_ids = validate_embed_args(args)
+    except InvalidTaskArguments as exc:
+        assert str(exc)
+    else:
+        assert isinstance(version_id, int) and all(isinstance(d, int) for d in doc_ids)

@@ -19,6 +19,8 @@ def _check_command(argv: list[str]) -> None:
         from pgfleet.cli import main
 
         assert argv[1] in main.commands, argv
+        if argv[1] == "flower":
+            return
     elif argv[:3] == ["python", "-m", "producers"]:
         assert (ROOT / "producers" / "__main__.py").exists()
     elif argv[0] == "celery":

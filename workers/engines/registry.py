@@ -59,7 +59,10 @@ def load_for(spec: ModelSpec, settings) -> Engine:
 
 
 def _build(spec: ModelSpec, *, device: str, threads: int, token_budget: int) -> Engine:
-    location = resolve_artifact(spec.artifact)
+    try:
+        location = resolve_artifact(spec.artifact)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"model version {spec.label}: {exc}") from exc
     if spec.format == "torch":
         from workers.engines.torch_engine import TorchEngine
 

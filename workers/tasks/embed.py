@@ -82,7 +82,8 @@ class DocBatches(Batches):
             for request in requests:
                 try:
                     self.app.send_task(self.name, args=request.args, kwargs=request.kwargs,
-                                       queue=(request.delivery_info or {}).get("routing_key"))
+                                       queue=(request.delivery_info or {}).get("routing_key"),
+                                       ignore_result=True)
                 except Exception:  # noqa: BLE001 - the producer republishes stale work too
                     logger.exception("republishing message %s failed", request.id)
                 request.acknowledge()

