@@ -211,6 +211,14 @@ def status(as_json: bool) -> None:
     if not data["workers"]:
         workers.add_row("[red]none answered[/red]", "")
     out.print(workers)
+    if data["failures"]:
+        table = Table(title="recent failures (pgfleet failures for more, --retry to queue again)")
+        for col in ("doc", "version", "reason", "attempts", "last error"):
+            table.add_column(col)
+        for f in data["failures"]:
+            table.add_row(str(f["doc_id"]), f["version"], f["reason"], str(f["attempts"]),
+                          (f["last_error"] or "")[:100])
+        out.print(table)
 
 
 # ---------------------------------------------------------------------------------- failures

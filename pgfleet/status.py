@@ -43,5 +43,13 @@ def workers_online(redis_url: str, timeout_s: float = 1.0) -> list[dict[str, Any
             for name, queues in sorted(replies.items())]
 
 
+def recent_failures(conn: psycopg.Connection, limit: int = 10) -> list[dict[str, Any]]:
+    return [{"doc_id": r["doc_id"], "version": r["version"], "reason": r["reason"],
+             "attempts": r["attempts"], "last_error": r["last_error"],
+             "last_failed_at": r["last_failed_at"].isoformat()}
+            for r in db.fetch_all(conn, "list_failures", {"limit": limit})]
+
+
 def collect(conn: psycopg.Connection, redis_url: str) -> dict[str, Any]:
-    return {"versions": version_rows(conn), "workers": workers_online(redis_url)}
+    return {"versions": version_rows(conn), "workers": workers_online(redis_url),
+            "failures": recent_failures(conn)}
