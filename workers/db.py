@@ -17,7 +17,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 import schema
-from workers.errors import DatabaseConflict, DatabaseUnavailable
+from workers.errors import DatabaseConflict, DatabaseRejected, DatabaseUnavailable
 from workers.settings import redact
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,9 @@ def pooled(pool: ConnectionPool) -> Iterator[psycopg.Connection]:
         raise DatabaseUnavailable(f"no database connection available: {exc}") from exc
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"database connection failed: {_first_line(exc)}") from exc
+    except (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.RaiseException,
+            psycopg.errors.InsufficientPrivilege) as exc:
+        raise DatabaseRejected(f"{type(exc).__name__}: {_first_line(exc)}") from exc
 
 
 def fetch_all(conn: psycopg.Connection, name: str, params: dict[str, Any] | None = None,

@@ -27,6 +27,11 @@ class DatabaseConflict(RetryableError):
     """A deadlock or serialization failure: the transaction can simply run again."""
 
 
+class DatabaseRejected(PermanentError):
+    """PostgreSQL refused a statement (a constraint, a trigger, bad data): running it again
+    as it is would fail the same way."""
+
+
 class BrokerUnavailable(RetryableError):
     """Redis could not be reached."""
 

@@ -26,6 +26,7 @@ from workers import db
 from workers.batching import BatchPlan, backoff_s, chunked, plan_batch
 from workers.engines.base import Engine, ModelSpec
 from workers.errors import (
+    DatabaseRejected,
     DatabaseUnavailable,
     ModelLoadError,
     PgfleetError,
@@ -168,8 +169,8 @@ class EmbedPipeline:
         params.update(worker=self.name, batch_size=plan.batch_size,
                       cache_hits=report.cache_hits, model_calls=report.model_calls,
                       latency_ms=(time.perf_counter() - started) * 1000.0)
-        result = self._with_retry(lambda: self._write(params))
-        report.written = int(result["written"])
+        report.written, write_failures = self._write_isolating(params)
+        failures.extend(write_failures)
         for failure in failures:
             self._record_failure(spec, failure)
         report.failures = failures
@@ -205,6 +206,24 @@ class EmbedPipeline:
                     f"vectors but its stored vectors have {row[0]}: refusing to mix them")
             self._checked.add(spec.version_id)
         return engine
+
+    def _write_isolating(self, params: dict[str, Any]) -> tuple[int, list[Failure]]:
+        """Write the batch; if PostgreSQL refuses it, write item by item so that one item
+        the database rejects does not fail its neighbours."""
+        try:
+            return int(self._with_retry(lambda: self._write(params))["written"]), []
+        except DatabaseRejected as exc:
+            if len(params["doc_ids"]) <= 1:
+                return 0, [Failure(d, h, "write error", str(exc))
+                           for d, h in zip(params["doc_ids"], params["hashes"], strict=True)]
+            logger.warning("writing a batch of %d was refused (%s); writing item by item",
+                           len(params["doc_ids"]), exc)
+        written, failures = 0, []
+        for item in _single_items(params):
+            count, failed = self._write_isolating(item)
+            written += count
+            failures.extend(failed)
+        return written, failures
 
     def _encode(self, spec: ModelSpec, plan: BatchPlan,
                 ) -> tuple[dict[bytes, np.ndarray], list[Failure]]:
@@ -283,6 +302,24 @@ def _check_vectors(vectors: np.ndarray, count: int, dims: int) -> None:
         raise PgfleetError(f"model returned shape {vectors.shape}, expected {(count, dims)}")
     if not np.isfinite(vectors).all():
         raise PgfleetError("model returned NaN or infinite values")
+
+
+def _single_items(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """One write's parameters per doc, each with its own cache row and hit count."""
+    misses = dict(zip(params["miss_hashes"], params["miss_vectors"], strict=True))
+    hits = dict(zip(params["hit_hashes"], params["hit_counts"], strict=True))
+    items = []
+    for doc_id, digest, vector in zip(params["doc_ids"], params["hashes"], params["vectors"],
+                                      strict=True):
+        item = dict(params, doc_ids=[doc_id], hashes=[digest], vectors=[vector],
+                    miss_hashes=[digest] if digest in misses else [],
+                    miss_vectors=[misses[digest]] if digest in misses else [],
+                    hit_hashes=[digest] if digest in hits else [],
+                    hit_counts=[1] if digest in hits else [], batch_size=1,
+                    cache_hits=1 if digest in hits else 0,
+                    model_calls=1 if digest in misses else 0)
+        items.append(item)
+    return items
 
 
 def _write_params(spec: ModelSpec, plan: BatchPlan, encoded: dict[bytes, np.ndarray],
