@@ -221,6 +221,108 @@ def status(as_json: bool) -> None:
         out.print(table)
 
 
+# ---------------------------------------------------------------------------------- models
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def models(as_json: bool) -> None:
+    """Model versions: name, version, format, status, traffic and measured metrics."""
+    from pgfleet import context
+
+    with context.connection() as conn:
+        rows = conn.execute(
+            "SELECT v.id, v.name, v.version, v.kind, v.format, v.status, v.active, "
+            "v.traffic_percent, v.dimensions, v.artifact, v.metrics, "
+            "p.name || '@' || p.version AS parent, v.created_at "
+            "FROM model_versions v LEFT JOIN model_versions p ON p.id = v.parent_id "
+            "ORDER BY v.id").fetchall()
+    keys = ("id", "name", "version", "kind", "format", "status", "active", "traffic_percent",
+            "dimensions", "artifact", "metrics", "parent", "created_at")
+    items = [dict(zip(keys, r, strict=True)) for r in rows]
+    if as_json:
+        for item in items:
+            item["created_at"] = item["created_at"].isoformat()
+        click.echo(json.dumps(items))
+        return
+    table = Table(title="model versions")
+    for col in ("id", "version", "format", "status", "active", "traffic", "size", "docs/s (best)",
+                "cosine to parent", "top-10 overlap"):
+        table.add_column(col)
+    for item in items:
+        m = item["metrics"] or {}
+        size = m.get("file_bytes", {}).get("onnx_int8")
+        speed = m.get("docs_per_s", {}).get("onnx_int8", {}).get("best_docs_per_s")
+        fid = m.get("fidelity_int8", {})
+        table.add_row(str(item["id"]), f"{item['name']}@{item['version']}", item["format"],
+                      item["status"], "yes" if item["active"] else "no",
+                      f"{item['traffic_percent']}%", f"{size / 1e6:.1f} MB" if size else "-",
+                      str(speed or "-"), str(fid.get("cosine_mean", "-")),
+                      str(fid.get("top10_overlap", "-")))
+    out.print(table)
+
+
+# ---------------------------------------------------------------------------------- train
+@main.group()
+def train() -> None:
+    """Jobs of the training queue."""
+
+
+@train.command("quantize")
+@click.option("--from", "from_version", default="v1", show_default=True,
+              help="the torch version to quantize: id, v1 or name@v1")
+@click.option("--sample", default=200, show_default=True, help="docs to measure on")
+@click.option("--local", is_flag=True, help="run here instead of on the training queue")
+@click.option("--timeout", "timeout_s", default=3600, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def train_quantize(from_version: str, sample: int, local: bool, timeout_s: int,
+                   as_json: bool) -> None:
+    """Export a version to ONNX, quantize it to INT8, measure and register it."""
+    from pgfleet import context
+
+    conf = context.settings()
+    if local:
+        from workers.training.jobs import run_quantize
+
+        with context.connection(conf, autocommit=True) as conn:
+            result = run_quantize(conn, conf, from_version, sample_size=sample)
+    else:
+        from workers.app import create_app
+
+        urls = context.urls(conf)
+        app = create_app(conf)
+        app.conf.broker_url = app.conf.result_backend = urls.redis_url
+        async_result = app.send_task("quantize", kwargs={"from_version": from_version,
+                                                         "sample": sample})
+        console.print(f"queued on the training queue as task {async_result.id}; waiting "
+                      "(Ctrl-C stops waiting, not the job)")
+        result = async_result.get(timeout=timeout_s)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    _print_quantize(result)
+
+
+def _print_quantize(result: dict) -> None:
+    m = result["metrics"]
+    out.print(f"registered [bold]{result['name']}@{result['version']}[/bold] (id "
+              f"{result['version_id']}, onnx-int8, inactive) from {result['parent']}; "
+              f"artifact {result['artifact']}")
+    sizes = m["file_bytes"]
+    out.print(f"file: fp32 {sizes['onnx_fp32'] / 1e6:.1f} MB -> INT8 "
+              f"{sizes['onnx_int8'] / 1e6:.1f} MB ({sizes['int8_to_fp32']:.0%})")
+    table = Table(title=f"docs/s on {m['sample']['docs']} docs ({m['sample']['source']})")
+    for col in ("engine", "batch 1", "batch 64", "best", "best token budget"):
+        table.add_column(col, justify="right")
+    for name, row in m["docs_per_s"].items():
+        table.add_row(name, str(row["batch1_docs_per_s"]), str(row["batch64_docs_per_s"]),
+                      str(row["best_docs_per_s"]), str(row["best_token_budget"]))
+    out.print(table)
+    f = m["fidelity_int8"]
+    out.print(f"INT8 speed-up: {m['speedup']['int8_vs_torch_fp32']}x torch fp32, "
+              f"{m['speedup']['int8_vs_onnx_fp32']}x ONNX fp32; fidelity to the source: "
+              f"cosine mean {f['cosine_mean']}, min {f['cosine_min']}, top-10 overlap "
+              f"{f['top10_overlap']}")
+
+
 # ---------------------------------------------------------------------------------- failures
 @main.command()
 @click.option("--retry", is_flag=True, help="clear the failures and queue their docs again")
@@ -230,8 +332,8 @@ def status(as_json: bool) -> None:
 def failures(retry: bool, version_ref: str | None, limit: int, as_json: bool) -> None:
     """Docs that could not be embedded, with why; --retry queues them again."""
     from pgfleet import context
-    from pgfleet.versions import embedding_version
     from workers import db as wdb
+    from workers.versions import embedding_version
 
     with context.connection() as conn:
         if retry:
@@ -330,8 +432,8 @@ def search(text: str | None, k: int, version_ref: str | None, query_file, as_jso
     """Nearest docs to TEXT (or to each line of --file)."""
     from pgfleet import context
     from pgfleet.search import search as run_search
-    from pgfleet.versions import embedding_version
     from workers.engines import load_for
+    from workers.versions import embedding_version
 
     if (text is None) == (query_file is None):
         raise click.UsageError("give a query TEXT or --file, not both")

@@ -22,6 +22,8 @@ class Settings:
     database_url: str | None = None
     redis_url: str | None = None
     home: Path = Path(".pgfleet")
+    # where produced models are written (shared storage when workers run on many machines)
+    models_dir: Path | None = None
 
     # batching, per worker process
     batch_max_docs: int = 64
@@ -100,7 +102,7 @@ def check_url(name: str, url: str) -> None:
 def _parse(name: str, kind: object, raw: str) -> object:
     text = str(kind)
     try:
-        if "Path" in text:
+        if "Path" in text:  # Path and Path | None
             return Path(raw)
         if text.startswith("int"):
             return int(raw)

@@ -128,3 +128,22 @@ def test_validation_accepts_or_refuses_clearly_never_crashes(args):
         assert str(exc)
     else:
         assert isinstance(version_id, int) and all(isinstance(d, int) for d in doc_ids)
+
+
+def test_quantization_choice_follows_the_cpu():
+    from workers.training.quantize import quantization_choice
+
+    vnni = quantization_choice({"avx2", "avx512f", "avx512_vnni"})
+    assert vnni["per_channel"] and not vnni["reduce_range"] and vnni["weight_type"] == "QInt8"
+    assert quantization_choice({"avx2"})["reduce_range"] is True
+
+
+def test_fidelity_of_identical_and_perturbed_vectors():
+    from workers.training.measure import fidelity
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((30, 8)).astype(np.float32)
+    same = fidelity(a, a.copy())
+    assert same["cosine_mean"] == pytest.approx(1.0) and same["top10_overlap"] == 1.0
+    noisy = fidelity(a, a + rng.standard_normal(a.shape).astype(np.float32))
+    assert noisy["cosine_mean"] < 0.9 and noisy["top10_overlap"] < 1.0

@@ -68,9 +68,12 @@ def _build(spec: ModelSpec, *, device: str, threads: int, token_budget: int) -> 
 
         return TorchEngine(spec, location, device=device, threads=threads,
                            token_budget=token_budget)
-    raise ModelLoadError(
-        f"model {spec.label} has format {spec.format!r}, which this release cannot serve yet "
-        "(only 'torch' engines are available)")
+    if spec.format in ("onnx", "onnx-int8"):
+        from workers.engines.onnx_engine import OnnxEngine
+
+        return OnnxEngine(spec, location, threads=threads, token_budget=token_budget)
+    raise ModelLoadError(f"model {spec.label} has format {spec.format!r}, which no engine "
+                         "serves (torch, onnx, onnx-int8)")
 
 
 def clear() -> None:

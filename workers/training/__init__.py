@@ -1,0 +1,1 @@
+"""Long jobs of the training queue. Heavy imports happen inside the functions."""

@@ -1,0 +1,120 @@
+"""Training-queue jobs as plain functions (the Celery tasks and ``pgfleet train`` call them)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from workers.corpus import stdlib_paragraphs
+from workers.engines.base import ModelSpec
+from workers.engines.registry import resolve_artifact
+from workers.errors import PgfleetError
+from workers.settings import Settings
+from workers.versions import embedding_version
+
+logger = logging.getLogger(__name__)
+
+
+def models_dir(settings: Settings) -> Path:
+    """Where produced models are written. Every worker that serves them must see the same
+    path (one machine, or shared storage): ``PGFLEET_MODELS_DIR``, else ``$PGFLEET_HOME/models``."""
+    return (settings.models_dir or settings.home / "models").resolve()
+
+
+def sample_texts(conn: psycopg.Connection, size: int) -> tuple[list[str], str]:
+    """A fixed sample of the table's own docs; topped up with documentation paragraphs when
+    the table holds fewer non-empty docs than asked for."""
+    rows = conn.execute("SELECT content FROM docs WHERE length(btrim(content)) > 0 "
+                        "ORDER BY md5(id::text) LIMIT %s", (size,)).fetchall()
+    texts = [r[0] for r in rows]
+    if len(texts) >= size:
+        return texts, "docs"
+    extra = stdlib_paragraphs(size - len(texts))
+    return texts + extra, f"docs ({len(texts)}) + documentation paragraphs ({len(extra)})"
+
+
+def _next_version(conn: psycopg.Connection, name: str, base: str) -> str:
+    taken = {r[0] for r in conn.execute("SELECT version FROM model_versions WHERE name = %s",
+                                        (name,))}
+    candidate, n = base, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
+def register_version(conn: psycopg.Connection, source: ModelSpec, *, version: str, fmt: str,
+                     artifact: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    with conn.transaction():
+        row = conn.execute(
+            "INSERT INTO model_versions (name, version, kind, format, artifact, dimensions, "
+            "max_seq_length, status, active, traffic_percent, metrics, parent_id) "
+            "VALUES (%s, %s, 'embedding', %s, %s, %s, %s, 'ready', false, 0, %s, %s) "
+            "RETURNING id", (source.name, version, fmt, artifact, source.dimensions,
+                             source.max_seq_length, Jsonb(metrics), source.version_id)).fetchone()
+        conn.execute("SELECT pgfleet_ensure_version_index_v1(%s)", (row[0],))
+    return {"version_id": row[0], "name": source.name, "version": version, "format": fmt,
+            "artifact": artifact, "parent": source.label, "metrics": metrics}
+
+
+def run_quantize(conn: psycopg.Connection, settings: Settings, from_ref: str | int,
+                 *, sample_size: int = 200) -> dict[str, Any]:
+    """Export a torch version to ONNX, quantize it to INT8, measure both against the source
+    on the table's own docs, and register the INT8 model as a new, inactive version."""
+    from workers.engines.onnx_engine import OnnxEngine
+    from workers.engines.torch_engine import TorchEngine
+    from workers.training.measure import fidelity, throughput
+    from workers.training.quantize import export_and_quantize
+
+    if sample_size < 20:
+        raise PgfleetError("the measurement sample needs at least 20 docs")
+    source = embedding_version(conn, str(from_ref))
+    if source.format != "torch":
+        raise PgfleetError(f"model version {source.label} is {source.format}; quantize a torch "
+                           "version")
+    version = _next_version(conn, source.name, f"{source.version}-int8")
+    directory = models_dir(settings) / f"{source.name}-{version}"
+    source_path = resolve_artifact(source.artifact)
+    result = export_and_quantize(source, source_path, directory)
+    texts, sample_source = sample_texts(conn, sample_size)
+
+    # measured on CPU: INT8 is a CPU engine, and the comparison must be like for like
+    torch_engine = TorchEngine(source, source_path, device="cpu", threads=settings.torch_threads)
+    specs = {fmt: ModelSpec(-1, source.name, version, fmt, str(directory), source.dimensions,
+                            source.max_seq_length) for fmt in ("onnx", "onnx-int8")}
+    fp32 = OnnxEngine(specs["onnx"], str(directory), threads=settings.torch_threads)
+    int8 = OnnxEngine(specs["onnx-int8"], str(directory), threads=settings.torch_threads)
+    speed = {
+        "torch_fp32": throughput(torch_engine, lambda t: torch_engine.model.encode(
+            t, batch_size=max(1, len(t)), show_progress_bar=False), texts),
+        "onnx_fp32": throughput(fp32, fp32._encode_group, texts),
+        "onnx_int8": throughput(int8, int8._encode_group, texts),
+    }
+    reference = torch_engine.encode(texts)
+    fp32_size, int8_size = result.fp32_path.stat().st_size, result.int8_path.stat().st_size
+    metrics = {
+        "file_bytes": {"onnx_fp32": fp32_size, "onnx_int8": int8_size,
+                       "int8_to_fp32": round(int8_size / fp32_size, 4)},
+        "docs_per_s": speed,
+        "speedup": {
+            "int8_vs_torch_fp32": round(speed["onnx_int8"]["best_docs_per_s"]
+                                        / speed["torch_fp32"]["best_docs_per_s"], 3),
+            "int8_vs_onnx_fp32": round(speed["onnx_int8"]["best_docs_per_s"]
+                                       / speed["onnx_fp32"]["best_docs_per_s"], 3)},
+        "fidelity_int8": fidelity(reference, int8.encode(texts)),
+        "fidelity_onnx_fp32": fidelity(reference, fp32.encode(texts)),
+        "quantization": result.quantization,
+        "sample": {"docs": len(texts), "source": sample_source},
+        "measured_on": {"cpu": platform.processor() or platform.machine(),
+                        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},
+    }
+    registered = register_version(conn, source, version=version, fmt="onnx-int8",
+                                  artifact=str(directory), metrics=metrics)
+    logger.info("registered %s@%s (onnx-int8): %s", source.name, version, metrics["speedup"])
+    return registered
