@@ -424,37 +424,165 @@ def load(paths: tuple[Path, ...], batch_size: int) -> None:
 @click.argument("text", required=False)
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--version", "version_ref", default=None,
-              help="model version: id, v1 or name@v1 (default: the active one)")
+              help="model version: id, v1 or name@v1 (default: routed by the A/B split)")
+@click.option("--key", default=None, help="user or session id: sticky A/B assignment")
+@click.option("--name", default=None, help="model name to route within (default: the main one)")
 @click.option("--file", "query_file", type=click.File("r", encoding="utf-8"),
               help="one query per line")
 @click.option("--json", "as_json", is_flag=True, help="one JSON line per query")
-def search(text: str | None, k: int, version_ref: str | None, query_file, as_json: bool) -> None:
+def search(text: str | None, k: int, version_ref: str | None, key: str | None, name: str | None,
+           query_file, as_json: bool) -> None:
     """Nearest docs to TEXT (or to each line of --file)."""
     from pgfleet import context
-    from pgfleet.search import search as run_search
+    from pgfleet.search import routed_search
     from workers.engines import load_for
-    from workers.versions import embedding_version
 
     if (text is None) == (query_file is None):
         raise click.UsageError("give a query TEXT or --file, not both")
     queries = [text] if text is not None else [q.strip() for q in query_file if q.strip()]
     conf = context.settings()
-    with context.connection(conf) as conn:
-        spec = embedding_version(conn, version_ref)
-        engine = load_for(spec, conf)
+    with context.connection(conf, autocommit=True) as conn:
         for query in queries:
-            hits = run_search(conn, engine, spec, query, k)
+            answer = routed_search(conn, lambda spec: load_for(spec, conf), query, k,
+                                   version_ref=version_ref, key=key, name=name)
             if as_json:
-                click.echo(json.dumps({"query": query, "version": spec.label,
-                                       "hits": [h.as_json() for h in hits]}))
+                click.echo(json.dumps(answer.as_json()))
                 continue
-            table = Table(title=f"{query!r} ({spec.label})", title_justify="left")
+            note = (f", fell back from {answer.route.fallback_from} (still backfilling)"
+                    if answer.route.fallback_from else "")
+            table = Table(title=f"{query!r} ({answer.route.spec.label}{note}; "
+                                f"{answer.latency_ms:.0f} ms)", title_justify="left")
             table.add_column("doc", justify="right")
             table.add_column("score", justify="right")
             table.add_column("content", overflow="fold")
-            for h in hits:
+            for h in answer.hits:
                 table.add_row(str(h.doc_id), f"{h.score:.3f}", h.content[:300])
             out.print(table)
+
+
+# ---------------------------------------------------------------------------------- ab
+@main.group()
+def ab() -> None:
+    """A/B tests between model versions."""
+
+
+@ab.command("set")
+@click.argument("name")
+@click.argument("split", nargs=-1, required=True)
+def ab_set(name: str, split: tuple[str, ...]) -> None:
+    """Set the split: pgfleet ab set NAME v1=80 v2=20 [v3=shadow]."""
+    from pgfleet import abtest, context
+    from workers.ab import parse_split
+
+    try:
+        parsed = parse_split(split)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    with context.connection(autocommit=True) as conn:
+        result = abtest.set_split(conn, name, parsed)
+    out.print(f"{name}: " + ", ".join(f"{v}={'shadow' if p == 0 else f'{p}%'}"
+                                      for v, p in parsed.items()))
+    for version, count in result["backfill_queued"].items():
+        out.print(f"{version}: backfilling {count} docs (progress: pgfleet ab status {name})")
+
+
+@ab.command("promote")
+@click.argument("name")
+@click.argument("version")
+def ab_promote(name: str, version: str) -> None:
+    """All traffic to VERSION in one transaction; the others stay as shadows for rollback."""
+    from pgfleet import abtest, context
+
+    with context.connection(autocommit=True) as conn:
+        result = abtest.promote(conn, name, version)
+    out.print(f"{name}: {version} serves 100%; kept as shadows: "
+              f"{', '.join(v for v, p in result['split'].items() if p == 0) or 'none'}")
+
+
+@ab.command("rollback")
+@click.argument("name")
+def ab_rollback(name: str) -> None:
+    """Restore the split in force before the last change."""
+    from pgfleet import abtest, context
+
+    with context.connection(autocommit=True) as conn:
+        result = abtest.rollback(conn, name)
+    out.print(f"{name}: back to " + ", ".join(f"{v}={p}%" for v, p in result["split"].items()))
+
+
+@ab.command("retire")
+@click.argument("name")
+@click.argument("version")
+def ab_retire(name: str, version: str) -> None:
+    """Stop embedding for VERSION; its vectors are dropped after PGFLEET_RETIRE_GRACE_S."""
+    from pgfleet import abtest, context
+
+    with context.connection(autocommit=True) as conn:
+        abtest.retire(conn, name, version)
+    out.print(f"{name}@{version} retired")
+
+
+@ab.command("feedback")
+@click.argument("log_id", type=int)
+@click.argument("doc_id", type=int)
+@click.option("--relevance", default=1.0, type=click.FloatRange(0, 1), show_default=True)
+def ab_feedback(log_id: int, doc_id: int, relevance: float) -> None:
+    """Record that the user of logged search LOG_ID chose DOC_ID (applications can insert
+    into search_feedback directly)."""
+    from pgfleet import context
+
+    with context.connection(autocommit=True) as conn:
+        conn.execute("INSERT INTO search_feedback (log_id, doc_id, relevance) VALUES (%s, %s, %s)",
+                     (log_id, doc_id, relevance))
+    out.print("recorded")
+
+
+@ab.command("status")
+@click.argument("name")
+@click.option("--since", default="1d", show_default=True, help="e.g. 30m, 12h, 7d")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="draw the latency distributions per version to this PNG")
+@click.option("--json", "as_json", is_flag=True)
+def ab_status(name: str, since: str, plot_path: str | None, as_json: bool) -> None:
+    """Per version: requests, latency, cache hits, errors, quality; and the verdict."""
+    from pgfleet import abtest, context
+
+    with context.connection(autocommit=True) as conn:
+        data = abtest.report(conn, name, _duration(since))
+        if plot_path:
+            drawn = abtest.plot_latencies(conn, name, _duration(since), plot_path)
+            console.print(f"latency distributions of {drawn} searches drawn to {plot_path}")
+    if as_json:
+        click.echo(json.dumps(data))
+        return
+    table = Table(title=f"{name}, last {since}")
+    for col in ("version", "traffic", "requests", "mean ms", "p50 ms", "p95 ms", "cache hits",
+                "errors", "feedback", "MRR", "coverage"):
+        table.add_column(col, justify="right")
+    for v in data["versions"]:
+        lat = v["latency_ms"]
+        table.add_row(v["version"], "shadow" if v["shadow"] else f"{v['traffic_percent']}%",
+                      str(v["requests"]), *(f"{lat[q]:.1f}" if lat[q] is not None else "-"
+                                            for q in ("mean", "p50", "p95")),
+                      f"{v['cache_hit_rate']:.0%}" if v["cache_hit_rate"] is not None else "-",
+                      str(v["errors"]), str(v["feedback"]),
+                      f"{v['mrr']:.3f}" if v["mrr"] is not None else "-",
+                      f"{v['coverage']:.0%}" + (f" ({v['backfill_pending']} to backfill)"
+                                                if v["backfill_pending"] else ""))
+    out.print(table)
+    for comparison in data["comparisons"]:
+        out.print(comparison["verdict"])
+
+
+def _duration(text: str):
+    import datetime as dt
+    import re
+
+    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if not match:
+        raise click.UsageError(f"--since {text!r}: write a number and s, m, h or d (e.g. 1d)")
+    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+    return dt.timedelta(**{unit: int(match.group(1))})
 
 
 # ---------------------------------------------------------------------------------- bench

@@ -1,9 +1,18 @@
-"""Nearest-neighbour search over one version's vectors, the query embedded by that version's
-own engine (vectors of two versions are never compared)."""
+"""Search: routed to a model version by its A/B split, embedded by that version's own engine,
+searched only against that version's vectors, and logged.
+
+Routing: with ``--version`` the named version answers. Otherwise the version is assigned by
+traffic percent among the serving versions of the model name (sticky with a key, random
+without). If the assigned version is still being backfilled, the search **falls back** to the
+complete serving version with the most traffic and says so (``fallback_from``); a version
+that is incomplete and has no complete alternative answers anyway, flagged ``incomplete``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -11,7 +20,10 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 import schema
+from workers import ab, db
+from workers.batching import as_array
 from workers.engines import Engine, ModelSpec
+from workers.versions import embedding_version
 
 
 @dataclass
@@ -26,8 +38,78 @@ class Hit:
                 "metadata": self.metadata}
 
 
+@dataclass
+class Route:
+    spec: ModelSpec
+    assigned: ModelSpec
+    fallback_from: str | None = None
+    incomplete: bool = False
+
+
+@dataclass
+class Answer:
+    query: str
+    route: Route
+    hits: list[Hit] = field(default_factory=list)
+    latency_ms: float = 0.0
+    cache_hit: bool = False
+    log_id: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"query": self.query, "version": self.route.spec.label,
+                               "assigned_version": self.route.assigned.label,
+                               "log_id": self.log_id, "latency_ms": round(self.latency_ms, 2),
+                               "cache_hit": self.cache_hit,
+                               "hits": [h.as_json() for h in self.hits]}
+        if self.route.fallback_from:
+            out["fallback_from"] = self.route.fallback_from
+        if self.route.incomplete:
+            out["incomplete"] = True
+        return out
+
+
 def search_sql(dims: int) -> sql.Composed:
     return sql.SQL(schema.query("search")).format(dims=sql.Literal(dims))
+
+
+def route(conn: psycopg.Connection, version_ref: str | None, key: str | None,
+          name: str | None = None) -> Route:
+    if version_ref is not None:
+        spec = embedding_version(conn, version_ref)
+        return Route(spec, spec)
+    if name is None:
+        name = embedding_version(conn, None).name
+    rows = db.fetch_all(conn, "model_versions")
+    serving = [r for r in rows if r["name"] == name and r["active"] and r["traffic_percent"] > 0
+               and r["kind"] == "embedding"]
+    version = ab.assign(name, [(r["version"], r["traffic_percent"]) for r in serving], key=key)
+    assigned = ModelSpec.from_row(next(r for r in serving if r["version"] == version))
+    if not _backfilling(conn, assigned.version_id):
+        return Route(assigned, assigned)
+    complete = [r for r in sorted(serving, key=lambda r: -r["traffic_percent"])
+                if not _backfilling(conn, r["id"])]
+    if complete:
+        return Route(ModelSpec.from_row(complete[0]), assigned, fallback_from=assigned.label)
+    return Route(assigned, assigned, incomplete=True)
+
+
+def _backfilling(conn: psycopg.Connection, version_id: int) -> bool:
+    return conn.execute("SELECT EXISTS (SELECT 1 FROM pending_embeddings WHERE version_id = %s "
+                        "AND priority = 1)", (version_id,)).fetchone()[0]
+
+
+def _query_vector(conn: psycopg.Connection, engine: Engine, spec: ModelSpec, text: str):
+    """The query's vector, from the inference cache when this version has seen it."""
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    row = conn.execute("UPDATE model_cache SET hits = hits + 1, last_hit_at = now() "
+                       "WHERE version_id = %s AND input_hash = %s RETURNING embedding",
+                       (spec.version_id, digest)).fetchone()
+    if row is not None:
+        return as_array(row[0]), True
+    vector = engine.encode([text])[0]
+    conn.execute("INSERT INTO model_cache (version_id, input_hash, embedding) VALUES (%s, %s, %s) "
+                 "ON CONFLICT DO NOTHING", (spec.version_id, digest, vector))
+    return vector, False
 
 
 def search(conn: psycopg.Connection, engine: Engine, spec: ModelSpec, text: str, k: int,
@@ -35,10 +117,36 @@ def search(conn: psycopg.Connection, engine: Engine, spec: ModelSpec, text: str,
     if k < 1:
         raise ValueError("k must be at least 1")
     vector = engine.encode([text])[0]
-    with conn.cursor(row_factory=dict_row) as cur:
+    return _nearest(conn, spec, vector, k)
+
+
+def _nearest(conn: psycopg.Connection, spec: ModelSpec, vector, k: int) -> list[Hit]:
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         # HNSW returns at most ef_search candidates; ask for at least k
         cur.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(40, k)),))
         cur.execute(search_sql(spec.dimensions),
                     {"query": vector, "version_id": spec.version_id, "k": k})
         rows = cur.fetchall()
     return [Hit(r["id"], float(r["score"]), r["content"], r["metadata"]) for r in rows]
+
+
+def routed_search(conn: psycopg.Connection, engines, text: str, k: int, *,
+                  version_ref: str | None = None, key: str | None = None,
+                  name: str | None = None) -> Answer:
+    """Route, embed (cache first), search that version's vectors only, and log it."""
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    started = time.perf_counter()
+    chosen = route(conn, version_ref, key, name)
+    engine = engines(chosen.spec)
+    vector, cache_hit = _query_vector(conn, engine, chosen.spec, text)
+    hits = _nearest(conn, chosen.spec, vector, k)
+    latency_ms = (time.perf_counter() - started) * 1000
+    key_hash = hashlib.sha256(key.encode()).hexdigest()[:16] if key is not None else None
+    log_id = conn.execute(
+        "INSERT INTO inference_logs (version_id, assigned_version_id, task, latency_ms, "
+        "batch_size, cache_hits, model_calls, request_key, results) "
+        "VALUES (%s, %s, 'search', %s, 1, %s, %s, %s, %s) RETURNING id",
+        (chosen.spec.version_id, chosen.assigned.version_id, latency_ms, int(cache_hit),
+         int(not cache_hit), key_hash, [h.doc_id for h in hits])).fetchone()[0]
+    return Answer(text, chosen, hits, latency_ms, cache_hit, log_id)

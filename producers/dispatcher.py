@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from celery import Celery
@@ -21,6 +22,11 @@ from workers.errors import BrokerUnavailable
 from workers.queues import TASK_EMBED, queue_for_format
 
 logger = logging.getLogger(__name__)
+
+#: pending-work priorities: live changes first, then backfill
+LIVE, BACKFILL = 0, 1
+#: backfill is published only while fewer messages than this wait in the broker
+BACKFILL_QUEUE_LIMIT = 64
 
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5,
                  "interval_max": 2.0}
@@ -35,18 +41,20 @@ class Published:
 
 class Dispatcher:
     def __init__(self, pool: ConnectionPool, app: Celery, *, ids_per_message: int,
-                 claim_limit: int):
+                 claim_limit: int, backlog: Callable[[], int | None] | None = None):
         self.pool = pool
         self.app = app
         self.ids_per_message = ids_per_message
         self.claim_limit = claim_limit
+        self.backlog = backlog
         self._queues: dict[int, str | None] = {}
 
-    def dispatch_once(self) -> Published:
+    def dispatch_once(self, max_priority: int = BACKFILL) -> Published:
         """Claim up to ``claim_limit`` pending rows and publish them; commit after sending."""
         published = Published()
         with db.pooled(self.pool) as conn, conn.transaction():
-            rows = conn.execute(_claim_sql(), {"limit": self.claim_limit}).fetchall()
+            rows = conn.execute(_claim_sql(), {"limit": self.claim_limit,
+                                               "max_priority": max_priority}).fetchall()
             if not rows:
                 return published
             published.claimed = len(rows)
@@ -75,15 +83,23 @@ class Dispatcher:
         return published
 
     def drain(self) -> Published:
-        """Publish until nothing is left to claim."""
+        """Publish until nothing is left to claim. Backfill is published only while the
+        broker holds fewer than BACKFILL_QUEUE_LIMIT messages, so that live changes never
+        queue behind a large backfill."""
         total = Published()
         while True:
-            step = self.dispatch_once()
+            step = self.dispatch_once(self._max_priority())
             total.claimed += step.claimed
             total.docs += step.docs
             total.messages += step.messages
             if step.claimed < self.claim_limit:
                 return total
+
+    def _max_priority(self) -> int:
+        if self.backlog is None:
+            return BACKFILL
+        waiting = self.backlog()
+        return BACKFILL if waiting is not None and waiting < BACKFILL_QUEUE_LIMIT else LIVE
 
     def _refresh_queues(self, conn, by_version: dict[int, list[int]]) -> None:
         if all(v in self._queues for v in by_version):

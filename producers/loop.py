@@ -8,7 +8,7 @@ import time
 
 from producers.dispatcher import Dispatcher, Published
 from producers.listener import Listener
-from producers.reconcile import broker_backlog, reconcile_missing, requeue_stale
+from producers.reconcile import broker_backlog, drop_retired, reconcile_missing, requeue_stale
 from workers import db
 from workers.errors import PgfleetError
 from workers.queues import NOTIFY_CHANNEL, QUEUE_CPU, QUEUE_GPU
@@ -28,11 +28,14 @@ class ProducerLoop:
         urls = resolve_urls(settings)
         self.app = create_app(settings)
         self.redis_url = urls.redis_url
+        self.app.conf.broker_url = urls.redis_url
         self.pool = db.open_pool(urls.database_url, min_size=1, max_size=2,
                                  name="pgfleet-producer")
         self.listener = Listener(urls.database_url, NOTIFY_CHANNEL)
-        self.dispatcher = Dispatcher(self.pool, self.app, ids_per_message=settings.ids_per_message,
-                                     claim_limit=settings.claim_limit)
+        self.dispatcher = Dispatcher(
+            self.pool, self.app, ids_per_message=settings.ids_per_message,
+            claim_limit=settings.claim_limit,
+            backlog=lambda: broker_backlog(self.redis_url, (QUEUE_GPU, QUEUE_CPU)))
         self._stop = threading.Event()
         logger.info("producer for %s, broker %s", redact(urls.database_url), redact(urls.redis_url))
 
@@ -55,16 +58,18 @@ class ProducerLoop:
             try:
                 if now >= next_reconcile:
                     reconcile_missing(self.pool)
+                    drop_retired(self.pool, self.settings.retire_grace_s)
                     next_reconcile = now + self.settings.reconcile_interval_s
                 if now >= next_requeue:
                     self._requeue()
                     next_requeue = now + REQUEUE_CHECK_S
-                self.dispatcher.drain()
+                published = self.dispatcher.drain()
             except PgfleetError as exc:
                 logger.error("%s; trying again in %.1f s", exc, self.settings.poll_interval_s)
                 self._stop.wait(self.settings.poll_interval_s)
                 continue
-            self.listener.wait(self.settings.poll_interval_s)
+            # while a backfill is being fed to the broker, come back sooner than the poll
+            self.listener.wait(0.2 if published.claimed else self.settings.poll_interval_s)
         self.close()
 
     def close(self) -> None:

@@ -24,14 +24,26 @@ def requeue_stale(pool: ConnectionPool, older_than_s: float, *, broker_busy: boo
     return count
 
 
-def reconcile_missing(pool: ConnectionPool) -> int:
+def reconcile_missing(pool: ConnectionPool, version_id: int | None = None) -> int:
     """Docs with no current vector, pending row or failure for an active version."""
     with db.pooled(pool) as conn, conn.transaction():
-        count = conn.execute(schema.query("reconcile_missing")).rowcount
+        count = conn.execute(schema.query("reconcile_missing"),
+                             {"version_id": version_id}).rowcount
     if count:
-        logger.warning("queued %d docs that had no vector and no pending work "
-                       "(loaded with triggers off, or restored?)", count)
+        logger.warning("queued %d docs that had no vector and no pending work (a version "
+                       "activated, or docs loaded with triggers off?)", count)
     return count
+
+
+def drop_retired(pool: ConnectionPool, grace_s: float) -> int:
+    """Vectors of versions retired more than ``grace_s`` ago, and pending work of inactive
+    versions."""
+    with db.pooled(pool) as conn, conn.transaction():
+        dropped = conn.execute(schema.query("drop_retired_vectors"), {"grace_s": grace_s}).rowcount
+        conn.execute(schema.query("drop_inactive_pending"))
+    if dropped:
+        logger.info("dropped %d vectors of retired versions", dropped)
+    return dropped
 
 
 def broker_backlog(redis_url: str, queues: tuple[str, ...]) -> int | None:

@@ -7,8 +7,8 @@
 WITH claimable AS (
     SELECT doc_id, version_id
     FROM pending_embeddings
-    WHERE enqueued_at IS NULL AND not_before <= now()
-    ORDER BY not_before, queued_at
+    WHERE enqueued_at IS NULL AND not_before <= now() AND priority <= %(max_priority)s
+    ORDER BY priority, not_before, queued_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
@@ -31,12 +31,14 @@ WHERE enqueued_at < now() - make_interval(secs => %(older_than_s)s)
 
 -- name: reconcile_missing
 -- Docs with no vector, no pending row and no recorded failure for an active version
--- (loaded with triggers disabled, or restored from a backup): queue them.
-INSERT INTO pending_embeddings (doc_id, version_id, content_hash)
-SELECT d.id, v.id, pgfleet_content_hash_v1(d.content)
+-- (loaded with triggers disabled, restored from a backup, a version just activated):
+-- queue them as backfill, behind live changes.
+INSERT INTO pending_embeddings (doc_id, version_id, content_hash, priority)
+SELECT d.id, v.id, pgfleet_content_hash_v1(d.content), 1
 FROM docs d
 CROSS JOIN model_versions v
 WHERE v.kind = 'embedding' AND v.active
+  AND (%(version_id)s::integer IS NULL OR v.id = %(version_id)s::integer)
   AND NOT EXISTS (SELECT 1 FROM embeddings e
                   WHERE e.doc_id = d.id AND e.version_id = v.id
                     AND e.content_hash = pgfleet_content_hash_v1(d.content))
@@ -257,3 +259,16 @@ WITH cleared AS (
     RETURNING 1
 )
 SELECT count(*) AS queued, pg_notify('pgfleet_pending', '') IS NULL AS notified FROM queued;
+
+-- name: drop_retired_vectors
+-- Vectors of versions retired longer ago than the grace period.
+DELETE FROM embeddings e
+USING model_versions v
+WHERE e.version_id = v.id AND v.status = 'retired'
+  AND v.retired_at < now() - make_interval(secs => %(grace_s)s);
+
+-- name: drop_inactive_pending
+-- Pending work of versions no longer active.
+DELETE FROM pending_embeddings p
+USING model_versions v
+WHERE p.version_id = v.id AND NOT v.active;

@@ -65,8 +65,11 @@ def conn(services):
 
 
 def reset_database(conn) -> None:
-    conn.execute("TRUNCATE docs, model_cache, inference_logs RESTART IDENTITY CASCADE")
-    conn.execute("DELETE FROM model_versions WHERE id <> 1")
+    conn.execute("TRUNCATE docs, model_cache, inference_logs, ab_history RESTART IDENTITY CASCADE")
+    with conn.transaction():
+        conn.execute("UPDATE model_versions SET active = (id = 1), "
+                     "traffic_percent = CASE WHEN id = 1 THEN 100 ELSE 0 END")
+        conn.execute("DELETE FROM model_versions WHERE id <> 1")
 
 
 @pytest.fixture

@@ -34,6 +34,8 @@ class Settings:
     poll_interval_s: float = 1.0
     requeue_after_s: float = 60.0
     reconcile_interval_s: float = 300.0
+    # vectors of a retired version are dropped this long after it was retired
+    retire_grace_s: float = 7 * 86400.0
 
     # failures
     max_attempts: int = 5

@@ -24,7 +24,7 @@ BEGIN
     WHERE v.kind = 'embedding' AND v.active
     ON CONFLICT (doc_id, version_id) DO UPDATE
         SET content_hash = EXCLUDED.content_hash,
-            queued_at = now(), enqueued_at = NULL,
+            queued_at = now(), enqueued_at = NULL, priority = 0,
             attempts = 0, not_before = now(), last_error = NULL;
     IF FOUND THEN
         PERFORM pg_notify('pgfleet_pending', '');
@@ -48,7 +48,7 @@ BEGIN
       AND o.content IS DISTINCT FROM n.content
     ON CONFLICT (doc_id, version_id) DO UPDATE
         SET content_hash = EXCLUDED.content_hash,
-            queued_at = now(), enqueued_at = NULL,
+            queued_at = now(), enqueued_at = NULL, priority = 0,
             attempts = 0, not_before = now(), last_error = NULL;
     IF FOUND THEN
         -- a recorded failure was about the old content

