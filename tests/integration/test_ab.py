@@ -224,3 +224,24 @@ def test_ab_commands(services, clean, tmp_path):
     assert [v["version"] for v in data["versions"]] == ["v1", "v2"]
     assert all("requests" in v for v in data["versions"])
     assert (tmp_path / "lat.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_retiring_a_version_drops_its_vectors_after_the_grace_period(fleet, clean):
+    from producers.reconcile import drop_retired
+    from workers import db
+
+    _add(clean, "v2")
+    clean.execute("INSERT INTO docs (content) SELECT 'retire ' || g FROM generate_series(1, 5) g")
+    abtest.set_split(clean, NAME, {"v1": 100, "v2": 0})
+    _settled(clean)
+    with pytest.raises(abtest.SplitError, match="still serves 100%"):
+        abtest.retire(clean, NAME, "v1")
+    abtest.retire(clean, NAME, "v2")
+    pool = db.open_pool(fleet.services.database_url)
+    try:
+        assert drop_retired(pool, grace_s=3600) == 0  # still within the grace period
+        assert drop_retired(pool, grace_s=0) == 5
+    finally:
+        pool.close()
+    assert clean.execute("SELECT status FROM model_versions WHERE version = 'v2'").fetchone() == \
+        ("retired",)
