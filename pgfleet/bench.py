@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from psycopg.types.json import Jsonb
 from pgfleet import corpus
 from pgfleet.fleet import migrate_url, servers
 from pgfleet.supervisor import Supervisor, fleet_children
-from workers import db
+from workers import ab, db
 from workers.settings import Settings
 
 #: the bare model is measured at each of these batch sizes; the best is the reference
@@ -40,7 +39,10 @@ BARE_BATCH_SIZES = (16, 64)
 
 @dataclass
 class BenchConfig:
-    docs: int = 2000
+    docs: int = 5000
+    short_docs: int = 2000
+    batching: bool = True
+    int8: bool = True
     idle_samples: int = 30
     idle_gap_s: float = 0.3
     texts: str = "paragraphs"  # or "short"
@@ -55,14 +57,6 @@ def _texts(config: BenchConfig, salt: str) -> list[str]:
         raise RuntimeError(f"only {len(base)} distinct texts available, asked for {config.docs}")
     # a run-specific prefix keeps the inference cache out of the measurement
     return [f"[{salt}] {t}" for t in base]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def reference_throughput(texts: list[str], conf: Settings) -> dict[str, Any]:
@@ -92,24 +86,24 @@ def reference_throughput(texts: list[str], conf: Settings) -> dict[str, Any]:
     return {"bare": bare, "engine": len(texts) / (time.perf_counter() - started)}
 
 
-def _wait_all_embedded(conn, ids: list[int], timeout_s: float) -> float:
+def _wait_all_embedded(conn, ids: list[int], timeout_s: float, poll_s: float = 0.2) -> float:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         done = conn.execute("SELECT count(*) FROM embeddings WHERE doc_id = ANY(%s)",
                             (ids,)).fetchone()[0]
         if done >= len(ids):
             return time.perf_counter()
-        time.sleep(0.2)  # light polling: the fleet shares these cores
+        time.sleep(poll_s)  # light polling: the fleet shares these cores
     raise TimeoutError(f"only {done} of {len(ids)} docs embedded after {timeout_s:.0f} s")
 
 
-def fleet_backlog(conn, texts: list[str], timeout_s: float) -> float:
+def fleet_backlog(conn, texts: list[str], timeout_s: float, poll_s: float = 0.2) -> float:
     with conn.transaction():
         rows = conn.execute(
             "INSERT INTO docs (content, metadata) SELECT t, %s FROM unnest(%s::text[]) t "
             "RETURNING id", (Jsonb({"source": "bench"}), texts)).fetchall()
     committed = time.perf_counter()
-    finished = _wait_all_embedded(conn, [r[0] for r in rows], timeout_s)
+    finished = _wait_all_embedded(conn, [r[0] for r in rows], timeout_s, poll_s)
     return len(texts) / (finished - committed)
 
 
@@ -152,9 +146,123 @@ def machine() -> dict[str, Any]:
     return info
 
 
+class Fleet:
+    """Fleet processes for one phase of the bench, with their own settings."""
+
+    def __init__(self, home: Path, env: dict[str, str], names: tuple[str, ...], **settings: str):
+        specs = [s for s in fleet_children(flower_port=None) if s.name in names]
+        self.supervisor = Supervisor(specs, env={**env, **settings}, log_dir=home / "logs")
+
+    def __enter__(self) -> Fleet:
+        self.supervisor.start_all()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.supervisor.shutdown()
+
+
+def _reset(conn) -> None:
+    conn.execute("TRUNCATE docs, model_cache, inference_logs RESTART IDENTITY CASCADE")
+
+
+def _warm(conn, salt: str) -> None:
+    idle_latencies(conn, [f"[{salt}] warm-up {i}" for i in range(3)], 0.2)
+
+
+def _cost_per_doc(conn, where: str) -> float:
+    row = conn.execute(
+        "SELECT sum(latency_ms) / nullif(sum(batch_size), 0) FROM inference_logs "  # noqa: S608
+        f"WHERE task = 'embed' AND {where}").fetchone()
+    return float(row[0]) if row[0] is not None else float("nan")
+
+
+def _torch_phase(conn, home, env, conf, config, salt, texts, result) -> None:
+    with Fleet(home, env, ("producer", "worker-gpu")):
+        _warm(conn, salt)
+        reference = reference_throughput(texts, conf)
+        bare = max(reference["bare"].values())
+        _reset(conn)
+        fleet = fleet_backlog(conn, texts, config.timeout_s)
+        model_cost = _cost_per_doc(conn, "cache_hits = 0")
+        # the same contents again, as new docs: every one is a cache hit
+        cached = fleet_backlog(conn, texts, config.timeout_s, poll_s=0.02)
+        hit_cost = _cost_per_doc(conn, "model_calls = 0")
+        idle_texts = [f"[{salt}] idle {i}: {t}" for i, t in
+                      enumerate(corpus.short_rows(config.idle_samples))]
+        latencies = idle_latencies(conn, idle_texts, config.idle_gap_s)
+    result["torch"] = {
+        "bare_docs_per_s": round(bare, 1),
+        "bare_docs_per_s_by_batch": {str(k): round(v, 1) for k, v in reference["bare"].items()},
+        "engine_docs_per_s": round(reference["engine"], 1),
+        "fleet_docs_per_s": round(fleet, 1),
+        "fleet_cached_docs_per_s": round(cached, 1),
+    }
+    result["backlog_ratio"]["torch"] = round(fleet / bare, 3)
+    result["engine_ratio"]["torch"] = round(fleet / reference["engine"], 3)
+    # end to end through the fleet (queue, database, worker): what a cache hit costs a user
+    result["cache_cost_ratio"] = round(fleet / cached, 4)
+    # inside the worker, from inference_logs (fetch to write, per doc)
+    result["cache_worker_ms_per_doc"] = {"hit": round(hit_cost, 3), "model": round(model_cost, 3)}
+    result.update(idle_samples=len(latencies),
+                  idle_p50_ms=round(ab.percentile(latencies, 50), 1),
+                  idle_p95_ms=round(ab.percentile(latencies, 95), 1),
+                  idle_p99_ms=round(ab.percentile(latencies, 99), 1))
+
+
+def _batching_phase(conn, home, env, config, salt, result) -> None:
+    rows = [f"[{salt}] {t}" for t in corpus.short_rows(config.short_docs)]
+    rates = {}
+    for label, batch in (("batched", None), ("batch_size_1", "1")):
+        extra = {"PGFLEET_BATCH_MAX_DOCS": batch} if batch else {}
+        with Fleet(home, env, ("producer", "worker-gpu"), **extra):
+            _warm(conn, f"{salt}-{label}")
+            _reset(conn)
+            rates[label] = fleet_backlog(conn, [f"{label} {t}" for t in rows], config.timeout_s)
+    result["batching"] = {"short_rows": len(rows),
+                          **{f"{k}_docs_per_s": round(v, 1) for k, v in rates.items()}}
+    result["batching_gain"] = round(rates["batched"] / rates["batch_size_1"], 2)
+
+
+def _int8_phase(conn, home, env, conf, config, salt, texts, result) -> None:
+    from pgfleet import abtest
+    from workers.engines import ModelSpec, load_for
+    from workers.engines.registry import resolve_artifact
+    from workers.training.jobs import models_dir, register_version
+    from workers.training.quantize import export_and_quantize
+    from workers.versions import embedding_version
+
+    source = embedding_version(conn, "v1")
+    directory = models_dir(conf) / "bench-int8"
+    export_and_quantize(source, resolve_artifact(source.artifact), directory)
+    version = register_version(conn, source, version="bench-int8", fmt="onnx-int8",
+                               artifact=str(directory), metrics={})
+    spec = ModelSpec(version["version_id"], source.name, "bench-int8", "onnx-int8",
+                     str(directory), source.dimensions, source.max_seq_length)
+    engine = load_for(spec, conf)
+    engine.encode(texts[:64])
+    started = time.perf_counter()
+    for start in range(0, len(texts), conf.batch_max_docs):
+        engine.encode(texts[start:start + conf.batch_max_docs])
+    bare = len(texts) / (time.perf_counter() - started)
+    abtest.set_split(conn, source.name, {"bench-int8": 100})
+    try:
+        with Fleet(home, env, ("producer", "worker-cpu")):
+            _warm(conn, f"{salt}-int8")
+            _reset(conn)
+            fleet = fleet_backlog(conn, [f"int8 {t}" for t in texts], config.timeout_s)
+    finally:
+        abtest.set_split(conn, source.name, {"v1": 100})
+    result["onnx_int8"] = {"engine_docs_per_s": round(bare, 1), "fleet_docs_per_s": round(fleet, 1)}
+    result["backlog_ratio"]["onnx_int8"] = round(fleet / bare, 3)
+    result["engine_ratio"]["onnx_int8"] = round(fleet / bare, 3)
+
+
 def run(config: BenchConfig, conf: Settings) -> dict[str, Any]:
     salt = f"bench-{int(time.time())}"
     texts = _texts(config, salt)
+    result: dict[str, Any] = {"machine": machine(), "docs": config.docs, "texts": config.texts,
+                              "batch_max_docs": conf.batch_max_docs, "backlog_ratio": {},
+                              "engine_ratio": {}}
     with tempfile.TemporaryDirectory(prefix="pgfleet-bench-") as tmp:
         home = Path(tmp)
         conf = Settings(**{**conf.__dict__, "home": home})
@@ -163,40 +271,16 @@ def run(config: BenchConfig, conf: Settings) -> dict[str, Any]:
             env = dict(os.environ, PGFLEET_DATABASE_URL=database_url, PGFLEET_REDIS_URL=redis_url,
                        PGFLEET_HOME=str(home), TOKENIZERS_PARALLELISM="false")
             env.setdefault("HF_HUB_OFFLINE", "1")
-            specs = [s for s in fleet_children(flower_port=None)
-                     if s.name in ("producer", "worker-gpu")]
-            supervisor = Supervisor(specs, env=env, log_dir=home / "logs")
-            supervisor.start_all()
             try:
                 with db.connect(database_url, autocommit=True) as conn:
-                    # warm the fleet (model load) before any timing
-                    idle_latencies(conn, [f"[{salt}] warm-up {i}" for i in range(3)], 0.2)
-                    reference = reference_throughput(texts, conf)
-                    bare_by_batch = reference["bare"]
-                    bare = max(bare_by_batch.values())
-                    fleet = fleet_backlog(conn, texts, config.timeout_s)
-                    idle_texts = [f"[{salt}] idle {i}: {t}" for i, t in
-                                  enumerate(corpus.short_rows(config.idle_samples))]
-                    latencies = idle_latencies(conn, idle_texts, config.idle_gap_s)
+                    _torch_phase(conn, home, env, conf, config, salt, texts, result)
+                    if config.batching:
+                        _batching_phase(conn, home, env, config, salt, result)
+                    if config.int8:
+                        _int8_phase(conn, home, env, conf, config, salt, texts, result)
             finally:
-                supervisor.shutdown()
                 if config.logs_dir is not None:
                     config.logs_dir.mkdir(parents=True, exist_ok=True)
                     for log in (home / "logs").glob("*.log"):
                         shutil.copy(log, config.logs_dir / log.name)
-    return {
-        "machine": machine(),
-        "docs": config.docs,
-        "texts": config.texts,
-        "batch_max_docs": conf.batch_max_docs,
-        "bare_docs_per_s": round(bare, 1),
-        "bare_docs_per_s_by_batch": {str(k): round(v, 1) for k, v in bare_by_batch.items()},
-        "engine_docs_per_s": round(reference["engine"], 1),
-        "fleet_docs_per_s": round(fleet, 1),
-        "backlog_ratio": round(fleet / bare, 3),
-        "fleet_to_engine_ratio": round(fleet / reference["engine"], 3),
-        "idle_samples": len(latencies),
-        "idle_p50_ms": round(statistics.median(latencies), 1),
-        "idle_p95_ms": round(percentile(latencies, 95), 1),
-        "idle_p99_ms": round(percentile(latencies, 99), 1),
-    }
+    return result

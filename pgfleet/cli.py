@@ -587,23 +587,29 @@ def _duration(text: str):
 
 # ---------------------------------------------------------------------------------- bench
 @main.command()
-@click.option("--docs", default=2000, show_default=True, help="docs in the backlog")
+@click.option("--docs", default=5000, show_default=True, help="paragraphs in the backlog")
 @click.option("--texts", type=click.Choice(["paragraphs", "short"]), default="paragraphs",
               show_default=True)
+@click.option("--short-docs", default=2000, show_default=True,
+              help="short rows for the batching gain")
 @click.option("--idle-samples", default=30, show_default=True)
+@click.option("--batching/--no-batching", default=True, help="measure the batching gain")
+@click.option("--int8/--no-int8", default=True, help="measure the ONNX INT8 queue too")
 @click.option("--logs", "logs_dir", type=click.Path(path_type=Path), default=None,
               help="copy the fleet's logs here")
 @click.option("--json", "as_json", is_flag=True)
-def bench(docs: int, texts: str, idle_samples: int, logs_dir: Path | None,
-          as_json: bool) -> None:
-    """The fleet against the bare model on this machine: backlog throughput ratio and idle
-    latency. Starts its own embedded servers and fleet in a temporary directory."""
+def bench(docs: int, texts: str, short_docs: int, idle_samples: int, batching: bool,
+          int8: bool, logs_dir: Path | None, as_json: bool) -> None:
+    """The fleet against the bare engines on this machine, side by side in one run: backlog
+    throughput (torch and ONNX INT8), idle latency, batching gain and cache cost. Starts its
+    own embedded servers and fleet in a temporary directory."""
     from pgfleet import bench as bench_mod
     from pgfleet import context
 
-    result = bench_mod.run(bench_mod.BenchConfig(docs=docs, texts=texts,
-                                                 idle_samples=idle_samples, logs_dir=logs_dir),
-                           context.settings())
+    config = bench_mod.BenchConfig(docs=docs, texts=texts, short_docs=short_docs,
+                                   idle_samples=idle_samples, batching=batching, int8=int8,
+                                   logs_dir=logs_dir)
+    result = bench_mod.run(config, context.settings())
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -612,7 +618,7 @@ def bench(docs: int, texts: str, idle_samples: int, logs_dir: Path | None,
     table.add_column("value", justify="right")
     for key, value in result.items():
         if key != "machine":
-            table.add_row(key, str(value))
+            table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
     out.print(table)
     out.print(f"machine: {result['machine']}")
 

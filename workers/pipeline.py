@@ -126,6 +126,7 @@ class EmbedPipeline:
 
     def _batch(self, spec: ModelSpec, doc_ids: list[int]) -> BatchReport:
         report = BatchReport(spec.version_id, requested=len(doc_ids))
+        fetch_started = time.perf_counter()
         rows = self._with_retry(lambda: self._fetch(spec, doc_ids))
         if not rows:
             return report  # already done, deleted, in backoff, or never pending: a no-op
@@ -134,7 +135,7 @@ class EmbedPipeline:
         fresh = [r for r in rows if r["attempts"] <= 1]
         suspects = [r for r in rows if r["attempts"] > 1]
         if fresh:
-            report.add(self._process(spec, fresh))
+            report.add(self._process(spec, fresh, started=fetch_started))
         for row in suspects:
             if row["attempts"] > self.settings.max_attempts:
                 failure = Failure(row["doc_id"], bytes(row["hash"]), "worker died",
@@ -149,8 +150,11 @@ class EmbedPipeline:
         report.fetched_ids = {r["doc_id"] for r in rows}
         return report
 
-    def _process(self, spec: ModelSpec, rows: list[dict[str, Any]]) -> BatchReport:
-        started = time.perf_counter()
+    def _process(self, spec: ModelSpec, rows: list[dict[str, Any]],
+                 started: float | None = None) -> BatchReport:
+        """Plan, encode and write one batch. The logged latency runs from ``started`` (the
+        fetch) to just before the write, which carries the log row itself."""
+        started = time.perf_counter() if started is None else started
         report = BatchReport(spec.version_id)
         plan = plan_batch(rows)
         report.cache_hits = len(plan.hits)

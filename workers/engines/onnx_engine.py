@@ -30,7 +30,8 @@ def onnx_file(directory: Path, model_format: str) -> Path:
 
 
 class OnnxEngine:
-    def __init__(self, spec: ModelSpec, path: str, *, threads: int = 0, token_budget: int = 0):
+    def __init__(self, spec: ModelSpec, path: str, *, threads: int = 0, token_budget: int = 0,
+                 spin: bool = False):
         try:
             import onnxruntime as ort
             from transformers import AutoTokenizer
@@ -55,6 +56,10 @@ class OnnxEngine:
         if threads > 0:
             options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spin:
+            # idle threads sleep instead of spinning: in a worker that shares its cores with
+            # the database and the consumer, spinning steals their time
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(model_path), options,
                                                 providers=["CPUExecutionProvider"])
