@@ -112,14 +112,6 @@ def _query_vector(conn: psycopg.Connection, engine: Engine, spec: ModelSpec, tex
     return vector, False
 
 
-def search(conn: psycopg.Connection, engine: Engine, spec: ModelSpec, text: str, k: int,
-           ) -> list[Hit]:
-    if k < 1:
-        raise ValueError("k must be at least 1")
-    vector = engine.encode([text])[0]
-    return _nearest(conn, spec, vector, k)
-
-
 def _nearest(conn: psycopg.Connection, spec: ModelSpec, vector, k: int) -> list[Hit]:
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         # HNSW returns at most ef_search candidates; ask for at least k
