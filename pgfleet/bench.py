@@ -80,10 +80,20 @@ def reference_throughput(texts: list[str], conf: Settings) -> dict[str, Any]:
         model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
                      show_progress_bar=False)
         bare[batch_size] = len(texts) / (time.perf_counter() - started)
-    started = time.perf_counter()
-    for start in range(0, len(texts), conf.batch_max_docs):
-        engine.encode(texts[start:start + conf.batch_max_docs])
-    return {"bare": bare, "engine": len(texts) / (time.perf_counter() - started)}
+    return {"bare": bare, "engine": engine_throughput(engine, texts, conf.batch_max_docs)}
+
+
+def engine_throughput(engine, texts: list[str], batch_docs: int, repeats: int = 2) -> float:
+    """docs/s of an engine in this process on batches of ``batch_docs`` in insertion order,
+    as the workers see them; the best of ``repeats`` runs (references are taken at their
+    best, so the fleet's ratios are conservative)."""
+    best = 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for start in range(0, len(texts), batch_docs):
+            engine.encode(texts[start:start + batch_docs])
+        best = max(best, len(texts) / (time.perf_counter() - started))
+    return best
 
 
 def _wait_all_embedded(conn, ids: list[int], timeout_s: float, poll_s: float = 0.2) -> float:
@@ -240,10 +250,7 @@ def _int8_phase(conn, home, env, conf, config, salt, texts, result) -> None:
                      str(directory), source.dimensions, source.max_seq_length)
     engine = load_for(spec, conf)
     engine.encode(texts[:64])
-    started = time.perf_counter()
-    for start in range(0, len(texts), conf.batch_max_docs):
-        engine.encode(texts[start:start + conf.batch_max_docs])
-    bare = len(texts) / (time.perf_counter() - started)
+    bare = engine_throughput(engine, texts, conf.batch_max_docs)
     abtest.set_split(conn, source.name, {"bench-int8": 100})
     try:
         with Fleet(home, env, ("producer", "worker-cpu")):
