@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -48,3 +48,34 @@ class Engine(Protocol):
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text before truncation (special tokens included)."""
         ...
+
+
+class BudgetedEncoder:
+    """The encode loop both engines share: texts sorted by length and grouped so that
+    ``count * longest <= token_budget`` per forward pass; each engine supplies
+    ``_encode_group`` (one forward pass, normalized float32 rows) and ``tokenizer``."""
+
+    dimensions: int
+    max_seq_length: int
+    token_budget: int
+    tokenizer: Any
+
+    def _encode_group(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        from workers.batching import token_budget_groups
+
+        out = np.zeros((len(texts), self.dimensions), dtype=np.float32)
+        if not texts:
+            return out
+        lengths = [min(n, self.max_seq_length) for n in self.token_counts(texts)]
+        for group in token_budget_groups(lengths, self.token_budget):
+            out[group] = self._encode_group([texts[i] for i in group])
+        return out
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=False,
+                                 return_attention_mask=False, return_token_type_ids=False,
+                                 verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]

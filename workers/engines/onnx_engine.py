@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from workers.batching import token_budget_groups
-from workers.engines.base import ModelSpec
+from workers.engines.base import BudgetedEncoder, ModelSpec
 from workers.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -29,7 +27,7 @@ def onnx_file(directory: Path, model_format: str) -> Path:
     return directory / ("model_int8.onnx" if model_format == "onnx-int8" else "model.onnx")
 
 
-class OnnxEngine:
+class OnnxEngine(BudgetedEncoder):
     def __init__(self, spec: ModelSpec, path: str, *, threads: int = 0, token_budget: int = 0,
                  spin: bool = False):
         try:
@@ -80,15 +78,6 @@ class OnnxEngine:
         logger.info("loaded %s from %s (%s, %s dims)", spec.label, model_path.name, spec.format,
                     self.dimensions)
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.dimensions), dtype=np.float32)
-        if not texts:
-            return out
-        lengths = [min(n, self.max_seq_length) for n in self.token_counts(texts)]
-        for group in token_budget_groups(lengths, self.token_budget):
-            out[group] = self._encode_group([texts[i] for i in group])
-        return out
-
     def _encode_group(self, texts: list[str]) -> np.ndarray:
         batch = self.tokenizer(texts, padding=True, truncation=True,
                                max_length=self.max_seq_length, return_tensors="np")
@@ -102,9 +91,3 @@ class OnnxEngine:
         if self.normalize:
             pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
         return pooled.astype(np.float32)
-
-    def token_counts(self, texts: Sequence[str]) -> list[int]:
-        encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=False,
-                                 return_attention_mask=False, return_token_type_ids=False,
-                                 verbose=False)
-        return [len(ids) for ids in encoded["input_ids"]]

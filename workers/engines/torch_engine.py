@@ -10,12 +10,10 @@ spent on padding. Measured here on documentation paragraphs (2 cores): ~62 docs/
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 import numpy as np
 
-from workers.batching import token_budget_groups
-from workers.engines.base import ModelSpec
+from workers.engines.base import BudgetedEncoder, ModelSpec
 from workers.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -33,7 +31,7 @@ def pick_device(setting: str) -> str:
     return setting
 
 
-class TorchEngine:
+class TorchEngine(BudgetedEncoder):
     def __init__(self, spec: ModelSpec, path: str, *, device: str = "auto", threads: int = 0,
                  token_budget: int = 0):
         try:
@@ -63,24 +61,11 @@ class TorchEngine:
                 f"registry says {spec.dimensions}")
         self.max_seq_length = int(self.model.max_seq_length or spec.max_seq_length or 512)
         self.token_budget = token_budget or (CUDA_TOKEN_BUDGET if on_gpu else CPU_TOKEN_BUDGET)
-        self._tokenizer = self.model.tokenizer
+        self.tokenizer = self.model.tokenizer
         logger.info("loaded %s on %s (%s dims, max %s tokens, %s tokens per pass)", spec.label,
                     self.device, self.dimensions, self.max_seq_length, self.token_budget)
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.dimensions), dtype=np.float32)
-        if not texts:
-            return out
-        lengths = [min(n, self.max_seq_length) for n in self.token_counts(texts)]
-        for group in token_budget_groups(lengths, self.token_budget):
-            vectors = self.model.encode(
-                [texts[i] for i in group], batch_size=len(group), normalize_embeddings=True,
-                convert_to_numpy=True, show_progress_bar=False)
-            out[group] = np.asarray(vectors, dtype=np.float32)
-        return out
-
-    def token_counts(self, texts: Sequence[str]) -> list[int]:
-        encoded = self._tokenizer(list(texts), add_special_tokens=True, truncation=False,
-                                  return_attention_mask=False, return_token_type_ids=False,
-                                  verbose=False)
-        return [len(ids) for ids in encoded["input_ids"]]
+    def _encode_group(self, texts: list[str]) -> np.ndarray:
+        vectors = self.model.encode(texts, batch_size=len(texts), normalize_embeddings=True,
+                                    convert_to_numpy=True, show_progress_bar=False)
+        return np.asarray(vectors, dtype=np.float32)
