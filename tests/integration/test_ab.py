@@ -107,11 +107,27 @@ def test_a_version_activated_while_inserts_continue_reaches_full_coverage(fleet,
         time.sleep(2)
     finally:
         stop.set()
-        writer.join(10)
+        writer.join(30)
+    assert not writer.is_alive()
     _settled(clean)
-    report = abtest.report(clean, NAME, dt.timedelta(days=1))
-    coverage = {v["version"]: v["coverage"] for v in report["versions"]}
-    assert coverage == {"v1": 1.0, "v2": 1.0}, report["versions"]
+
+    def coverage():
+        report = abtest.report(clean, NAME, dt.timedelta(days=1))
+        return {v["version"]: v["coverage"] for v in report["versions"]}
+
+    def missing():
+        return clean.execute(
+            "SELECT v.version, d.id, p.priority, p.attempts, f.reason FROM docs d "
+            "CROSS JOIN model_versions v LEFT JOIN pending_embeddings p ON p.doc_id = d.id "
+            "AND p.version_id = v.id LEFT JOIN embedding_failures f ON f.doc_id = d.id "
+            "AND f.version_id = v.id WHERE v.active AND NOT EXISTS (SELECT 1 FROM embeddings e "
+            "WHERE e.doc_id = d.id AND e.version_id = v.id) LIMIT 10").fetchall()
+
+    try:
+        wait_until(lambda: coverage() == {"v1": 1.0, "v2": 1.0}, 60, interval_s=0.5,
+                   message="full coverage of both versions")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: coverage {coverage()}, missing {missing()}") from None
 
 
 def test_promote_and_rollback_are_atomic(fleet, clean):
