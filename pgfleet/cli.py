@@ -287,9 +287,7 @@ def train_quantize(from_version: str, sample: int, local: bool, timeout_s: int,
     else:
         from workers.app import create_app
 
-        urls = context.urls(conf)
-        app = create_app(conf)
-        app.conf.broker_url = app.conf.result_backend = urls.redis_url
+        app = create_app(conf)  # broker and result backend: the fleet's Redis
         async_result = app.send_task("quantize", kwargs={"from_version": from_version,
                                                          "sample": sample})
         console.print(f"queued on the training queue as task {async_result.id}; waiting "

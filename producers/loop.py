@@ -28,7 +28,6 @@ class ProducerLoop:
         urls = resolve_urls(settings)
         self.app = create_app(settings)
         self.redis_url = urls.redis_url
-        self.app.conf.broker_url = urls.redis_url
         self.pool = db.open_pool(urls.database_url, min_size=1, max_size=2,
                                  name="pgfleet-producer")
         self.listener = Listener(urls.database_url, NOTIFY_CHANNEL)

@@ -50,16 +50,6 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def group_by_version(jobs: Iterable[tuple[int, list[int]]]) -> dict[int, list[int]]:
-    """Merge many messages into one id list per version, duplicates removed, order kept."""
-    groups: dict[int, dict[int, None]] = {}
-    for version_id, doc_ids in jobs:
-        bucket = groups.setdefault(version_id, {})
-        for doc_id in doc_ids:
-            bucket[doc_id] = None
-    return {version: list(ids) for version, ids in groups.items()}
-
-
 def chunked(items: Sequence[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(items), size):
         yield list(items[start:start + size])

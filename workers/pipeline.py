@@ -27,7 +27,6 @@ from workers.batching import BatchPlan, backoff_s, chunked, plan_batch
 from workers.engines.base import Engine, ModelSpec
 from workers.errors import (
     DatabaseRejected,
-    DatabaseUnavailable,
     ModelLoadError,
     PgfleetError,
     RetryableError,
@@ -355,5 +354,3 @@ def _write_params(spec: ModelSpec, plan: BatchPlan, encoded: dict[bytes, np.ndar
         "hit_counts": list(plan.hit_counts.values()),
     }
 
-
-__all__ = ["BatchReport", "EmbedPipeline", "Failure", "DatabaseUnavailable"]

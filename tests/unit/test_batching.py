@@ -7,7 +7,6 @@ from workers.batching import (
     MAX_IDS_PER_MESSAGE,
     backoff_s,
     chunked,
-    group_by_version,
     plan_batch,
     validate_embed_args,
 )
@@ -42,11 +41,6 @@ def test_invalid_args_say_what_is_wrong(args, kwargs, fragment):
 def test_too_many_ids_in_one_message_is_refused():
     with pytest.raises(InvalidTaskArguments, match="at most"):
         validate_embed_args((1, list(range(1, MAX_IDS_PER_MESSAGE + 2))))
-
-
-def test_group_by_version_merges_and_dedupes_in_order():
-    groups = group_by_version([(1, [3, 1]), (2, [7]), (1, [1, 9])])
-    assert groups == {1: [3, 1, 9], 2: [7]}
 
 
 def test_chunked():
