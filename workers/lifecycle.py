@@ -38,7 +38,7 @@ def pipeline():
     with _lock:
         value = _state.get("pipeline")
         if value is None or _state.get("pid") != os.getpid():
-            pool = db.open_pool(resolve_urls(conf).database_url, min_size=1, max_size=2,
+            pool = db.open_pool(resolve_urls(conf).database_url, min_size=1, max_size=3,
                                 name="pgfleet-worker")
             value = EmbedPipeline(
                 pool, conf,
@@ -60,6 +60,10 @@ def _close(**_kwargs) -> None:
     with _lock:
         value = _state.pop("pipeline", None)
     if value is not None:
+        try:
+            value.writer.close(timeout=30)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - its docs stay pending and are republished
+            logger.warning("the last write did not finish before shutdown", exc_info=True)
         try:
             value.pool.close(timeout=5)  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - shutting down anyway

@@ -7,6 +7,11 @@
 3. one statement writes vectors (only for docs whose content still hashes to what was
    embedded), cache rows, hit counts, the pending-row deletes and the inference log;
 4. items that failed are retried with backoff, then recorded in ``embedding_failures``.
+
+In a worker, step 3 runs on a background thread (``run(..., overlap=True)``): the next
+batch's fetch and encode overlap this batch's write, with at most one write in flight. The
+pending rows are deleted only by the write itself, so a process that dies with a write in
+flight leaves them pending, and the producer republishes them (``requeue_after_s``).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,16 +68,57 @@ class BatchReport:
     failures: list[Failure] = field(default_factory=list)
     latency_ms: float = 0.0
     fetched_ids: set[int] = field(default_factory=set)
+    #: set when a write failed as a whole (its docs stay pending and are republished)
+    error: PgfleetError | None = None
+
+    #: the reports this one sums up (a run's batches, a batch's parts)
+    parts: list[BatchReport] = field(default_factory=list)
 
     def add(self, other: BatchReport) -> None:
+        """Count a part. What its write decides (written, failures, latency, error) is
+        summed by ``settle`` once the write is done."""
+        self.parts.append(other)
         self.requested += other.requested
         self.fetched += other.fetched
-        self.written += other.written
         self.cache_hits += other.cache_hits
         self.model_calls += other.model_calls
-        self.failures.extend(other.failures)
-        self.latency_ms += other.latency_ms
         self.fetched_ids |= other.fetched_ids
+
+    def settle(self) -> BatchReport:
+        if self.parts:
+            for part in self.parts:
+                part.settle()
+            self.written = sum(p.written for p in self.parts)
+            self.failures = [f for p in self.parts for f in p.failures]
+            self.latency_ms = sum(p.latency_ms for p in self.parts)
+            self.error = next((p.error for p in self.parts if p.error is not None), None)
+        return self
+
+
+class Writer:
+    """One background thread that runs writes in order, at most one in flight: submitting
+    waits for the previous write, so a fast encoder cannot pile up batches in memory."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgfleet-write")
+        self._last: Future[Any] | None = None
+
+    def submit(self, action: Callable[[], Any]) -> Future[Any]:
+        self.drain()
+        self._last = self._executor.submit(action)
+        return self._last
+
+    def after(self, action: Callable[[], Any]) -> None:
+        """Run ``action`` once every write submitted so far is done (without waiting)."""
+        self._executor.submit(action)
+
+    def drain(self, timeout: float | None = None) -> None:
+        if self._last is not None:
+            self._last.exception(timeout)  # errors are handled (and logged) by the action
+
+    def close(self, timeout: float | None = None) -> None:
+        self.drain(timeout)
+        self._executor.shutdown(wait=True)
 
 
 def worker_name() -> str:
@@ -88,9 +135,16 @@ class EmbedPipeline:
         self.sleep = sleep
         self._specs: dict[int, ModelSpec] = {}
         self._checked: set[int] = set()
+        self.writer = Writer()
+        self._overlap = False
 
-    def run(self, version_id: int, doc_ids: Sequence[int]) -> BatchReport:
-        """Embed these docs for this version, batch by batch. Unknown docs are a no-op."""
+    def run(self, version_id: int, doc_ids: Sequence[int], *, overlap: bool = False,
+            ) -> BatchReport:
+        """Embed these docs for this version, batch by batch. Unknown docs are a no-op.
+
+        With ``overlap``, writes go to the background writer and the report's write counts
+        (``written``, ``failures``, ``error``) are complete only in ``after_writes``."""
+        self._overlap = overlap
         report = BatchReport(version_id, requested=len(doc_ids))
         spec = self.spec(version_id)
         if spec is None:
@@ -98,7 +152,15 @@ class EmbedPipeline:
                 f"model version {version_id} does not exist or is not an embedding model")
         for ids in chunked(sorted(set(doc_ids)), self.settings.batch_max_docs):
             report.add(self._batch(spec, ids))
-        return report
+        return report if overlap else report.settle()
+
+    def after_writes(self, report: BatchReport, action: Callable[[BatchReport], None]) -> None:
+        """Call ``action(report)`` once the report's writes are done (at once without
+        overlap)."""
+        if self._overlap:
+            self.writer.after(lambda: action(report.settle()))
+        else:
+            action(report.settle())
 
     def unknown_docs(self, doc_ids: Sequence[int], report: BatchReport) -> set[int]:
         """The ids among these that name no doc at all (one query, only if some were not
@@ -127,6 +189,7 @@ class EmbedPipeline:
         report = BatchReport(spec.version_id, requested=len(doc_ids))
         fetch_started = time.perf_counter()
         rows = self._with_retry(lambda: self._fetch(spec, doc_ids))
+        fetch_ms = (time.perf_counter() - fetch_started) * 1000.0
         if not rows:
             return report  # already done, deleted, in backoff, or never pending: a no-op
         # A doc fetched before without finishing was in a batch whose worker died (or it is
@@ -134,14 +197,14 @@ class EmbedPipeline:
         fresh = [r for r in rows if r["attempts"] <= 1]
         suspects = [r for r in rows if r["attempts"] > 1]
         if fresh:
-            report.add(self._process(spec, fresh, started=fetch_started))
+            report.add(self._process(spec, fresh, started=fetch_started, fetch_ms=fetch_ms))
         for row in suspects:
             if row["attempts"] > self.settings.max_attempts:
                 failure = Failure(row["doc_id"], bytes(row["hash"]), "worker died",
                                   f"the worker process died {row['attempts'] - 1} times while "
                                   "embedding this doc", permanent=True)
                 self._record_failure(spec, failure)
-                report.failures.append(failure)
+                report.add(BatchReport(spec.version_id, failures=[failure]))
                 continue
             report.add(self._process(spec, [row]))
         report.requested = len(doc_ids)
@@ -150,7 +213,7 @@ class EmbedPipeline:
         return report
 
     def _process(self, spec: ModelSpec, rows: list[dict[str, Any]],
-                 started: float | None = None) -> BatchReport:
+                 started: float | None = None, fetch_ms: float = 0.0) -> BatchReport:
         """Plan, encode and write one batch. The logged latency runs from ``started`` (the
         fetch) to just before the write, which carries the log row itself."""
         started = time.perf_counter() if started is None else started
@@ -172,18 +235,47 @@ class EmbedPipeline:
         params.update(worker=self.name, batch_size=plan.batch_size,
                       cache_hits=report.cache_hits, model_calls=report.model_calls,
                       latency_ms=(time.perf_counter() - started) * 1000.0)
-        report.written, write_failures = self._write_isolating(params)
-        failures.extend(write_failures)
-        for failure in failures:
-            self._record_failure(spec, failure)
+
+        def write() -> None:
+            self._finish(spec, plan.batch_size, params, failures, report,
+                         started=started, fetch_ms=fetch_ms, encode_ms=encode_ms)
+
+        if self._overlap:
+            self.writer.submit(write)
+        else:
+            write()
+        return report
+
+    def _finish(self, spec: ModelSpec, batch_size: int, params: dict[str, Any],
+                failures: list[Failure], report: BatchReport, *, started: float,
+                fetch_ms: float, encode_ms: float) -> None:
+        """Write one batch and record its failures; never raises (a failed write leaves the
+        docs pending and is logged and set on the report)."""
+        write_started = time.perf_counter()
+        try:
+            report.written, write_failures = self._write_isolating(params)
+            failures.extend(write_failures)
+            for failure in failures:
+                self._record_failure(spec, failure)
+        except PgfleetError as exc:
+            logger.error("writing %d docs for %s failed, left pending (the producer "
+                         "republishes them): %s", batch_size, spec.label, exc)
+            report.error = exc
+            return
+        except Exception as exc:  # noqa: BLE001 - a background thread must not fail silently
+            logger.exception("writing %d docs for %s failed, left pending", batch_size,
+                             spec.label)
+            report.error = PgfleetError(f"{type(exc).__name__}: {exc}")
+            return
+        write_ms = (time.perf_counter() - write_started) * 1000.0
         report.failures = failures
         report.latency_ms = (time.perf_counter() - started) * 1000.0
         logger.info(
             "embedded batch version=%s docs=%d written=%d cache_hits=%d encoded=%d failed=%d "
-            "stale=%d ms=%.1f encode_ms=%.1f", spec.label, plan.batch_size, report.written,
-            report.cache_hits, report.model_calls, len(failures),
-            plan.batch_size - report.written - len(failures), report.latency_ms, encode_ms)
-        return report
+            "stale=%d ms=%.1f fetch_ms=%.1f encode_ms=%.1f write_ms=%.1f", spec.label,
+            batch_size, report.written, report.cache_hits, report.model_calls,
+            len(failures), batch_size - report.written - len(failures), report.latency_ms,
+            fetch_ms, encode_ms, write_ms)
 
     def _fetch(self, spec: ModelSpec, doc_ids: list[int]) -> list[dict[str, Any]]:
         with db.pooled(self.pool) as conn:

@@ -99,6 +99,29 @@ def _store(request: Any, state: str, result: Any) -> None:
         logger.warning("could not store the result of %s", request.id, exc_info=True)
 
 
+def _results_storer(version_id: int, items: list[tuple[Any, list[int]]], unknown: set[int]):
+    """Each message's result, stored once its batch is written."""
+
+    def store(report: Any) -> None:
+        for request, doc_ids in items:
+            missing = [d for d in doc_ids if d in unknown]
+            if report.error is not None:
+                _store(request, states.FAILURE, report.error)
+            elif missing:
+                logger.warning("embed message %s names doc ids that do not exist: %s",
+                               request.id, missing[:20])
+                _store(request, states.FAILURE, InvalidTaskArguments(
+                    f"doc ids {missing[:20]} do not exist (deleted, or never inserted); "
+                    "the others were processed"))
+            else:
+                _store(request, states.SUCCESS, {"version_id": version_id,
+                                                 "doc_ids": len(doc_ids),
+                                                 "batch_written": report.written,
+                                                 "batch_failed": len(report.failures)})
+
+    return store
+
+
 @app.task(base=DocBatches, name=TASK_EMBED, flush_every=_settings.batch_max_docs,
           flush_interval=_settings.batch_max_wait_ms / 1000.0, acks_late=True,
           ignore_result=True)
@@ -112,13 +135,13 @@ def embed_docs(requests: list[Any]) -> dict[str, int]:
             _store(request, states.FAILURE, exc)
             continue
         by_version[version_id].append((request, doc_ids))
-    summary = {"messages": len(requests), "docs": 0, "written": 0, "cache_hits": 0,
-               "failed": 0}
+    summary = {"messages": len(requests), "docs": 0, "cache_hits": 0}
     pipeline = lifecycle.pipeline() if by_version else None
     for version_id, items in by_version.items():
         ids = list(dict.fromkeys(d for _, doc_ids in items for d in doc_ids))
         try:
-            report = pipeline.run(version_id, ids)
+            # the write runs in the background, overlapping the next batch's encoding
+            report = pipeline.run(version_id, ids, overlap=True)
             unknown = pipeline.unknown_docs(ids, report)
         except UnknownModelVersion as exc:
             logger.error("rejected %d embed messages: %s", len(items), exc)
@@ -133,19 +156,6 @@ def embed_docs(requests: list[Any]) -> dict[str, int]:
                 _store(request, states.FAILURE, exc)
             continue
         summary["docs"] += len(ids)
-        summary["written"] += report.written
         summary["cache_hits"] += report.cache_hits
-        summary["failed"] += len(report.failures)
-        for request, doc_ids in items:
-            missing = [d for d in doc_ids if d in unknown]
-            if missing:
-                logger.warning("embed message %s names doc ids that do not exist: %s",
-                               request.id, missing[:20])
-                _store(request, states.FAILURE, InvalidTaskArguments(
-                    f"doc ids {missing[:20]} do not exist (deleted, or never inserted); "
-                    "the others were processed"))
-            else:
-                _store(request, states.SUCCESS, {"version_id": version_id,
-                                                 "doc_ids": len(doc_ids),
-                                                 "batch_written": report.written})
+        pipeline.after_writes(report, _results_storer(version_id, items, unknown))
     return summary
