@@ -165,7 +165,7 @@ def db_migrate() -> None:
     with context.connection() as conn:
         result = migrate(conn)
     if result.applied:
-        out.print(f"applied: {', '.join(result.applied)}")
+        out.print(f"applied: {', '.join(result.applied)}", soft_wrap=True)
     else:
         out.print("schema is up to date")
 
@@ -258,67 +258,6 @@ def models(as_json: bool) -> None:
                       str(speed or "-"), str(fid.get("cosine_mean", "-")),
                       str(fid.get("top10_overlap", "-")))
     out.print(table)
-
-
-# ---------------------------------------------------------------------------------- train
-@main.group()
-def train() -> None:
-    """Jobs of the training queue."""
-
-
-@train.command("quantize")
-@click.option("--from", "from_version", default="v1", show_default=True,
-              help="the torch version to quantize: id, v1 or name@v1")
-@click.option("--sample", default=200, show_default=True, help="docs to measure on")
-@click.option("--local", is_flag=True, help="run here instead of on the training queue")
-@click.option("--timeout", "timeout_s", default=3600, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-def train_quantize(from_version: str, sample: int, local: bool, timeout_s: int,
-                   as_json: bool) -> None:
-    """Export a version to ONNX, quantize it to INT8, measure and register it."""
-    from pgfleet import context
-
-    conf = context.settings()
-    if local:
-        from workers.training.jobs import run_quantize
-
-        with context.connection(conf, autocommit=True) as conn:
-            result = run_quantize(conn, conf, from_version, sample_size=sample)
-    else:
-        from workers.app import create_app
-
-        app = create_app(conf)  # broker and result backend: the fleet's Redis
-        async_result = app.send_task("quantize", kwargs={"from_version": from_version,
-                                                         "sample": sample})
-        console.print(f"queued on the training queue as task {async_result.id}; waiting "
-                      "(Ctrl-C stops waiting, not the job)")
-        result = async_result.get(timeout=timeout_s)
-    if as_json:
-        click.echo(json.dumps(result))
-        return
-    _print_quantize(result)
-
-
-def _print_quantize(result: dict) -> None:
-    m = result["metrics"]
-    out.print(f"registered [bold]{result['name']}@{result['version']}[/bold] (id "
-              f"{result['version_id']}, onnx-int8, inactive) from {result['parent']}; "
-              f"artifact {result['artifact']}")
-    sizes = m["file_bytes"]
-    out.print(f"file: fp32 {sizes['onnx_fp32'] / 1e6:.1f} MB -> INT8 "
-              f"{sizes['onnx_int8'] / 1e6:.1f} MB ({sizes['int8_to_fp32']:.0%})")
-    table = Table(title=f"docs/s on {m['sample']['docs']} docs ({m['sample']['source']})")
-    for col in ("engine", "batch 1", "batch 64", "best", "best token budget"):
-        table.add_column(col, justify="right")
-    for name, row in m["docs_per_s"].items():
-        table.add_row(name, str(row["batch1_docs_per_s"]), str(row["batch64_docs_per_s"]),
-                      str(row["best_docs_per_s"]), str(row["best_token_budget"]))
-    out.print(table)
-    f = m["fidelity_int8"]
-    out.print(f"INT8 speed-up: {m['speedup']['int8_vs_torch_fp32']}x torch fp32, "
-              f"{m['speedup']['int8_vs_onnx_fp32']}x ONNX fp32; fidelity to the source: "
-              f"cosine mean {f['cosine_mean']}, min {f['cosine_min']}, top-10 overlap "
-              f"{f['top10_overlap']}")
 
 
 # ---------------------------------------------------------------------------------- failures
@@ -592,12 +531,22 @@ def _duration(text: str):
               help="short rows for the batching gain")
 @click.option("--idle-samples", default=30, show_default=True)
 @click.option("--batching/--no-batching", default=True, help="measure the batching gain")
+@click.option("--torch/--no-torch", "torch_", default=True,
+              help="measure the torch queue, the cache and idle latency")
 @click.option("--int8/--no-int8", default=True, help="measure the ONNX INT8 queue too")
+@click.option("--scale", type=click.IntRange(min=0), default=0,
+              help="instead of the other phases: a backlog of this many docs (e.g. 200000), "
+                   "with throughput and every process's memory sampled as it drains")
+@click.option("--scale-engine", type=click.Choice(["int8", "torch"]), default="int8",
+              show_default=True, help="the queue the scale run goes through")
+@click.option("--sample-s", type=click.FloatRange(min=0.5), default=5.0, show_default=True,
+              help="seconds between the scale run's samples")
 @click.option("--logs", "logs_dir", type=click.Path(path_type=Path), default=None,
               help="copy the fleet's logs here")
 @click.option("--json", "as_json", is_flag=True)
 def bench(docs: int, texts: str, short_docs: int, idle_samples: int, batching: bool,
-          int8: bool, logs_dir: Path | None, as_json: bool) -> None:
+          torch_: bool, int8: bool, scale: int, scale_engine: str, sample_s: float,
+          logs_dir: Path | None, as_json: bool) -> None:
     """The fleet against the bare engines on this machine, side by side in one run: backlog
     throughput (torch and ONNX INT8), idle latency, batching gain and cache cost. Starts its
     own embedded servers and fleet in a temporary directory."""
@@ -605,8 +554,9 @@ def bench(docs: int, texts: str, short_docs: int, idle_samples: int, batching: b
     from pgfleet import context
 
     config = bench_mod.BenchConfig(docs=docs, texts=texts, short_docs=short_docs,
-                                   idle_samples=idle_samples, batching=batching, int8=int8,
-                                   logs_dir=logs_dir)
+                                   idle_samples=idle_samples, batching=batching, torch=torch_,
+                                   int8=int8, scale=scale, scale_engine=scale_engine,
+                                   sample_s=sample_s, logs_dir=logs_dir)
     result = bench_mod.run(config, context.settings())
     if as_json:
         click.echo(json.dumps(result))
@@ -615,11 +565,17 @@ def bench(docs: int, texts: str, short_docs: int, idle_samples: int, batching: b
     table.add_column("measure")
     table.add_column("value", justify="right")
     for key, value in result.items():
+        if key == "scale":
+            value = {k: v for k, v in value.items() if k != "samples"}
         if key != "machine":
             table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
     out.print(table)
     out.print(f"machine: {result['machine']}")
 
+
+from pgfleet.cli_train import train  # noqa: E402 - the group needs main's helpers
+
+main.add_command(train)
 
 if __name__ == "__main__":
     main()

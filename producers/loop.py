@@ -8,7 +8,13 @@ import time
 
 from producers.dispatcher import Dispatcher, Published
 from producers.listener import Listener
-from producers.reconcile import broker_backlog, drop_retired, reconcile_missing, requeue_stale
+from producers.reconcile import (
+    broker_backlog,
+    drop_retired,
+    reap_stale_runs,
+    reconcile_missing,
+    requeue_stale,
+)
 from workers import db
 from workers.errors import PgfleetError
 from workers.queues import NOTIFY_CHANNEL, QUEUE_CPU, QUEUE_GPU
@@ -49,6 +55,7 @@ class ProducerLoop:
     def _requeue(self) -> None:
         backlog = broker_backlog(self.redis_url, (QUEUE_GPU, QUEUE_CPU))
         requeue_stale(self.pool, self.settings.requeue_after_s, broker_busy=bool(backlog))
+        reap_stale_runs(self.pool, self.settings.training_stale_s)
 
     def run_forever(self) -> None:
         next_requeue = next_reconcile = 0.0

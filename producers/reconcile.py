@@ -46,6 +46,14 @@ def drop_retired(pool: ConnectionPool, grace_s: float) -> int:
     return dropped
 
 
+def reap_stale_runs(pool: ConnectionPool, stale_after_s: float) -> list[int]:
+    """Mark failed the training runs whose worker stopped heartbeating (it died)."""
+    from workers.training.runs import reap_stale
+
+    with db.pooled(pool) as conn, conn.transaction():
+        return reap_stale(conn, stale_after_s)
+
+
 def broker_backlog(redis_url: str, queues: tuple[str, ...]) -> int | None:
     """Messages waiting in the embedding queues, or None when the broker cannot say."""
     import redis

@@ -82,13 +82,18 @@ def clean(conn):
 def scratch_url(services) -> str:
     """A second migrated database that no fleet process works on: for checking triggers
     and queries without a worker consuming what they produce."""
+    return create_database(services, "pgfleet_scratch")
+
+
+def create_database(services: Services, name: str) -> str:
+    """A new, migrated database on the test server (dropped first if it exists)."""
     from schema.migrate import migrate
     from workers import db
 
     with db.connect(services.database_url, autocommit=True) as admin:
-        admin.execute("DROP DATABASE IF EXISTS pgfleet_scratch WITH (FORCE)")
-        admin.execute("CREATE DATABASE pgfleet_scratch")
-    url = services.database_url.rsplit("/", 1)[0] + "/pgfleet_scratch"
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {name}")
+    url = services.database_url.rsplit("/", 1)[0] + "/" + name
     with db.connect(url) as conn:
         migrate(conn)
     return url

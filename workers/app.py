@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
         task_queues=[Queue(name) for name in queues.ALL_QUEUES],
         task_default_queue=queues.QUEUE_GPU,
-        task_routes={"quantize": {"queue": queues.QUEUE_TRAINING}},
+        task_routes={name: {"queue": queues.QUEUE_TRAINING} for name in queues.TRAINING_TASKS},
         broker_transport_options={
             # a message reserved by a worker that died comes back after this long: the
             # same bound as the producer's republishing of unfinished work, so that the

@@ -37,6 +37,11 @@ class Settings:
     # vectors of a retired version are dropped this long after it was retired
     retire_grace_s: float = 7 * 86400.0
 
+    # training runs: heartbeat period, and how old a heartbeat may get before the run is
+    # marked failed (its worker died)
+    training_heartbeat_s: float = 10.0
+    training_stale_s: float = 120.0
+
     # failures
     max_attempts: int = 5
     retry_base_s: float = 2.0
@@ -75,6 +80,9 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be at least 1")
+        if not 0 < self.training_heartbeat_s < self.training_stale_s:
+            raise ConfigurationError(f"{PREFIX}TRAINING_HEARTBEAT_S must be positive and less "
+                                     f"than {PREFIX}TRAINING_STALE_S")
         if self.batch_max_wait_ms < 0:
             raise ConfigurationError(f"{PREFIX}BATCH_MAX_WAIT_MS must not be negative")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
