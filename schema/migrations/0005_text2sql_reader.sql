@@ -8,12 +8,20 @@
 -- is granted it, so that it can SET ROLE to it (a superuser can anyway); another user that
 -- pgfleet connects as needs the same: GRANT pgfleet_reader TO that_user;
 DO $$
+DECLARE
+    can_set boolean;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgfleet_reader') THEN
         CREATE ROLE pgfleet_reader NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT
             NOREPLICATION NOBYPASSRLS;
     END IF;
-    IF NOT pg_has_role(current_user, 'pgfleet_reader', 'MEMBER') THEN
+    -- from PostgreSQL 16 a member may lack the SET option (a CREATEROLE creator gets ADMIN only)
+    IF current_setting('server_version_num')::int >= 160000 THEN
+        can_set := pg_has_role(current_user, 'pgfleet_reader', 'SET');
+    ELSE
+        can_set := pg_has_role(current_user, 'pgfleet_reader', 'MEMBER');
+    END IF;
+    IF NOT can_set THEN
         GRANT pgfleet_reader TO CURRENT_USER;
     END IF;
 END
