@@ -577,5 +577,9 @@ from pgfleet.cli_train import train  # noqa: E402 - the group needs main's helpe
 
 main.add_command(train)
 
+from pgfleet.cli_sql import sql  # noqa: E402
+
+main.add_command(sql)
+
 if __name__ == "__main__":
     main()

@@ -272,3 +272,21 @@ WHERE e.version_id = v.id AND v.status = 'retired'
 DELETE FROM pending_embeddings p
 USING model_versions v
 WHERE p.version_id = v.id AND NOT v.active;
+
+-- name: text2sql_begin_read_only
+-- Text-to-SQL: every checked query runs in a transaction like this one, always rolled back.
+BEGIN READ ONLY;
+
+-- name: text2sql_read_only
+SET TRANSACTION READ ONLY;
+
+-- name: text2sql_limits
+-- set_config(..., true) is SET LOCAL with bound values: the limits end with the transaction.
+SELECT set_config('statement_timeout', %(statement_timeout)s, true),
+       set_config('lock_timeout', %(lock_timeout)s, true);
+
+-- name: text2sql_become_reader
+SET LOCAL ROLE pgfleet_reader;
+
+-- name: text2sql_whoami
+SELECT current_user, current_setting('transaction_read_only');

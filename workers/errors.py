@@ -46,3 +46,16 @@ class UnknownModelVersion(PermanentError):
 
 class InvalidTaskArguments(PermanentError):
     """A message's arguments are malformed."""
+
+
+class SqlRejected(PermanentError):
+    """A query was refused before it ran (not read-only, not one statement, not valid), or
+    PostgreSQL refused it. ``reasons`` holds one sentence per problem."""
+
+    def __init__(self, reasons: list[str]):
+        self.reasons = list(reasons)
+        super().__init__("query rejected: " + " ".join(self.reasons))
+
+
+class QueryTimeout(PermanentError):
+    """A read-only query ran past its statement or lock timeout and was cancelled."""
