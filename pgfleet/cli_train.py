@@ -331,7 +331,7 @@ def _print_quantize(m: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------ runs
-def progress_bar(step: int, total: int | None, width: int = 20) -> str:
+def progress_bar(step: int, total: int | None, width: int = 12) -> str:
     if not total:
         return "-"
     done = min(max(step / total, 0.0), 1.0)
