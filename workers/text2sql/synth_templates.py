@@ -118,7 +118,7 @@ def singular(noun: str) -> str:
         return noun[:-3] + "y"
     if noun.endswith(("xes", "ches", "shes")):
         return noun[:-2]
-    if noun.endswith("s") and not noun.endswith("ss"):
+    if noun.endswith("s") and not noun.endswith(("ss", "us", "is")):
         return noun[:-1]
     return noun
 
