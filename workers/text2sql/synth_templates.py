@@ -19,7 +19,7 @@ from psycopg import sql
 from workers.text2sql.schema_text import Column, ForeignKey, Table
 
 MAX_CATEGORIES = 30
-VALUES_PER_COLUMN = 4
+VALUES_PER_COLUMN = 6
 LABEL_NAMES = ("name", "title", "label", "username", "full_name", "email", "code")
 
 
@@ -147,6 +147,25 @@ def _rotate(forms: list[str], choices: list[str], **fields: str) -> tuple[str, .
     """Each phrasing with its own choice of word, so the set covers the synonyms."""
     return tuple(form.format(word=choices[i % len(choices)], **fields)
                  for i, form in enumerate(forms))
+
+
+# ------------------------------------------------------------------------- projections
+def select_columns(ctx: Context, t: TableInfo) -> Iterator[Candidate]:
+    x = t.plural
+    shown = [c for c in t.columns if not c.is_key]
+    for i, a in enumerate(shown):
+        for b in shown[i + 1:]:
+            query = ctx.render("SELECT {a}, {b} FROM {t}", t=ctx.table(t.table),
+                               a=ctx.col(a.name), b=ctx.col(b.name))
+            yield Candidate(query, (f"list the {a.words} and {b.words} of all {x}",
+                                    f"show the {a.words} and {b.words} of every {t.singular}",
+                                    f"what are the {a.words} and {b.words} of the {x}?"))
+    for c in t.categories:
+        query = ctx.render("SELECT DISTINCT {c} FROM {t}", t=ctx.table(t.table),
+                           c=ctx.col(c.name))
+        yield Candidate(query, (f"what are the different {c.words} values of {x}?",
+                                f"list the distinct {c.words} values of the {x}",
+                                f"which {c.words} values do {x} have?"))
 
 
 # ------------------------------------------------------------------------- filters, counts
@@ -373,7 +392,7 @@ def date_between(ctx: Context, t: TableInfo) -> Iterator[Candidate]:
 
 
 TEMPLATES: dict[str, Template] = {
-    "filter_eq": filter_eq, "filter_num": filter_num, "count_all": count_all,
+    "select_columns": select_columns, "filter_eq": filter_eq, "filter_num": filter_num, "count_all": count_all,
     "count_filter": count_filter, "group_count": group_count, "aggregate": aggregate,
     "group_aggregate": group_aggregate, "top_n": top_n, "join_fk": join_fk,
     "join_filter": join_filter, "join_count": join_count, "date_compare": date_compare,
