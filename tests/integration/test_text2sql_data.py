@@ -12,7 +12,14 @@ import pytest
 from tests.conftest import create_database, run_cli
 from workers import db
 from workers.text2sql import check_sql
-from workers.text2sql.defog import default_dir, read_questions, run_benchmark
+from workers.text2sql.defog import (
+    Question,
+    default_dir,
+    read_questions,
+    run_benchmark,
+    score,
+    url_factory,
+)
 from workers.text2sql.examples import Example, check_examples
 from workers.text2sql.schema_text import introspect, model_input, serialize
 from workers.text2sql.scoring import expand_gold
@@ -198,3 +205,34 @@ def test_defog_gold_scores_everything_and_select_1_almost_nothing(services):
                                                           if r.correct]
     assert any(s.startswith("consumer_div.") for s in seen)  # ewallet's schema is named
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.skipif(not (default_dir() / "databases").is_dir(),
+                    reason="the defog benchmark files are not in this checkout")
+def test_a_question_whose_gold_cannot_run_is_excluded_with_the_reason(services):
+    questions = [
+        Question(1, "How many restaurants are there?", "SELECT count(*) FROM restaurant",
+                 "restaurants", "group_by"),
+        Question(2, "Broken gold", "SELECT nope FROM restaurant;SELECT * FROM missing",
+                 "restaurants", "group_by"),
+        Question(3, "Predict fails", "SELECT count(*) FROM restaurant", "restaurants", "ratio",
+                 "Count them all"),
+    ]
+
+    def predict(question: str, db_name: str, schema_text: str) -> str:
+        if question.startswith("Predict fails"):
+            assert question.endswith("\nInstructions: Count them all")
+            raise RuntimeError("model fell over")
+        return "SELECT count(*) AS n FROM restaurant"
+
+    report = score(url_factory(services.database_url), predict, questions=questions,
+                   databases_dir=default_dir() / "databases")
+    assert (report.scored, report.correct) == (2, 1)
+    assert [e["number"] for e in report.excluded] == [2]
+    assert 'column "nope" does not exist' in report.excluded[0]["reason"]
+    assert 'relation "missing" does not exist' in report.excluded[0]["reason"]
+    failed = report.rows[1]
+    assert not failed.correct and failed.error == "predict failed: RuntimeError: model fell over"
+    assert report.by_category == {"group_by": {"correct": 1, "total": 1, "accuracy": 1.0},
+                                  "ratio": {"correct": 0, "total": 1, "accuracy": 0.0}}
+    assert json.dumps(report.as_dict())
