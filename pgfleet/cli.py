@@ -581,5 +581,9 @@ from pgfleet.cli_sql import sql  # noqa: E402
 
 main.add_command(sql)
 
+from pgfleet.cli_text2sql import text2sql  # noqa: E402
+
+main.add_command(text2sql)
+
 if __name__ == "__main__":
     main()

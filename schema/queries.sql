@@ -290,3 +290,93 @@ SET LOCAL ROLE pgfleet_reader;
 
 -- name: text2sql_whoami
 SELECT current_user, current_setting('transaction_read_only');
+
+-- name: text2sql_insert_examples
+-- Examples already stored (same question, SQL and database) are skipped.
+INSERT INTO text2sql_examples (question, sql, db_name, source, template)
+SELECT * FROM unnest(%(questions)s::text[], %(sqls)s::text[], %(db_names)s::text[],
+                     %(sources)s::text[], %(templates)s::text[])
+ON CONFLICT DO NOTHING;
+
+-- name: text2sql_search_path
+SELECT current_setting('search_path');
+
+-- name: text2sql_set_search_path
+-- For the session: checking examples that target another schema of this database.
+SELECT set_config('search_path', %(search_path)s, false);
+
+-- name: text2sql_schema_exists
+SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %(name)s);
+
+-- name: text2sql_database_exists
+SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %(name)s AND datallowconn);
+
+-- name: text2sql_tables
+-- Text-to-SQL schema introspection: the tables and views a question may be about.
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'v', 'm')
+  AND NOT c.relispartition AND NOT (c.relname = ANY(%(exclude)s))
+ORDER BY array_position(%(schemas)s, n.nspname::text), c.relname;
+
+-- name: text2sql_columns
+SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull
+FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = ANY(%(schemas)s) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY n.nspname, c.relname, a.attnum;
+
+-- name: text2sql_keys
+-- Primary and foreign keys, their columns in key order.
+SELECT n.nspname, c.relname, k.contype::text,
+       ARRAY(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY u(num, i)
+             JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.num ORDER BY u.i),
+       rn.nspname, rc.relname,
+       ARRAY(SELECT a.attname::text FROM unnest(k.confkey) WITH ORDINALITY u(num, i)
+             JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.num ORDER BY u.i)
+FROM pg_constraint k
+JOIN pg_class c ON c.oid = k.conrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_class rc ON rc.oid = k.confrelid
+LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace
+WHERE n.nspname = ANY(%(schemas)s) AND k.contype IN ('p', 'f')
+ORDER BY n.nspname, c.relname, k.conname;
+
+-- name: text2sql_user_schemas
+-- Schemas holding user tables: not the system's.
+SELECT nspname FROM pg_namespace
+WHERE nspname !~ '^pg_' AND nspname <> 'information_schema'
+ORDER BY nspname = 'public' DESC, nspname;
+
+-- name: text2sql_quote_idents
+-- Identifiers quoted only where SQL needs it (upper case, spaces, reserved words).
+SELECT name, quote_ident(name) FROM unnest(%(names)s::text[]) AS name;
+
+-- name: text2sql_column_stats
+-- A template ({table}, {column} are composed identifiers): rows and distinct values.
+SELECT count(*), count(DISTINCT {column}) FROM {table};
+
+-- name: text2sql_sample_values
+-- A template: real values of a column, a deterministic pseudo-random pick for a seed.
+SELECT {column} FROM {table} WHERE {column} IS NOT NULL
+GROUP BY {column} ORDER BY md5({column}::text || %(seed)s) LIMIT %(limit)s;
+
+-- name: defog_database_comment
+-- The defog benchmark: what a loaded database says it was loaded from.
+SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %(name)s;
+
+-- name: defog_drop_database
+-- A template ({db} is a composed identifier), as are the three below.
+DROP DATABASE IF EXISTS {db} WITH (FORCE);
+
+-- name: defog_create_database
+CREATE DATABASE {db};
+
+-- name: defog_comment_database
+COMMENT ON DATABASE {db} IS {comment};
+
+-- name: defog_grant_reader
+-- The reader role runs the benchmark's SQL, gold and generated alike.
+GRANT USAGE ON SCHEMA {schema} TO pgfleet_reader;
+GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO pgfleet_reader;
