@@ -50,9 +50,11 @@ def fleet_children(*, flower_port: int | None, worker_concurrency: int = 1) -> l
     specs = [ChildSpec("producer", [python, "-m", "producers"])]
     for short, queue, pool in (("gpu", QUEUE_GPU, "prefork"), ("cpu", QUEUE_CPU, "prefork"),
                                ("training", QUEUE_TRAINING, "prefork")):
-        # a training worker reserves one job at a time: the others stay in the queue for
-        # other training workers instead of waiting (and expiring) behind a long run
-        prefetch = ["--prefetch-multiplier", "1"] if queue == QUEUE_TRAINING else []
+        # a training worker takes a job only when it has a free process: the others stay in
+        # the queue for other training workers, instead of waiting reserved behind a long
+        # run (where Redis' visibility timeout would hand them out again)
+        prefetch = (["--prefetch-multiplier", "1", "--disable-prefetch"]
+                    if queue == QUEUE_TRAINING else [])
         specs.append(ChildSpec(f"worker-{short}", [
             *celery, "worker", "-Q", queue, "-n", f"{short}@%h", "-P", pool,
             "-c", str(worker_concurrency), *prefetch, "--loglevel", "INFO", "-E",

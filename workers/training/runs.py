@@ -224,9 +224,12 @@ class Run:
             self._conn.execute(
                 "UPDATE training_runs SET status = %s, error = %s, version_id = %s, "
                 "metrics = metrics || %s, artifacts = artifacts || %s, finished_at = now(), "
-                "heartbeat_at = now(), step = %s, loss = %s, losses = %s WHERE id = %s",
+                "heartbeat_at = now(), step = %s, loss = %s, losses = %s, phase = %s "
+                "WHERE id = %s",
                 (status, error, version_id, Jsonb(metrics or {}), Jsonb(artifacts or {}),
-                 self._state["step"], self._state["loss"], _thin(self._losses), self.id))
+                 self._state["step"], self._state["loss"], _thin(self._losses),
+                 f"{status} (was: {self._state['phase']})" if status != "succeeded"
+                 else "done", self.id))
         self._conn.close()
 
 
