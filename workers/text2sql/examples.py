@@ -14,9 +14,6 @@ of it or another database on the same server (checked there).
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +23,7 @@ import psycopg
 from psycopg import sql
 
 import schema
-from workers.errors import PgfleetError
+from workers import records
 from workers.text2sql.guard import check_sql
 
 FIELDS = ("question", "sql", "db_name")
@@ -47,13 +44,7 @@ class Example:
     line: int = 0
 
 
-@dataclass
-class ExampleProblem:
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.message}"
+ExampleProblem = records.Problem
 
 
 @dataclass
@@ -65,67 +56,30 @@ class ParsedExamples:
 # ------------------------------------------------------------------------- parsing files
 def parse_file(path: Path) -> ParsedExamples:
     """Examples from a CSV or JSONL file; every bad row is reported with its line."""
-    suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".ndjson", ".csv"):
-        raise PgfleetError(f"{path}: expected a .csv or .jsonl file")
-    try:
-        text = path.read_text("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PgfleetError(f"{path}: not UTF-8 text ({exc})") from exc
-    except OSError as exc:
-        raise PgfleetError(f"{path}: cannot read it ({exc.strerror})") from exc
+    text = records.read_text(path, (".jsonl", ".ndjson", ".csv"), "a .csv or .jsonl file")
     source = f"file:{path.name}"
-    return parse_csv(text, source) if suffix == ".csv" else parse_jsonl(text, source)
+    return parse_csv(text, source) if path.suffix.lower() == ".csv" else parse_jsonl(text, source)
+
+
+def _collect(items, source: str) -> ParsedExamples:
+    out = ParsedExamples()
+    for number, item in items:
+        if isinstance(item, records.Problem):
+            out.problems.append(item)
+        else:
+            _validate(item, number, source, out)
+    return out
 
 
 def parse_jsonl(text: str, source: str) -> ParsedExamples:
-    out = ParsedExamples()
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            out.problems.append(ExampleProblem(number, f"not valid JSON ({exc.msg})"))
-            continue
-        if not isinstance(item, dict):
-            out.problems.append(ExampleProblem(number, "expected a JSON object with question "
-                                                       "and sql"))
-            continue
-        _validate(item, number, source, out)
-    return out
+    return _collect(records.jsonl_items(text, "question and sql"), source)
 
 
 def parse_csv(text: str, source: str) -> ParsedExamples:
-    out = ParsedExamples()
-    reader = csv.DictReader(io.StringIO(text))
-    try:
-        header = reader.fieldnames or []
-    except csv.Error as exc:
-        out.problems.append(ExampleProblem(1, f"malformed CSV header ({exc})"))
-        return out
-    missing = [name for name in REQUIRED if name not in header]
-    unknown = sorted(set(header) - set(FIELDS))
-    if missing or unknown:
-        detail = "; ".join(filter(None, [missing and f"missing {missing}",
-                                         unknown and f"unknown {unknown}"]))
-        out.problems.append(ExampleProblem(1, "the header must name question and sql (and "
-                                              f"optionally db_name); {detail}"))
-        return out
-    try:
-        for row in reader:
-            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
-                continue
-            if None in row:
-                out.problems.append(ExampleProblem(reader.line_num, "more fields than the header"))
-                continue
-            item: dict[str, Any] = dict(row)
-            if item.get("db_name") in ("", None):
-                item.pop("db_name", None)
-            _validate(item, reader.line_num, source, out)
-    except csv.Error as exc:
-        out.problems.append(ExampleProblem(reader.line_num, f"malformed CSV ({exc})"))
-    return out
+    optional = [f for f in FIELDS if f not in REQUIRED]
+    return _collect(records.csv_items(
+        text, required=REQUIRED, optional=optional,
+        expected="question and sql (and optionally db_name)"), source)
 
 
 def _validate(item: dict[str, Any], number: int, source: str, out: ParsedExamples) -> None:

@@ -23,10 +23,7 @@ real queries with judged answers, and the held-out metric is measured on mined p
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
 import math
 import re
 from collections import Counter
@@ -36,6 +33,7 @@ from typing import Any
 
 import psycopg
 
+from workers import records
 from workers.errors import PgfleetError
 
 _HEADING = re.compile(r"\A\s*#{1,6}[ \t]+(?P<title>[^\n]+)\n+(?P<body>.+)\Z", re.S)
@@ -56,13 +54,7 @@ class Pair:
         return hashlib.md5(f"{self.text_a}\x00{self.text_b}".encode()).hexdigest()  # noqa: S324
 
 
-@dataclass
-class PairProblem:
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.message}"
+PairProblem = records.Problem
 
 
 @dataclass
@@ -75,59 +67,21 @@ class ParsedPairs:
 def parse_file(path: Path) -> ParsedPairs:
     """Pairs from a CSV (header: text_a,text_b[,score]) or JSONL file (one object per line
     with text_a, text_b and optionally score); every bad row is reported with its line."""
+    text = records.read_text(path, (".csv", ".tsv", ".jsonl", ".ndjson", ".json"),
+                             "a .csv, .tsv or .jsonl file")
     suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".ndjson", ".json", ".csv", ".tsv"):
-        raise PgfleetError(f"{path}: expected a .csv, .tsv or .jsonl file")
-    try:
-        text = path.read_text("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PgfleetError(f"{path}: not UTF-8 text ({exc})") from exc
-    except OSError as exc:
-        raise PgfleetError(f"{path}: cannot read it ({exc.strerror})") from exc
     if suffix in (".csv", ".tsv"):
-        return _parse_csv(text, source=f"file:{path.name}", delimiter="\t" if suffix == ".tsv" else ",")
-    return _parse_jsonl(text, source=f"file:{path.name}")
-
-
-def _parse_jsonl(text: str, source: str) -> ParsedPairs:
+        items = records.csv_items(text, required=("text_a", "text_b"), optional=("score",),
+                                  expected="text_a and text_b (and optionally score)",
+                                  delimiter="\t" if suffix == ".tsv" else ",")
+    else:
+        items = records.jsonl_items(text, "text_a and text_b")
     out = ParsedPairs()
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            out.problems.append(PairProblem(number, f"not valid JSON ({exc.msg})"))
-            continue
-        if not isinstance(item, dict):
-            out.problems.append(PairProblem(number, "expected a JSON object with text_a and text_b"))
-            continue
-        _validate(item, number, source, out)
-    return out
-
-
-def _parse_csv(text: str, source: str, delimiter: str) -> ParsedPairs:
-    out = ParsedPairs()
-    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
-    header = reader.fieldnames or []
-    missing = {"text_a", "text_b"} - set(header)
-    if missing:
-        out.problems.append(PairProblem(1, f"the header must name text_a and text_b (and "
-                                           f"optionally score); missing {sorted(missing)}"))
-        return out
-    try:
-        for row in reader:
-            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
-                continue
-            item: dict[str, Any] = {k: v for k, v in row.items() if k is not None}
-            if item.get("score") in ("", None):
-                item.pop("score", None)
-            if None in row:
-                out.problems.append(PairProblem(reader.line_num, "more fields than the header"))
-                continue
-            _validate(item, reader.line_num, source, out)
-    except csv.Error as exc:
-        out.problems.append(PairProblem(reader.line_num, f"malformed CSV ({exc})"))
+    for number, item in items:
+        if isinstance(item, records.Problem):
+            out.problems.append(item)
+        else:
+            _validate(item, number, f"file:{path.name}", out)
     return out
 
 
