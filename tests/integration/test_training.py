@@ -21,7 +21,8 @@ import pytest
 from tests.conftest import ROOT, Proc, create_database, run_cli, wait_until
 from workers import db
 
-pytestmark = pytest.mark.integration
+# training a real model on 2 shared cores: minutes, not seconds
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 #: small and fast: short sequences, a few hundred docs
 DOCS = 1000
@@ -133,8 +134,10 @@ def test_distillation_called_through_celery_keeps_the_student_close(env, worker,
         timeout=60)
     assert called.returncode == 0, called.stderr
     task_id = called.stdout.strip().splitlines()[-1]
+    # the worker creates the run when it starts the task: after any job it is busy with
     wait_until(lambda: conn.execute("SELECT id FROM training_runs WHERE celery_task_id = %s",
-                                    (task_id,)).fetchone(), 60, message="the run row")
+                                    (task_id,)).fetchone(), 600, interval_s=0.5,
+               message="the run row")
     run_id = conn.execute("SELECT id FROM training_runs WHERE celery_task_id = %s",
                           (task_id,)).fetchone()[0]
     row = _wait_final(conn, run_id)
