@@ -116,12 +116,15 @@ def encode(seq: Seq2Seq, inputs: list[str], targets: list[str] | None = None, *,
 
 
 def generate(seq: Seq2Seq, inputs: list[str], *, beams: int = 4, candidates: int | None = None,
-             max_new_tokens: int = MAX_TARGET_TOKENS, device: str = "cpu") -> list[list[str]]:
+             max_new_tokens: int | None = None, device: str = "cpu") -> list[list[str]]:
     """For each input, ``candidates`` (default: ``beams``) SQL strings, best first.
-    ``beams=1`` is greedy decoding."""
+    ``beams=1`` is greedy decoding. Generation stops at ``max_new_tokens``: by default the
+    model's own (training sets it from the longest SQL it saw), else MAX_TARGET_TOKENS."""
     import torch
 
     count = beams if candidates is None else min(candidates, beams)
+    if max_new_tokens is None:
+        max_new_tokens = seq.model.generation_config.max_new_tokens or MAX_TARGET_TOKENS
     features = encode(seq, inputs, device=device)
     with torch.inference_mode():
         out = seq.model.generate(**features, num_beams=beams, num_return_sequences=count,
