@@ -14,6 +14,13 @@ from pgfleet.cli_train import _common, _console, _submit
 @click.option("--base-model", default="", help="a seq2seq model to fine-tune: a local "
               "directory or a hub id (t5-small, google/flan-t5-base); default: a small T5 "
               "built from scratch with a byte-level tokenizer")
+@click.option("--tokenizer", type=click.Choice(["bpe", "bytes"]), default=None,
+              help="for a model from scratch: a BPE vocabulary learned from the training "
+                   "examples (default; sequences ~4x shorter) or raw bytes (ByT5)")
+@click.option("--d-model", type=click.IntRange(min=0), default=0,
+              help="width of a model from scratch (0: 256)")
+@click.option("--layers", type=click.IntRange(min=0), default=0,
+              help="encoder and decoder layers of a model from scratch (0: 3 each)")
 @click.option("--name", default="text2sql", show_default=True, help="the model's name")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
@@ -31,7 +38,7 @@ from pgfleet.cli_train import _common, _console, _submit
               help="with no stored examples, synthesize a set from the live schema for this "
                    "run (not stored; `pgfleet text2sql synth` stores one)")
 @_common
-def train_text2sql(base_model: str, name: str, epochs: int, batch_size: int,
+def train_text2sql(base_model: str, tokenizer: str | None, d_model: int, layers: int, name: str, epochs: int, batch_size: int,
                    learning_rate: float, seed: int, eval_fraction: float, max_examples: int,
                    max_eval: int, beams: int, synth_if_empty: bool, local: bool, wait: bool,
                    timeout_s: int, as_json: bool) -> None:
@@ -41,6 +48,12 @@ def train_text2sql(base_model: str, name: str, epochs: int, batch_size: int,
                "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
                "eval_fraction": eval_fraction, "max_examples": max_examples,
                "max_eval": max_eval, "beams": beams, "synth_if_empty": synth_if_empty}
+    if tokenizer is not None:
+        options["tokenizer"] = tokenizer
+    if d_model:
+        options["d_model"] = d_model
+    if layers:
+        options["layers"] = layers
     _submit("train_text2sql", options, local=local, wait=wait, timeout_s=timeout_s,
             as_json=as_json)
 

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.integration
 
 #: a model of a few thousand parameters, one epoch on a few examples
 TINY = {"d_model": 32, "layers": 1, "epochs": 1, "batch_size": 16, "max_examples": 64,
-        "max_eval": 6, "beams": 2, "synth_per_template": 4, "synth_phrasings": 1}
+        "max_eval": 6, "beams": 2, "synth_per_template": 4, "synth_phrasings": 1,
+        "synth_rounds": 1}
 
 
 @pytest.fixture(scope="module")

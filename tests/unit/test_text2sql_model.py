@@ -43,6 +43,7 @@ def test_defaults_fill_every_option():
     ({"max_examples": -1}, "max_examples must not be negative"),
     ({"d_model": 100}, "d_model must be a multiple of 8"),
     ({"name": "  "}, "name must not be empty"),
+    ({"tokenizer": "words"}, "tokenizer must be one of ['bpe', 'bytes'], not 'words'"),
     ({"base_model": "t5-small", "layers": 2}, "cannot change base_model"),
 ])
 def test_bad_options_are_named_clearly(given, message):
@@ -150,6 +151,22 @@ def test_a_tiny_t5_trains_saves_loads_and_returns_every_beam(tmp_path):
     loaded = model.load(str(tmp_path / "m"))
     out = model.generate(loaded, ["a | t : c", "b"], beams=3, max_new_tokens=8)
     assert len(out) == 2 and all(len(beams) == 3 for beams in out)
+
+
+def test_a_bpe_vocabulary_learned_from_examples_still_writes_any_text(tmp_path):
+    from workers.text2sql import model
+
+    texts = ["how many orders | orders : id , amount", "SELECT count(*) FROM orders"] * 20
+    tokenizer = model.bpe_tokenizer(texts, vocab_size=400)
+    sql = "SELECT * FROM customers WHERE name = 'Zoë O''Neil 77' AND d < '2031-12-31'"
+    ids = tokenizer(sql)["input_ids"]
+    assert ids[-1] == tokenizer.eos_token_id and tokenizer.unk_token_id not in ids
+    assert tokenizer.decode(ids, skip_special_tokens=True) == sql
+    assert len(tokenizer(texts[1])["input_ids"]) < len(texts[1]) / 3  # seen words: short
+    seq = model.build(config=TINY, tokenizer=tokenizer)
+    model.save(seq, tmp_path / "m")
+    loaded = model.load(str(tmp_path / "m")).tokenizer
+    assert loaded.decode(loaded(sql)["input_ids"], skip_special_tokens=True) == sql
 
 
 def test_a_missing_base_model_says_so():

@@ -102,7 +102,8 @@ def find_version(conn: psycopg.Connection, ref: str | int | None = None) -> Text
         row = conn.execute(sql_files.query("text2sql_active_version")).fetchone()
         if row is None:
             raise UnknownModelVersion("no active text2sql version: train one (pgfleet train "
-                                      "text2sql), then activate it, or name one with --version")
+                                      "text2sql), activate it (pgfleet ab set text2sql "
+                                      "v1=100), or name one with --version")
     else:
         row = conn.execute(sql_files.query("text2sql_version"), {"ref": str(ref)}).fetchone()
         if row is None:

@@ -43,16 +43,38 @@ def scratch_tokenizer():
     return ByT5Tokenizer(extra_ids=0)
 
 
+def bpe_tokenizer(texts: list[str], vocab_size: int = 1000):
+    """A byte-level BPE tokenizer trained on ``texts`` (the training inputs and SQL): every
+    text stays encodable (unknown words fall back to bytes), and sequences are about four
+    times shorter than with bytes, so a model from scratch trains about as much faster."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "</s>", "<unk>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>",
+                                                       special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>", clean_up_tokenization_spaces=False)
+
+
 def build(base_model: str = "", *, config: dict[str, Any] | None = None,
-          seed: int = 0) -> Seq2Seq:
+          seed: int = 0, tokenizer=None) -> Seq2Seq:
     """A new model: loaded from ``base_model`` when given, else built from ``config``
-    (:data:`SCRATCH_CONFIG` with its keys overridden) with random weights."""
+    (:data:`SCRATCH_CONFIG` with its keys overridden) with random weights, reading with
+    ``tokenizer`` (default: bytes, :func:`scratch_tokenizer`)."""
     if base_model:
         return load(base_model)
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
-    tokenizer = scratch_tokenizer()
+    tokenizer = tokenizer if tokenizer is not None else scratch_tokenizer()
     settings = {**SCRATCH_CONFIG, **(config or {})}
     cfg = T5Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                    eos_token_id=tokenizer.eos_token_id,

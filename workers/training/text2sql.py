@@ -43,9 +43,12 @@ OPTIONS: dict[str, tuple[type, Any]] = {
     "batch_size": (int, 32), "learning_rate": (float, 3e-3), "warmup_ratio": (float, 0.05),
     "seed": (int, 42), "eval_fraction": (float, 0.2), "max_examples": (int, 0),
     "max_eval": (int, 200), "beams": (int, 4), "synth_if_empty": (bool, True),
-    "synth_per_template": (int, 200), "synth_phrasings": (int, 4),
-    "d_model": (int, 0), "layers": (int, 0),
+    "synth_per_template": (int, 200), "synth_phrasings": (int, 4), "synth_rounds": (int, 4),
+    "d_model": (int, 0), "layers": (int, 0), "tokenizer": (str, "bpe"),
 }
+TOKENIZERS = ("bpe", "bytes")
+#: the size of a BPE vocabulary trained on the examples (smaller when they hold fewer pieces)
+BPE_VOCAB = 1000
 EVAL_TIMEOUT_MS = 5000
 EVAL_ROW_CAP = 2000
 
@@ -71,7 +74,7 @@ def validate_options(given: dict[str, Any]) -> dict[str, Any]:
 
 def _check_ranges(task: str, options: dict[str, Any]) -> None:
     for name in ("epochs", "batch_size", "beams", "max_eval", "synth_per_template",
-                 "synth_phrasings"):
+                 "synth_phrasings", "synth_rounds"):
         if options[name] < 1:
             raise PgfleetError(f"{task}: {name} must be at least 1, not {options[name]}")
     for name in ("max_examples", "d_model", "layers"):
@@ -87,6 +90,9 @@ def _check_ranges(task: str, options: dict[str, Any]) -> None:
         raise PgfleetError(f"{task}: eval_fraction must be between 0 and 1")
     if not options["name"].strip():
         raise PgfleetError(f"{task}: name must not be empty")
+    if options["tokenizer"] not in TOKENIZERS:
+        raise PgfleetError(f"{task}: tokenizer must be one of {list(TOKENIZERS)}, not "
+                           f"{options['tokenizer']!r}")
     if options["base_model"] and (options["d_model"] or options["layers"]):
         raise PgfleetError(f"{task}: d_model and layers size a model built from scratch; "
                            "they cannot change base_model")
@@ -119,16 +125,25 @@ def load_examples(conn: psycopg.Connection, options: dict[str, Any]
         raise PgfleetError("text2sql_examples holds no examples for this database: load some "
                            "(pgfleet text2sql load FILE), synthesize them (pgfleet text2sql "
                            "synth), or set synth_if_empty")
+    from workers.text2sql.schema_text import introspect
     from workers.text2sql.synth import synthesize
 
-    result = synthesize(conn, seed=options["seed"], per_template=options["synth_per_template"],
-                        phrasings=options["synth_phrasings"])
-    if not result.examples:
+    # each round samples other values from the tables: more distinct queries to learn from
+    schema = introspect(conn)
+    rows: dict[tuple[str, str], str | None] = {}
+    for round_ in range(options["synth_rounds"]):
+        result = synthesize(conn, schema=schema, seed=options["seed"] + round_,
+                            per_template=options["synth_per_template"],
+                            phrasings=options["synth_phrasings"])
+        for e in result.examples:
+            rows.setdefault((e.question, e.sql), e.template)
+    if not rows:
         raise PgfleetError("text2sql_examples is empty and the live schema yields no "
                            "synthetic examples: create tables with rows (and grant SELECT on "
                            "them to pgfleet_reader)")
-    return ([(e.question, e.sql, e.template) for e in result.examples],
-            "synthesized from the live schema for this run (not stored)")
+    return ([(q, s, t) for (q, s), t in rows.items()],
+            f"synthesized from the live schema for this run ({options['synth_rounds']} "
+            "round(s) of sampled values; not stored)")
 
 
 def make_pairs(rows: list[tuple[str, str, str | None]], schema, options: dict[str, Any]
@@ -320,15 +335,25 @@ def train_text2sql(conn: psycopg.Connection, settings: Settings, run: Run,
     from workers.text2sql.schema_text import introspect
 
     options = validate_options(given)
+    if options["base_model"] and "tokenizer" in given:
+        raise PgfleetError("train_text2sql: tokenizer applies to a model built from scratch; "
+                           "base_model brings its own")
     torch.set_num_threads(max(1, settings.torch_threads or torch.get_num_threads()))
-    run.phase("loading the model")
-    seq = t2s_model.build(options["base_model"], config=_scratch_config(options),
-                          seed=options["seed"])
+    if options["base_model"]:  # fail early when it cannot be loaded
+        run.phase("loading the model")
+        seq = t2s_model.build(options["base_model"])
     run.phase("reading the examples")
     rows, source = load_examples(conn, options)
     schema = introspect(conn)
     train, held = make_pairs(rows, schema, options)
     held = held[:options["max_eval"]]
+    if not options["base_model"]:
+        tokenizer = None
+        if options["tokenizer"] == "bpe":  # learned from the training side only
+            tokenizer = t2s_model.bpe_tokenizer([p.input for p in train] +
+                                                [p.sql for p in train], BPE_VOCAB)
+        seq = t2s_model.build(config=_scratch_config(options), seed=options["seed"],
+                              tokenizer=tokenizer)
     longest = max(len(seq.tokenizer(p.sql)["input_ids"]) for p in train)
     seq.model.generation_config.max_new_tokens = min(t2s_model.MAX_TARGET_TOKENS, longest + 32)
     run.check_cancelled()
@@ -350,6 +375,8 @@ def train_text2sql(conn: psycopg.Connection, settings: Settings, run: Run,
     curve = save_loss_curve(losses, directory / "loss.png", f"train_text2sql run {run.id}")
     metrics = {
         "task": "train_text2sql", "run_id": run.id, "model": seq.source,
+        "tokenizer": (options["tokenizer"] if not options["base_model"] else "base model's"),
+        "vocabulary": len(seq.tokenizer),
         "parameters": t2s_model.parameters(seq),
         "examples": {"source": source, "train": len(train), "held_out": len(held),
                      "split": "stable hash of the SQL"},
