@@ -577,6 +577,10 @@ from pgfleet.cli_train import train  # noqa: E402 - the group needs main's helpe
 
 main.add_command(train)
 
+from pgfleet.cli_train_text2sql import train_text2sql  # noqa: E402
+
+train.add_command(train_text2sql)
+
 from pgfleet.cli_sql import sql  # noqa: E402
 
 main.add_command(sql)

@@ -1,4 +1,5 @@
-"""``pgfleet sql``: check or run one read-only SQL query through the text-to-SQL guard."""
+"""``pgfleet sql``: SQL for a question (text-to-SQL), or check or run SQL written by hand,
+always through the text-to-SQL guard."""
 
 from __future__ import annotations
 
@@ -20,29 +21,57 @@ def _console():
     return console, out
 
 
+#: what ``--run`` holds when given without SQL: run the SQL generated for QUESTION
+RUN_GENERATED = "\x00generated"
+
+
 @click.command("sql")
+@click.argument("question", required=False)
 @click.option("--check", "check_text", metavar="SQL", default=None,
               help="check SQL without running it: parse, one statement, read-only, EXPLAIN")
-@click.option("--run", "run_text", metavar="SQL", default=None,
-              help="check SQL, then run it read-only as pgfleet_reader")
+@click.option("--run", "run_text", metavar="[SQL]", default=None, is_flag=False,
+              flag_value=RUN_GENERATED,
+              help="after QUESTION: run the generated SQL; with SQL: check it, then run it "
+                   "(read-only, as pgfleet_reader)")
+@click.option("--version", "version", default=None,
+              help="the text2sql version to answer QUESTION (id, v2, name@v2; default: the "
+                   "active one)")
+@click.option("--beams", type=click.IntRange(min=1, max=16), default=4, show_default=True,
+              help="candidates to generate for QUESTION")
 @click.option("--timeout-ms", type=click.IntRange(min=1), default=5000, show_default=True,
               help="cancel the query (or its EXPLAIN) after this long")
 @click.option("--max-rows", type=click.IntRange(min=1), default=1000, show_default=True,
               help="rows to fetch at most; more are reported as truncated")
 @click.option("--json", "as_json", is_flag=True)
-def sql(check_text: str | None, run_text: str | None, timeout_ms: int, max_rows: int,
+def sql(question: str | None, check_text: str | None, run_text: str | None,
+        version: str | None, beams: int, timeout_ms: int, max_rows: int,
         as_json: bool) -> None:
-    """Check or run one read-only SQL query, exactly as generated SQL will be.
+    """SQL for QUESTION, or check or run SQL written by hand, exactly as generated SQL is.
 
-    Give the SQL with --check or --run (one of them); generating SQL from a question is not
-    available yet. Exit status 0 when the SQL passes (and ran), 1 when it is rejected.
-    Queries run as the role pgfleet_reader, which can read docs; grant it SELECT on your own
-    tables to query them.
+    \b
+    pgfleet sql "how many orders are paid?"          SQL from the active text2sql version
+    pgfleet sql "how many orders are paid?" --run    ... and its result
+    pgfleet sql --check "SELECT ..."                 the guard's verdict on SQL
+    pgfleet sql --run "SELECT ..."                   check SQL, then run it
+
+    For a question the model proposes --beams candidates and the first that passes the
+    guard (one statement, read-only allow-list, EXPLAIN) is used; the answer says which beam
+    and why the others were rejected. Exit status 0 when the SQL passes (and ran), 1 when it
+    is rejected or no candidate passed. Queries run as the role pgfleet_reader: grant it
+    SELECT on your own tables to query them.
     """
-    if (check_text is None) == (run_text is None):
-        raise click.UsageError("give exactly one of --check SQL or --run SQL")
     # sqlglot says on stderr when it falls back to a generic command; the reasons say more
     logging.getLogger("sqlglot").setLevel(logging.ERROR)
+    if question is not None:
+        if check_text is not None or run_text not in (None, RUN_GENERATED):
+            raise click.UsageError("give a QUESTION, or SQL with --check or --run, not both "
+                                   "(put --run after the question to run its SQL)")
+        _answer(question, version, beams, run_text is not None, timeout_ms, max_rows, as_json)
+        return
+    if run_text == RUN_GENERATED:
+        raise click.UsageError("--run needs SQL, or a QUESTION before it")
+    if (check_text is None) == (run_text is None):
+        raise click.UsageError("give a QUESTION, or exactly one of --check SQL or --run SQL")
     if check_text is not None:
         _check(check_text, timeout_ms, as_json)
     else:
@@ -65,7 +94,40 @@ def _check(text: str, timeout_ms: int, as_json: bool) -> None:
         sys.exit(1)
 
 
-def _run(text: str, timeout_ms: int, max_rows: int, as_json: bool) -> None:
+def _answer(question: str, version: str | None, beams: int, run: bool, timeout_ms: int,
+            max_rows: int, as_json: bool) -> None:
+    from pgfleet import context
+    from workers.text2sql.generate import generate_sql
+
+    with context.connection(autocommit=True) as conn:
+        answer = generate_sql(conn, question, version=version, beams=beams)
+    payload = answer.as_dict()
+    if not answer.ok:
+        if as_json:
+            click.echo(json.dumps(payload, default=str))
+        else:
+            console, _ = _console()
+            console.print(f"{answer.why} ({answer.version}):", style="red", highlight=False)
+            for rejected in answer.rejected:
+                click.echo(f"- beam {rejected['beam']}: {rejected['sql']!r}")
+                for reason in rejected["reasons"]:
+                    click.echo(f"    {reason}")
+        sys.exit(1)
+    if not as_json:
+        _, out = _console()
+        click.echo(answer.sql)
+        out.print(f"[dim]{answer.version}, {answer.why}, {answer.latency_ms:.0f} ms[/dim]")
+        for rejected in answer.rejected:
+            out.print(f"[dim]  beam {rejected['beam']} rejected: "
+                      f"{'; '.join(rejected['reasons'])}[/dim]", highlight=False)
+    if run:
+        _run(answer.sql or "", timeout_ms, max_rows, as_json, extra=payload if as_json else None)
+    elif as_json:
+        click.echo(json.dumps(payload, default=str))
+
+
+def _run(text: str, timeout_ms: int, max_rows: int, as_json: bool,
+         extra: dict[str, Any] | None = None) -> None:
     from pgfleet import context
     from workers.text2sql import run_readonly
 
@@ -75,12 +137,13 @@ def _run(text: str, timeout_ms: int, max_rows: int, as_json: bool) -> None:
     except (SqlRejected, QueryTimeout) as exc:
         reasons = exc.reasons if isinstance(exc, SqlRejected) else [str(exc)]
         if as_json:
-            click.echo(json.dumps({"ok": False, "reasons": reasons}))
+            click.echo(json.dumps({**(extra or {}), "ok": False, "reasons": reasons},
+                                  default=str))
         else:
             _print_reasons(reasons)
         sys.exit(1)
     if as_json:
-        click.echo(json.dumps({"ok": True, "columns": result.columns,
+        click.echo(json.dumps({**(extra or {}), "ok": True, "columns": result.columns,
                                "rows": [list(r) for r in result.rows],
                                "truncated": result.truncated,
                                "elapsed_ms": round(result.elapsed_ms, 1)}, default=str))

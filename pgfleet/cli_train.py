@@ -265,7 +265,7 @@ def _report(row: dict[str, Any] | None, version: dict[str, Any] | None, as_json:
         out.print(f"training run {row['id']} ({row['task']}) succeeded: registered "
                   f"[bold]{version['name']}@{version['version']}[/bold] (id "
                   f"{version['version_id']}, {version['format']}, inactive) from "
-                  f"{version['parent']}; artifact {version['artifact']}")
+                  f"{version['parent'] or 'scratch'}; artifact {version['artifact']}")
         _print_metrics(row["task"], version["metrics"])
         curve = (row["artifacts"] or {}).get("loss_curve")
         if curve:
@@ -281,6 +281,10 @@ def _print_metrics(task: str, m: dict[str, Any]) -> None:
     _, out = _console()
     if task == "quantize":
         _print_quantize(m)
+    elif task == "train_text2sql":
+        from pgfleet.cli_train_text2sql import print_metrics
+
+        print_metrics(m)
     elif task == "train_embeddings":
         held = m["held_out"]
         out.print(f"{m['loss']} on {m['pairs']['train']} pairs ({m['pairs']['source']}), "

@@ -380,3 +380,44 @@ COMMENT ON DATABASE {db} IS {comment};
 -- The reader role runs the benchmark's SQL, gold and generated alike.
 GRANT USAGE ON SCHEMA {schema} TO pgfleet_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO pgfleet_reader;
+
+-- name: text2sql_training_examples
+-- Examples for the connected database (db_name NULL), in a stable order.
+SELECT question, sql, template FROM text2sql_examples
+WHERE db_name IS NULL ORDER BY id;
+
+-- name: text2sql_other_examples
+SELECT count(*) FROM text2sql_examples WHERE db_name IS NOT NULL;
+
+-- name: text2sql_register_version
+-- A text2sql version has no dimensions; it is registered ready, inactive, without traffic.
+INSERT INTO model_versions (name, version, kind, format, artifact, dimensions,
+                            max_seq_length, status, active, traffic_percent, metrics)
+VALUES (%(name)s, %(version)s, 'text2sql', 'torch', %(artifact)s, NULL,
+        %(max_seq_length)s, 'ready', false, 0, %(metrics)s)
+RETURNING id;
+
+-- name: text2sql_version_names
+SELECT version FROM model_versions WHERE name = %(name)s;
+
+-- name: text2sql_version
+-- A text2sql version by id, by version label (any name) or by name@version.
+SELECT id, name, version, artifact, format, status, active FROM model_versions
+WHERE kind = 'text2sql'
+  AND (id::text = %(ref)s OR version = %(ref)s OR name || '@' || version = %(ref)s)
+ORDER BY id DESC LIMIT 1;
+
+-- name: text2sql_active_version
+-- The active text2sql version with the most traffic (newest first on a tie).
+SELECT id, name, version, artifact, format, status, active FROM model_versions
+WHERE kind = 'text2sql' AND active AND status = 'ready'
+ORDER BY traffic_percent DESC, id DESC LIMIT 1;
+
+-- name: text2sql_log_inference
+-- For text2sql, results holds the chosen beam (0 = the best-scored one), NULL when no
+-- candidate passed the guard (error then says why).
+INSERT INTO inference_logs (version_id, assigned_version_id, task, latency_ms, batch_size,
+                            model_calls, worker, request_key, results, error)
+VALUES (%(version_id)s, %(version_id)s, 'text2sql', %(latency_ms)s, 1, 1, %(worker)s,
+        %(request_key)s, %(results)s, %(error)s)
+RETURNING id;

@@ -24,7 +24,8 @@ def create_app(settings: Settings | None = None) -> Celery:
             # importing the app must not fail; whatever uses the bad setting says so clearly
             logger.debug("%s; the app uses default settings", exc)
             settings = Settings()
-    app = Celery("pgfleet", include=["workers.tasks.embed", "workers.tasks.train"])
+    app = Celery("pgfleet", include=["workers.tasks.embed", "workers.tasks.train",
+                                      "workers.tasks.text2sql"])
     broker = _broker_url(settings)
     app.conf.update(
         broker_url=broker,
@@ -46,7 +47,8 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
         task_queues=[Queue(name) for name in queues.ALL_QUEUES],
         task_default_queue=queues.QUEUE_GPU,
-        task_routes={name: {"queue": queues.QUEUE_TRAINING} for name in queues.TRAINING_TASKS},
+        task_routes={**{name: {"queue": queues.QUEUE_TRAINING} for name in queues.TRAINING_TASKS},
+                     queues.TASK_GENERATE_SQL: {"queue": queues.QUEUE_CPU}},
         broker_transport_options={
             # a message reserved by a worker that died comes back after this long: the
             # same bound as the producer's republishing of unfinished work, so that the

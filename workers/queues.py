@@ -14,6 +14,8 @@ ALL_QUEUES = (QUEUE_GPU, QUEUE_CPU, QUEUE_TRAINING)
 TRAINING_TASKS = ("quantize", "train_embeddings", "distill_embeddings", "train_text2sql")
 
 TASK_EMBED = "pgfleet.embed_docs"
+#: SQL for a question (interactive; on QUEUE_CPU, see workers/tasks/text2sql.py)
+TASK_GENERATE_SQL = "generate_sql"
 
 #: the channel the docs triggers NOTIFY on
 NOTIFY_CHANNEL = "pgfleet_pending"

@@ -65,6 +65,12 @@ def _train_job(conn, settings, run, **options):
     return train_embeddings(conn, settings, run, **options)
 
 
+def _text2sql_job(conn, settings, run, **options):
+    from workers.training.text2sql import train_text2sql
+
+    return train_text2sql(conn, settings, run, **options)
+
+
 def _distill_job(conn, settings, run, **options):
     from workers.training.embeddings import distill_embeddings
 
@@ -95,6 +101,14 @@ def distill_embeddings(self, run_id: int | None = None, **options: Any) -> dict[
     return run_job("distill_embeddings", _distill_job, options, run_id, celery_task=self)
 
 
+@app.task(bind=True, name="train_text2sql", queue=QUEUE_TRAINING, acks_late=False,
+          ignore_result=False)
+def train_text2sql(self, run_id: int | None = None, **options: Any) -> dict[str, Any]:
+    """Train a text-to-SQL T5 on the examples and register it (inactive)
+    (``celery -A workers call train_text2sql --kwargs '{"epochs": 30}'``)."""
+    return run_job("train_text2sql", _text2sql_job, options, run_id, celery_task=self)
+
+
 #: task name -> job, for ``pgfleet train ... --local``
 JOBS = {"quantize": _quantize_job, "train_embeddings": _train_job,
-        "distill_embeddings": _distill_job}
+        "distill_embeddings": _distill_job, "train_text2sql": _text2sql_job}

@@ -1,0 +1,71 @@
+"""``pgfleet train text2sql``: train a text-to-SQL model on the training queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.table import Table
+
+from pgfleet.cli_train import _common, _console, _submit
+
+
+@click.command("text2sql")
+@click.option("--base-model", default="", help="a seq2seq model to fine-tune: a local "
+              "directory or a hub id (t5-small, google/flan-t5-base); default: a small T5 "
+              "built from scratch with a byte-level tokenizer")
+@click.option("--tokenizer", type=click.Choice(["bpe", "bytes"]), default=None,
+              help="for a model from scratch: a BPE vocabulary learned from the training "
+                   "examples (default; sequences ~4x shorter) or raw bytes (ByT5)")
+@click.option("--d-model", type=click.IntRange(min=0), default=0,
+              help="width of a model from scratch (0: 256)")
+@click.option("--layers", type=click.IntRange(min=0), default=0,
+              help="encoder and decoder layers of a model from scratch (0: 3 each)")
+@click.option("--name", default="text2sql", show_default=True, help="the model's name")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--learning-rate", type=float, default=3e-3, show_default=True,
+              help="3e-3 suits a model from scratch; use ~3e-4 to fine-tune a pretrained one")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--eval-fraction", type=float, default=0.2, show_default=True,
+              help="share of the distinct SQL queries held out (a stable hash of the SQL)")
+@click.option("--max-examples", type=click.IntRange(min=0), default=0, help="0: all")
+@click.option("--max-eval", type=click.IntRange(min=1), default=200, show_default=True,
+              help="held-out examples to measure on at most")
+@click.option("--beams", type=click.IntRange(min=1, max=16), default=4, show_default=True,
+              help="beam width of the held-out measurement")
+@click.option("--synth-if-empty/--no-synth-if-empty", default=True, show_default=True,
+              help="with no stored examples, synthesize a set from the live schema for this "
+                   "run (not stored; `pgfleet text2sql synth` stores one)")
+@_common
+def train_text2sql(base_model: str, tokenizer: str | None, d_model: int, layers: int, name: str, epochs: int, batch_size: int,
+                   learning_rate: float, seed: int, eval_fraction: float, max_examples: int,
+                   max_eval: int, beams: int, synth_if_empty: bool, local: bool, wait: bool,
+                   timeout_s: int, as_json: bool) -> None:
+    """Train a text-to-SQL T5 on text2sql_examples; register it (inactive) with exact match
+    and execution accuracy on held-out examples."""
+    options = {"base_model": base_model, "name": name, "epochs": epochs,
+               "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
+               "eval_fraction": eval_fraction, "max_examples": max_examples,
+               "max_eval": max_eval, "beams": beams, "synth_if_empty": synth_if_empty}
+    if tokenizer is not None:
+        options["tokenizer"] = tokenizer
+    if d_model:
+        options["d_model"] = d_model
+    if layers:
+        options["layers"] = layers
+    _submit("train_text2sql", options, local=local, wait=wait, timeout_s=timeout_s,
+            as_json=as_json)
+
+
+def print_metrics(m: dict[str, Any]) -> None:
+    _, out = _console()
+    held, examples = m["held_out"], m["examples"]
+    out.print(f"{m['model']} ({m['parameters']:,} parameters) on {examples['train']} examples "
+              f"({examples['source']}), {m['train_seconds']} s")
+    table = Table(title=f"held out: {held['examples']} examples, {held['beams']} beams")
+    for col in ("exact match", "execution accuracy", "execution accuracy (guided)"):
+        table.add_column(col, justify="right")
+    table.add_row(str(held["exact_match"]), str(held["execution_accuracy"]),
+                  str(held["execution_accuracy_guided"]))
+    out.print(table)

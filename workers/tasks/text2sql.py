@@ -1,0 +1,28 @@
+"""``generate_sql``: SQL for a question, on the CPU queue.
+
+It runs on ``embed.cpu``: answering is short CPU inference with a small model, as the INT8
+embedding work there is, and it must never wait behind the training queue's hour-long jobs
+(one at a time per worker) nor compete with the GPU queue's batches. The model is loaded in
+the worker process on first use and kept (two versions at most).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers import db, lifecycle
+from workers.app import app
+from workers.queues import QUEUE_CPU, TASK_GENERATE_SQL
+from workers.settings import resolve_urls
+
+
+@app.task(name=TASK_GENERATE_SQL, queue=QUEUE_CPU, acks_late=False, ignore_result=False)
+def generate_sql(question: str, version: str | int | None = None,
+                 beams: int = 4) -> dict[str, Any]:
+    """``{"sql": ..., "beam": ..., "why": ..., "rejected": [...], ...}``; ``sql`` is None
+    when no beam passed the guard."""
+    from workers.text2sql.generate import generate_sql as generate
+
+    url = resolve_urls(lifecycle.settings()).database_url
+    with db.connect(url, autocommit=True) as conn:
+        return generate(conn, question, version=version, beams=beams).as_dict()

@@ -1,0 +1,187 @@
+"""SQL from a question: beam search, then execution-guided choice.
+
+The model proposes ``beams`` candidates, best-scored first. :func:`choose` checks them in
+that order with the guard (exactly one statement, the read-only allow-list, then EXPLAIN as
+the reader role) and takes the first that passes; the answer says which beam was chosen and
+why each one before it was rejected. When none passes, no SQL is returned at all: generated
+SQL that fails the guard never leaves this module.
+
+:func:`choose` is pure (the check is a parameter), :func:`generate_sql` wires the model, the
+live schema, the guard and the ``inference_logs`` row.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+
+import schema as sql_files
+from workers.errors import PgfleetError, UnknownModelVersion
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BEAMS = 4
+NO_CANDIDATE = "no candidate passed the guard"
+
+
+@dataclass
+class Rejected:
+    beam: int
+    sql: str
+    reasons: list[str]
+
+
+@dataclass
+class Choice:
+    sql: str | None            # None: no candidate passed
+    beam: int | None           # which candidate (0 = the best-scored)
+    candidates: list[str] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.sql is not None
+
+    @property
+    def why(self) -> str:
+        if self.sql is None:
+            return f"{NO_CANDIDATE}: all {len(self.candidates)} beam(s) were rejected"
+        if self.beam == 0:
+            return "beam 0 (the best-scored) passed the guard"
+        return (f"beam {self.beam} is the first that passed the guard; beams "
+                f"{', '.join(str(r.beam) for r in self.rejected)} were rejected")
+
+
+def choose(candidates: Sequence[str], check: Callable[[str], Any]) -> Choice:
+    """The first candidate that ``check`` passes (an object with ``ok``, ``reasons`` and the
+    checked ``sql``, as :func:`~workers.text2sql.guard.check_sql` returns), and why each
+    earlier one failed. Empty or repeated candidates are rejected without a check."""
+    choice = Choice(None, None, list(candidates))
+    seen: dict[str, int] = {}
+    for beam, sql in enumerate(candidates):
+        text = sql.strip()
+        if not text:
+            choice.rejected.append(Rejected(beam, sql, ["The model produced no SQL."]))
+            continue
+        if text in seen:
+            choice.rejected.append(Rejected(beam, sql, [f"The same SQL as beam {seen[text]}."]))
+            continue
+        seen[text] = beam
+        verdict = check(text)
+        if verdict.ok:
+            choice.sql, choice.beam = (verdict.sql or text), beam
+            return choice
+        choice.rejected.append(Rejected(beam, sql, list(verdict.reasons) or ["Rejected."]))
+    return choice
+
+
+# ------------------------------------------------------------------------- versions
+@dataclass(frozen=True)
+class Text2SqlVersion:
+    id: int
+    name: str
+    version: str
+    artifact: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def find_version(conn: psycopg.Connection, ref: str | int | None = None) -> Text2SqlVersion:
+    """The text2sql version ``ref`` names (id, ``v2`` or ``name@v2``), else the active one."""
+    if ref is None or ref == "":
+        row = conn.execute(sql_files.query("text2sql_active_version")).fetchone()
+        if row is None:
+            raise UnknownModelVersion("no active text2sql version: train one (pgfleet train "
+                                      "text2sql), activate it (pgfleet ab set text2sql "
+                                      "v1=100), or name one with --version")
+    else:
+        row = conn.execute(sql_files.query("text2sql_version"), {"ref": str(ref)}).fetchone()
+        if row is None:
+            raise UnknownModelVersion(f"no text2sql version {ref!r}")
+    return Text2SqlVersion(int(row[0]), row[1], row[2], row[3])
+
+
+@functools.lru_cache(maxsize=2)
+def _loaded(artifact: str):
+    from workers.text2sql.model import load
+
+    return load(artifact)
+
+
+# ------------------------------------------------------------------------- generation
+@dataclass
+class Answer:
+    question: str
+    version: str | None
+    version_id: int | None
+    sql: str | None
+    beam: int | None
+    why: str
+    candidates: list[str]
+    rejected: list[dict[str, Any]]
+    latency_ms: float
+    log_id: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.sql is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def answer_for(question: str, choice: Choice, latency_ms: float,
+               version: Text2SqlVersion | None) -> Answer:
+    return Answer(question, version.label if version else None,
+                  version.id if version else None, choice.sql, choice.beam, choice.why,
+                  choice.candidates, [asdict(r) for r in choice.rejected], round(latency_ms, 1))
+
+
+def generate_sql(conn: psycopg.Connection, question: str, *, version: str | int | None = None,
+                 beams: int = DEFAULT_BEAMS, model=None, log: bool = True) -> Answer:
+    """Beam search with the text2sql version (``version``, else the active one; ``model``, a
+    :class:`~workers.text2sql.model.Seq2Seq`, replaces it), then the first beam that passes
+    the guard. ``conn`` must be in autocommit mode. Logged to ``inference_logs``."""
+    from workers.text2sql.guard import check_sql
+    from workers.text2sql.inputs import build_input
+    from workers.text2sql.model import generate
+    from workers.text2sql.schema_text import introspect
+
+    if not isinstance(question, str) or not question.strip():
+        raise PgfleetError("the question must be a non-empty string")
+    if isinstance(beams, bool) or not isinstance(beams, int) or not 1 <= beams <= 16:
+        raise PgfleetError(f"beams must be an integer from 1 to 16, not {beams!r}")
+    started = time.perf_counter()
+    spec = None
+    if model is None:
+        spec = find_version(conn, version)
+        model = _loaded(spec.artifact)
+    text = build_input(question, introspect(conn))
+    candidates = generate(model, [text], beams=beams)[0]
+    choice = choose(candidates, lambda sql: check_sql(sql, conn))
+    answer = answer_for(question, choice, (time.perf_counter() - started) * 1000, spec)
+    if log:
+        answer.log_id = log_request(conn, answer)
+    logger.info("text2sql answer", extra={"version": answer.version, "beam": answer.beam,
+                                          "latency_ms": answer.latency_ms, "ok": answer.ok})
+    return answer
+
+
+def log_request(conn: psycopg.Connection, answer: Answer) -> int:
+    row = conn.execute(sql_files.query("text2sql_log_inference"), {
+        "version_id": answer.version_id, "latency_ms": answer.latency_ms,
+        "worker": socket.gethostname(),
+        "request_key": hashlib.sha256(answer.question.encode()).hexdigest()[:32],
+        "results": None if answer.beam is None else [answer.beam],
+        "error": None if answer.ok else NO_CANDIDATE}).fetchone()
+    return int(row[0])

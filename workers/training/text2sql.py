@@ -1,0 +1,394 @@
+"""``train_text2sql``: a T5 trained on (question, SQL) examples, as a training-queue job.
+
+The examples are the connected database's rows of ``text2sql_examples`` (``db_name`` NULL);
+when there are none and ``synth_if_empty`` is set, a bootstrap set is synthesized from the
+live schema (:mod:`~workers.text2sql.synth`) for this run only: it is not stored (``pgfleet
+text2sql synth`` stores one). The model reads ``question | table : col , col | ...`` over the
+tables the question names (:mod:`~workers.text2sql.inputs`) and writes the SQL.
+
+The held-out split is a stable hash of the SQL, so that the phrasings of one query are all
+on the same side: held-out questions ask for queries the model never saw, in templates it
+did. On them it reports exact match (SQL normalized by sqlglot) and execution accuracy
+(gold and generated SQL run read-only through the guard, result sets compared with the
+defog rules of :mod:`~workers.text2sql.scoring`), for the top beam and for the first beam
+that passes the guard, as ``generate_sql`` answers. The model is registered as a new,
+inactive ``text2sql`` version (format ``torch``, a ``save_pretrained`` directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+import schema as sql_files
+from workers.errors import PgfleetError
+from workers.settings import Settings
+from workers.training.jobs import models_dir
+from workers.training.runs import Run, save_loss_curve
+
+logger = logging.getLogger(__name__)
+
+#: name -> (type, default)
+OPTIONS: dict[str, tuple[type, Any]] = {
+    "base_model": (str, ""), "name": (str, "text2sql"), "epochs": (int, 30),
+    "batch_size": (int, 32), "learning_rate": (float, 3e-3), "warmup_ratio": (float, 0.05),
+    "seed": (int, 42), "eval_fraction": (float, 0.2), "max_examples": (int, 0),
+    "max_eval": (int, 200), "beams": (int, 4), "synth_if_empty": (bool, True),
+    "synth_per_template": (int, 200), "synth_phrasings": (int, 4), "synth_rounds": (int, 4),
+    "d_model": (int, 0), "layers": (int, 0), "tokenizer": (str, "bpe"),
+}
+TOKENIZERS = ("bpe", "bytes")
+#: the size of a BPE vocabulary trained on the examples (smaller when they hold fewer pieces)
+BPE_VOCAB = 1000
+EVAL_TIMEOUT_MS = 5000
+EVAL_ROW_CAP = 2000
+
+
+def validate_options(given: dict[str, Any]) -> dict[str, Any]:
+    """The options with defaults filled in, or a clear error naming each bad one."""
+    task = "train_text2sql"
+    unknown = sorted(set(given) - set(OPTIONS))
+    if unknown:
+        raise PgfleetError(f"{task}: unknown option(s) {unknown}; known: {sorted(OPTIONS)}")
+    options: dict[str, Any] = {}
+    for name, (kind, default) in OPTIONS.items():
+        value = given.get(name, default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise PgfleetError(f"{task}: option {name} must be {kind.__name__}, "
+                               f"not {type(value).__name__} ({value!r})")
+        options[name] = value
+    _check_ranges(task, options)
+    return options
+
+
+def _check_ranges(task: str, options: dict[str, Any]) -> None:
+    for name in ("epochs", "batch_size", "beams", "max_eval", "synth_per_template",
+                 "synth_phrasings", "synth_rounds"):
+        if options[name] < 1:
+            raise PgfleetError(f"{task}: {name} must be at least 1, not {options[name]}")
+    for name in ("max_examples", "d_model", "layers"):
+        if options[name] < 0:
+            raise PgfleetError(f"{task}: {name} must not be negative, not {options[name]}")
+    if options["d_model"] and options["d_model"] % 8:
+        raise PgfleetError(f"{task}: d_model must be a multiple of 8, not {options['d_model']}")
+    if not 0 < options["learning_rate"] < 1:
+        raise PgfleetError(f"{task}: learning_rate must be between 0 and 1")
+    if not 0 <= options["warmup_ratio"] < 1:
+        raise PgfleetError(f"{task}: warmup_ratio must be in [0, 1)")
+    if not 0 < options["eval_fraction"] < 1:
+        raise PgfleetError(f"{task}: eval_fraction must be between 0 and 1")
+    if not options["name"].strip():
+        raise PgfleetError(f"{task}: name must not be empty")
+    if options["tokenizer"] not in TOKENIZERS:
+        raise PgfleetError(f"{task}: tokenizer must be one of {list(TOKENIZERS)}, not "
+                           f"{options['tokenizer']!r}")
+    if options["base_model"] and (options["d_model"] or options["layers"]):
+        raise PgfleetError(f"{task}: d_model and layers size a model built from scratch; "
+                           "they cannot change base_model")
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class Pair:
+    question: str
+    sql: str
+    template: str | None
+    input: str
+
+
+def held_out(sql: str, fraction: float) -> bool:
+    """Whether the example of this SQL is held out: a stable hash, the same on every run."""
+    digest = hashlib.sha256(" ".join(sql.split()).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def load_examples(conn: psycopg.Connection, options: dict[str, Any]
+                  ) -> tuple[list[tuple[str, str, str | None]], str]:
+    """(question, sql, template) rows and where they came from."""
+    rows = [tuple(r) for r in conn.execute(sql_files.query("text2sql_training_examples"))]
+    other = conn.execute(sql_files.query("text2sql_other_examples")).fetchone()[0]
+    if rows:
+        note = f" ({other} for other databases or schemas left out)" if other else ""
+        return rows, f"text2sql_examples{note}"
+    if not options["synth_if_empty"]:
+        raise PgfleetError("text2sql_examples holds no examples for this database: load some "
+                           "(pgfleet text2sql load FILE), synthesize them (pgfleet text2sql "
+                           "synth), or set synth_if_empty")
+    from workers.text2sql.schema_text import introspect
+    from workers.text2sql.synth import synthesize
+
+    # each round samples other values from the tables: more distinct queries to learn from
+    schema = introspect(conn)
+    rows: dict[tuple[str, str], str | None] = {}
+    for round_ in range(options["synth_rounds"]):
+        result = synthesize(conn, schema=schema, seed=options["seed"] + round_,
+                            per_template=options["synth_per_template"],
+                            phrasings=options["synth_phrasings"])
+        for e in result.examples:
+            rows.setdefault((e.question, e.sql), e.template)
+    if not rows:
+        raise PgfleetError("text2sql_examples is empty and the live schema yields no "
+                           "synthetic examples: create tables with rows (and grant SELECT on "
+                           "them to pgfleet_reader)")
+    return ([(q, s, t) for (q, s), t in rows.items()],
+            f"synthesized from the live schema for this run ({options['synth_rounds']} "
+            "round(s) of sampled values; not stored)")
+
+
+def make_pairs(rows: list[tuple[str, str, str | None]], schema, options: dict[str, Any]
+               ) -> tuple[list[Pair], list[Pair]]:
+    from workers.text2sql.inputs import build_input
+
+    if options["max_examples"]:
+        rows = rows[:options["max_examples"]]
+    pairs = [Pair(q, s, t, build_input(q, schema)) for q, s, t in rows]
+    train = [p for p in pairs if not held_out(p.sql, options["eval_fraction"])]
+    held = [p for p in pairs if held_out(p.sql, options["eval_fraction"])]
+    if not train or not held:
+        raise PgfleetError(f"{len(pairs)} example(s) leave {len(train)} to train on and "
+                           f"{len(held)} to evaluate: give more examples or another "
+                           "eval_fraction")
+    return train, held
+
+
+# ----------------------------------------------------------------------------- training
+def length_batches(pairs: list[Pair], batch_size: int, rng: random.Random) -> list[list[Pair]]:
+    """Batches of similar input length (less padding), in a shuffled order."""
+    ordered = sorted(pairs, key=lambda p: len(p.input) + len(p.sql) + rng.random() * 16)
+    batches = [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def fit(run: Run, seq, train: list[Pair], options: dict[str, Any]) -> list[float]:
+    """AdamW with linear warm-up and decay, gradient clipping at 1.0; progress, loss and
+    cancellation through ``run`` at every step."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from workers.text2sql.model import encode
+
+    torch.manual_seed(options["seed"])
+    rng = random.Random(options["seed"])
+    epochs, batch_size = options["epochs"], options["batch_size"]
+    total = math.ceil(len(train) / batch_size) * epochs
+    params = [p for p in seq.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=options["learning_rate"], weight_decay=0.01)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(total * options["warmup_ratio"]),
+                                                total)
+    losses: list[float] = []
+    step = 0
+    run.progress(0, total, phase="training", force=True)
+    seq.model.train()
+    try:
+        for epoch in range(epochs):
+            for batch in length_batches(train, batch_size, rng):
+                step += 1
+                loss = seq.model(**encode(seq, [p.input for p in batch],
+                                          [p.sql for p in batch])).loss
+                if not torch.isfinite(loss):
+                    raise PgfleetError(f"the loss became {loss.item()} at step {step}; lower "
+                                       "the learning rate")
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                losses.append(float(loss.item()))
+                run.progress(step, total, loss=losses[-1],
+                             phase=f"training, epoch {epoch + 1}/{epochs}")
+    finally:
+        seq.model.eval()
+    return losses
+
+
+# ----------------------------------------------------------------------------- metrics
+def normalize_sql(text: str) -> str:
+    """SQL in one canonical spelling (sqlglot's), for exact match; whitespace-collapsed
+    text when sqlglot cannot parse it."""
+    import sqlglot
+
+    try:
+        return sqlglot.parse_one(text, read="postgres").sql(dialect="postgres", normalize=True)
+    except (sqlglot.errors.ParseError, sqlglot.errors.TokenError, ValueError):
+        return " ".join(text.split())
+
+
+def _result(conn: psycopg.Connection, sql: str):
+    from workers.errors import QueryTimeout, SqlRejected
+    from workers.text2sql.guard import run_readonly
+    from workers.text2sql.scoring import Table
+
+    try:
+        result = run_readonly(conn, sql, timeout_ms=EVAL_TIMEOUT_MS, row_cap=EVAL_ROW_CAP)
+    except (SqlRejected, QueryTimeout):
+        return None
+    return Table(result.columns, result.rows)
+
+
+def same_result(conn: psycopg.Connection, question: str, gold_sql: str, gold, sql: str) -> bool:
+    from workers.text2sql.scoring import compare, order_matters
+
+    if gold is None:
+        return False
+    got = _result(conn, sql)
+    ordered = order_matters("", question) or " order by " in f" {gold_sql.lower()} "
+    return got is not None and compare(gold, got, ordered) is not None
+
+
+def evaluate(conn: psycopg.Connection, run: Run, seq, held: list[Pair], *, beams: int,
+             batch_size: int = 16) -> dict[str, Any]:
+    """Exact match and execution accuracy of the top beam, and execution accuracy of the
+    beam that ``generate_sql`` would choose (the first to pass the guard)."""
+    from workers.text2sql.generate import choose
+    from workers.text2sql.guard import check_sql
+    from workers.text2sql.model import generate
+
+    exact = top_exec = guided_exec = no_candidate = skipped = 0
+    per_template: dict[str, list[int]] = {}
+    for start in range(0, len(held), batch_size):
+        run.check_cancelled()
+        batch = held[start:start + batch_size]
+        outputs = generate(seq, [p.input for p in batch], beams=beams)
+        for pair, candidates in zip(batch, outputs, strict=True):
+            gold = _result(conn, pair.sql)
+            if gold is None:
+                skipped += 1
+                continue
+            exact += normalize_sql(candidates[0]) == normalize_sql(pair.sql)
+            top_ok = same_result(conn, pair.question, pair.sql, gold, candidates[0])
+            top_exec += top_ok
+            choice = choose(candidates, lambda sql: check_sql(sql, conn))
+            guided_ok = choice.sql is not None and (
+                top_ok if choice.beam == 0
+                else same_result(conn, pair.question, pair.sql, gold, choice.sql))
+            guided_exec += guided_ok
+            no_candidate += choice.sql is None
+            counts = per_template.setdefault(pair.template or "-", [0, 0])
+            counts[0] += guided_ok
+            counts[1] += 1
+        run.progress(run_step(run), phase=f"evaluating {min(start + batch_size, len(held))}"
+                                          f"/{len(held)}")
+    scored = len(held) - skipped
+    if not scored:
+        raise PgfleetError("no held-out gold SQL could run: check the examples")
+    return {
+        "examples": scored, "gold_failed": skipped, "beams": beams,
+        "exact_match": round(exact / scored, 4),
+        "execution_accuracy": round(top_exec / scored, 4),
+        "execution_accuracy_guided": round(guided_exec / scored, 4),
+        "no_candidate_passed": no_candidate,
+        "per_template": {k: round(v[0] / v[1], 4) for k, v in sorted(per_template.items())},
+    }
+
+
+def run_step(run: Run) -> int:
+    return int(run._state.get("step") or 0)  # noqa: SLF001 - keep the step while evaluating
+
+
+# ----------------------------------------------------------------------------- the job
+def _version_label(conn: psycopg.Connection, name: str) -> str:
+    taken = {r[0] for r in conn.execute(sql_files.query("text2sql_version_names"),
+                                        {"name": name})}
+    n = len(taken) + 1
+    while f"v{n}" in taken:
+        n += 1
+    return f"v{n}"
+
+
+def register(conn: psycopg.Connection, *, name: str, version: str, artifact: str,
+             max_seq_length: int, metrics: dict[str, Any]) -> int:
+    row = conn.execute(sql_files.query("text2sql_register_version"),
+                       {"name": name, "version": version, "artifact": artifact,
+                        "max_seq_length": max_seq_length, "metrics": Jsonb(metrics)}).fetchone()
+    return int(row[0])
+
+
+def _scratch_config(options: dict[str, Any]) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    if options["d_model"]:
+        config.update(d_model=options["d_model"], d_ff=options["d_model"] * 3,
+                      d_kv=options["d_model"] // 4)
+    if options["layers"]:
+        config.update(num_layers=options["layers"], num_decoder_layers=options["layers"])
+    return config
+
+
+def train_text2sql(conn: psycopg.Connection, settings: Settings, run: Run,
+                   **given: Any) -> dict[str, Any]:
+    """Train (or fine-tune ``base_model``) on the examples, measure on the held-out ones,
+    register the model as a new inactive text2sql version."""
+    import torch
+
+    from workers.text2sql import model as t2s_model
+    from workers.text2sql.schema_text import introspect
+
+    options = validate_options(given)
+    if options["base_model"] and "tokenizer" in given:
+        raise PgfleetError("train_text2sql: tokenizer applies to a model built from scratch; "
+                           "base_model brings its own")
+    torch.set_num_threads(max(1, settings.torch_threads or torch.get_num_threads()))
+    if options["base_model"]:  # fail early when it cannot be loaded
+        run.phase("loading the model")
+        seq = t2s_model.build(options["base_model"])
+    run.phase("reading the examples")
+    rows, source = load_examples(conn, options)
+    schema = introspect(conn)
+    train, held = make_pairs(rows, schema, options)
+    held = held[:options["max_eval"]]
+    if not options["base_model"]:
+        tokenizer = None
+        if options["tokenizer"] == "bpe":  # learned from the training side only
+            tokenizer = t2s_model.bpe_tokenizer([p.input for p in train] +
+                                                [p.sql for p in train], BPE_VOCAB)
+        seq = t2s_model.build(config=_scratch_config(options), seed=options["seed"],
+                              tokenizer=tokenizer)
+    longest = max(len(seq.tokenizer(p.sql)["input_ids"]) for p in train)
+    seq.model.generation_config.max_new_tokens = min(t2s_model.MAX_TARGET_TOKENS, longest + 32)
+    run.check_cancelled()
+
+    started = time.perf_counter()
+    losses = fit(run, seq, train, options)
+    train_s = time.perf_counter() - started
+    run.phase(f"evaluating on {len(held)} held-out examples")
+    started = time.perf_counter()
+    held_metrics = evaluate(conn, run, seq, held, beams=options["beams"])
+    eval_s = time.perf_counter() - started
+
+    name = options["name"]
+    version = _version_label(conn, name)
+    directory = (models_dir(settings) / f"{name}-{version}").resolve()
+    if directory.exists():
+        shutil.rmtree(directory)
+    t2s_model.save(seq, directory)
+    curve = save_loss_curve(losses, directory / "loss.png", f"train_text2sql run {run.id}")
+    metrics = {
+        "task": "train_text2sql", "run_id": run.id, "model": seq.source,
+        "tokenizer": (options["tokenizer"] if not options["base_model"] else "base model's"),
+        "vocabulary": len(seq.tokenizer),
+        "parameters": t2s_model.parameters(seq),
+        "examples": {"source": source, "train": len(train), "held_out": len(held),
+                     "split": "stable hash of the SQL"},
+        "held_out": held_metrics, "options": options,
+        "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1),
+        "final_loss": round(losses[-1], 5) if losses else None,
+    }
+    version_id = register(conn, name=name, version=version, artifact=str(directory),
+                          max_seq_length=t2s_model.MAX_INPUT_TOKENS, metrics=metrics)
+    logger.info("trained text2sql %s@%s: held-out execution accuracy %.3f (guided %.3f)",
+                name, version, held_metrics["execution_accuracy"],
+                held_metrics["execution_accuracy_guided"])
+    return {"version_id": version_id, "name": name, "version": version, "format": "torch",
+            "artifact": str(directory), "metrics": metrics,
+            "artifacts": {"loss_curve": curve, "model": str(directory)}}
