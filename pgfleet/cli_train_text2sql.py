@@ -37,17 +37,23 @@ from pgfleet.cli_train import _common, _console, _submit
 @click.option("--synth-if-empty/--no-synth-if-empty", default=True, show_default=True,
               help="with no stored examples, synthesize a set from the live schema for this "
                    "run (not stored; `pgfleet text2sql synth` stores one)")
+@click.option("--mask-values/--no-mask-values", default=True, show_default=True,
+              help="take values (the database's, quoted text, dates, numbers) out of the "
+                   "question and put them back into the SQL, instead of the model copying "
+                   "them")
 @_common
-def train_text2sql(base_model: str, tokenizer: str | None, d_model: int, layers: int, name: str, epochs: int, batch_size: int,
-                   learning_rate: float, seed: int, eval_fraction: float, max_examples: int,
-                   max_eval: int, beams: int, synth_if_empty: bool, local: bool, wait: bool,
+def train_text2sql(base_model: str, tokenizer: str | None, d_model: int, layers: int,
+                   name: str, epochs: int, batch_size: int, learning_rate: float, seed: int,
+                   eval_fraction: float, max_examples: int, max_eval: int, beams: int,
+                   synth_if_empty: bool, mask_values: bool, local: bool, wait: bool,
                    timeout_s: int, as_json: bool) -> None:
     """Train a text-to-SQL T5 on text2sql_examples; register it (inactive) with exact match
     and execution accuracy on held-out examples."""
     options = {"base_model": base_model, "name": name, "epochs": epochs,
                "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
                "eval_fraction": eval_fraction, "max_examples": max_examples,
-               "max_eval": max_eval, "beams": beams, "synth_if_empty": synth_if_empty}
+               "max_eval": max_eval, "beams": beams, "synth_if_empty": synth_if_empty,
+               "mask_values": mask_values}
     if tokenizer is not None:
         options["tokenizer"] = tokenizer
     if d_model:
@@ -55,6 +61,39 @@ def train_text2sql(base_model: str, tokenizer: str | None, d_model: int, layers:
     if layers:
         options["layers"] = layers
     _submit("train_text2sql", options, local=local, wait=wait, timeout_s=timeout_s,
+            as_json=as_json)
+
+
+@click.command("distill-text2sql")
+@click.option("--from", "from_version", required=True,
+              help="the teacher: a text2sql version (id, v2 or name@v2)")
+@click.option("--name", default="", help="the student's name (default: the teacher's)")
+@click.option("--d-model", type=click.IntRange(min=0), default=0,
+              help="the student's width (0: half the teacher's)")
+@click.option("--layers", type=click.IntRange(min=0), default=0,
+              help="the student's encoder and decoder layers (0: half the teacher's)")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="weight of the KL term (1 - alpha: cross-entropy on the gold SQL)")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=2.0,
+              show_default=True, help="softens both distributions in the KL term")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--learning-rate", type=float, default=3e-3, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--max-eval", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--beams", type=click.IntRange(min=1, max=16), default=4, show_default=True)
+@_common
+def distill_text2sql(from_version: str, name: str, d_model: int, layers: int, alpha: float,
+                     temperature: float, epochs: int, batch_size: int, learning_rate: float,
+                     seed: int, max_eval: int, beams: int, local: bool, wait: bool,
+                     timeout_s: int, as_json: bool) -> None:
+    """Distill a text2sql version into a smaller student (α·KL·T² + (1−α)·CE); register it
+    (inactive) with both models' held-out accuracy, sizes and speeds."""
+    options = {"from_version": from_version, "name": name, "d_model": d_model,
+               "layers": layers, "alpha": alpha, "temperature": temperature,
+               "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+               "seed": seed, "max_eval": max_eval, "beams": beams}
+    _submit("distill_text2sql", options, local=local, wait=wait, timeout_s=timeout_s,
             as_json=as_json)
 
 
@@ -68,4 +107,16 @@ def print_metrics(m: dict[str, Any]) -> None:
         table.add_column(col, justify="right")
     table.add_row(str(held["exact_match"]), str(held["execution_accuracy"]),
                   str(held["execution_accuracy_guided"]))
+    if "compared" in m:
+        c, teacher = m["compared"], m["teacher_held_out"]
+        out.print(f"teacher {m['teacher']}: execution accuracy (guided) "
+                  f"{teacher['execution_accuracy_guided']}; the student keeps "
+                  f"{c['accuracy_kept']} of it with {c['parameters_ratio']} of the parameters, "
+                  f"{c['speedup']}x as fast ({c['questions_per_s']['student']} vs "
+                  f"{c['questions_per_s']['teacher']} questions/s)")
     out.print(table)
+    unseen = held.get("unseen_readings") or {}
+    if unseen.get("examples"):
+        out.print(f"of which {unseen['examples']} read differently from every training "
+                  f"example even with values masked: execution accuracy (guided) "
+                  f"{unseen['execution_accuracy_guided']}")

@@ -392,9 +392,9 @@ SELECT count(*) FROM text2sql_examples WHERE db_name IS NOT NULL;
 -- name: text2sql_register_version
 -- A text2sql version has no dimensions; it is registered ready, inactive, without traffic.
 INSERT INTO model_versions (name, version, kind, format, artifact, dimensions,
-                            max_seq_length, status, active, traffic_percent, metrics)
+                            max_seq_length, status, active, traffic_percent, metrics, parent_id)
 VALUES (%(name)s, %(version)s, 'text2sql', 'torch', %(artifact)s, NULL,
-        %(max_seq_length)s, 'ready', false, 0, %(metrics)s)
+        %(max_seq_length)s, 'ready', false, 0, %(metrics)s, %(parent_id)s)
 RETURNING id;
 
 -- name: text2sql_version_names
@@ -406,6 +406,13 @@ SELECT id, name, version, artifact, format, status, active FROM model_versions
 WHERE kind = 'text2sql'
   AND (id::text = %(ref)s OR version = %(ref)s OR name || '@' || version = %(ref)s)
 ORDER BY id DESC LIMIT 1;
+
+-- name: text2sql_serving
+-- The versions of a text2sql model that serve traffic, in a stable order (for the A/B split).
+SELECT id, name, version, artifact, traffic_percent FROM model_versions
+WHERE kind = 'text2sql' AND name = %(name)s AND active AND status = 'ready'
+  AND traffic_percent > 0
+ORDER BY id;
 
 -- name: text2sql_active_version
 -- The active text2sql version with the most traffic (newest first on a tie).

@@ -11,7 +11,8 @@ QUEUE_TRAINING = "training"
 
 ALL_QUEUES = (QUEUE_GPU, QUEUE_CPU, QUEUE_TRAINING)
 #: tasks routed to the training queue (also when sent by name, as ``celery call`` does)
-TRAINING_TASKS = ("quantize", "train_embeddings", "distill_embeddings", "train_text2sql")
+TRAINING_TASKS = ("quantize", "train_embeddings", "distill_embeddings", "train_text2sql",
+                  "distill_text2sql")
 
 TASK_EMBED = "pgfleet.embed_docs"
 #: SQL for a question (interactive; on QUEUE_CPU, see workers/tasks/text2sql.py)

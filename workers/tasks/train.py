@@ -71,6 +71,12 @@ def _text2sql_job(conn, settings, run, **options):
     return train_text2sql(conn, settings, run, **options)
 
 
+def _distill_text2sql_job(conn, settings, run, **options):
+    from workers.training.text2sql_distill import distill_text2sql
+
+    return distill_text2sql(conn, settings, run, **options)
+
+
 def _distill_job(conn, settings, run, **options):
     from workers.training.embeddings import distill_embeddings
 
@@ -109,6 +115,17 @@ def train_text2sql(self, run_id: int | None = None, **options: Any) -> dict[str,
     return run_job("train_text2sql", _text2sql_job, options, run_id, celery_task=self)
 
 
+@app.task(bind=True, name="distill_text2sql", queue=QUEUE_TRAINING, acks_late=False,
+          ignore_result=False)
+def distill_text2sql(self, run_id: int | None = None, **options: Any) -> dict[str, Any]:
+    """Distill a text2sql version into a smaller student (KL to the teacher's softened
+    distribution plus cross-entropy) and register it (inactive)
+    (``celery -A workers call distill_text2sql --kwargs '{"from_version": "v1"}'``)."""
+    return run_job("distill_text2sql", _distill_text2sql_job, options, run_id,
+                   celery_task=self)
+
+
 #: task name -> job, for ``pgfleet train ... --local``
 JOBS = {"quantize": _quantize_job, "train_embeddings": _train_job,
-        "distill_embeddings": _distill_job, "train_text2sql": _text2sql_job}
+        "distill_embeddings": _distill_job, "train_text2sql": _text2sql_job,
+        "distill_text2sql": _distill_text2sql_job}

@@ -60,13 +60,26 @@ class Choice:
                 f"{', '.join(str(r.beam) for r in self.rejected)} were rejected")
 
 
-def choose(candidates: Sequence[str], check: Callable[[str], Any]) -> Choice:
+def choose(candidates: Sequence[str], check: Callable[[str], Any],
+           finish: Callable[[str], str] | None = None) -> Choice:
     """The first candidate that ``check`` passes (an object with ``ok``, ``reasons`` and the
     checked ``sql``, as :func:`~workers.text2sql.guard.check_sql` returns), and why each
-    earlier one failed. Empty or repeated candidates are rejected without a check."""
-    choice = Choice(None, None, list(candidates))
+    earlier one failed. Empty or repeated candidates are rejected without a check.
+    ``finish`` turns the model's text into SQL first (the values put back, see
+    :func:`~workers.text2sql.values.unmask_sql`); a ValueError it raises rejects the beam."""
+    finished: list[str | ValueError] = []
+    for sql in candidates:
+        try:
+            finished.append(finish(sql) if finish is not None else sql)
+        except ValueError as exc:
+            finished.append(exc)
+    choice = Choice(None, None, [c if isinstance(c, str) else raw
+                                 for c, raw in zip(finished, candidates, strict=True)])
     seen: dict[str, int] = {}
-    for beam, sql in enumerate(candidates):
+    for beam, sql in enumerate(choice.candidates):
+        if isinstance(finished[beam], ValueError):
+            choice.rejected.append(Rejected(beam, sql, [str(finished[beam])]))
+            continue
         text = sql.strip()
         if not text:
             choice.rejected.append(Rejected(beam, sql, ["The model produced no SQL."]))
@@ -111,6 +124,24 @@ def find_version(conn: psycopg.Connection, ref: str | int | None = None) -> Text
     return Text2SqlVersion(int(row[0]), row[1], row[2], row[3])
 
 
+def route(conn: psycopg.Connection, ref: str | int | None = None,
+          key: str | None = None) -> Text2SqlVersion:
+    """The version that answers: ``ref`` when given; else one of the serving versions of the
+    active text2sql model, chosen by traffic percent (:func:`workers.ab.assign`): sticky
+    for a ``key`` (a user or session id), random without one."""
+    from workers import ab
+
+    if ref is not None and ref != "":
+        return find_version(conn, ref)
+    active = find_version(conn, None)
+    serving = conn.execute(sql_files.query("text2sql_serving"), {"name": active.name}).fetchall()
+    if len(serving) <= 1:
+        return active
+    chosen = ab.assign(active.name, [(r[2], r[4]) for r in serving], key=key)
+    row = next(r for r in serving if r[2] == chosen)
+    return Text2SqlVersion(int(row[0]), row[1], row[2], row[3])
+
+
 @functools.lru_cache(maxsize=2)
 def _loaded(artifact: str):
     from workers.text2sql.model import load
@@ -148,14 +179,17 @@ def answer_for(question: str, choice: Choice, latency_ms: float,
 
 
 def generate_sql(conn: psycopg.Connection, question: str, *, version: str | int | None = None,
-                 beams: int = DEFAULT_BEAMS, model=None, log: bool = True) -> Answer:
-    """Beam search with the text2sql version (``version``, else the active one; ``model``, a
+                 beams: int = DEFAULT_BEAMS, model=None, log: bool = True,
+                 key: str | None = None) -> Answer:
+    """Beam search with the text2sql version (``version``, else one routed by the A/B split
+    of the active model, sticky for ``key``, see :func:`route`; ``model``, a
     :class:`~workers.text2sql.model.Seq2Seq`, replaces it), then the first beam that passes
     the guard. ``conn`` must be in autocommit mode. Logged to ``inference_logs``."""
     from workers.text2sql.guard import check_sql
-    from workers.text2sql.inputs import build_input
+    from workers.text2sql.inputs import prepare
     from workers.text2sql.model import generate
     from workers.text2sql.schema_text import introspect
+    from workers.text2sql.values import unmask_sql
 
     if not isinstance(question, str) or not question.strip():
         raise PgfleetError("the question must be a non-empty string")
@@ -164,24 +198,27 @@ def generate_sql(conn: psycopg.Connection, question: str, *, version: str | int 
     started = time.perf_counter()
     spec = None
     if model is None:
-        spec = find_version(conn, version)
+        spec = route(conn, version, key)
         model = _loaded(spec.artifact)
-    text = build_input(question, introspect(conn))
-    candidates = generate(model, [text], beams=beams)[0]
-    choice = choose(candidates, lambda sql: check_sql(sql, conn))
+    prepared = prepare(question, introspect(conn), conn,
+                       mask_values=getattr(model, "mask_values", False))
+    candidates = generate(model, [prepared.input], beams=beams)[0]
+    choice = choose(candidates, lambda sql: check_sql(sql, conn),
+                    lambda text: unmask_sql(text, prepared.values))
     answer = answer_for(question, choice, (time.perf_counter() - started) * 1000, spec)
     if log:
-        answer.log_id = log_request(conn, answer)
+        answer.log_id = log_request(conn, answer, key)
     logger.info("text2sql answer", extra={"version": answer.version, "beam": answer.beam,
                                           "latency_ms": answer.latency_ms, "ok": answer.ok})
     return answer
 
 
-def log_request(conn: psycopg.Connection, answer: Answer) -> int:
+def log_request(conn: psycopg.Connection, answer: Answer, key: str | None = None) -> int:
     row = conn.execute(sql_files.query("text2sql_log_inference"), {
         "version_id": answer.version_id, "latency_ms": answer.latency_ms,
         "worker": socket.gethostname(),
-        "request_key": hashlib.sha256(answer.question.encode()).hexdigest()[:32],
+        "request_key": hashlib.sha256((key if key is not None else answer.question)
+                                      .encode()).hexdigest()[:32],
         "results": None if answer.beam is None else [answer.beam],
         "error": None if answer.ok else NO_CANDIDATE}).fetchone()
     return int(row[0])

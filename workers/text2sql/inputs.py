@@ -4,15 +4,23 @@ Byte-level models read every character, so the input stays short: :func:`relevan
 keeps the tables the question names (a table's name, singular or plural, or a table a named
 one points to by a foreign key when the question also names one of its columns), and falls
 back to every table when it names none. Training and generation use the same rule, so the
-model sees at inference the kind of input it was trained on. Pure: no database.
+model sees at inference the kind of input it was trained on.
+
+:func:`prepare` also takes the values out of the question (:mod:`~workers.text2sql.values`):
+``question with @0 | @0 : table.column | table : col , col | ...``. It is the only function
+here that reads the database (to find which words of the question are its values).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
-from workers.text2sql.schema_text import Schema, Table, model_input
+import psycopg
+
+from workers.text2sql.schema_text import TABLE_SEP, Schema, Table, model_input, serialize
 from workers.text2sql.synth_templates import plural, singular, words
+from workers.text2sql.values import Value, database_values, mask
 
 
 def _mentions(text: str, phrase: str) -> bool:
@@ -37,3 +45,24 @@ def relevant_tables(question: str, schema: Schema) -> list[str]:
 def build_input(question: str, schema: Schema, *, db_name: str | None = None) -> str:
     """``question | table : col , col | ...`` over the relevant tables only."""
     return model_input(question, schema, relevant_tables(question, schema), db_name=db_name)
+
+
+@dataclass
+class Prepared:
+    """What the model reads, and the values to put back into what it writes."""
+    input: str
+    values: list[Value] = field(default_factory=list)
+
+
+def prepare(question: str, schema: Schema, conn: psycopg.Connection | None = None, *,
+            mask_values: bool = True) -> Prepared:
+    """The model's input for ``question``. With ``mask_values`` the values are masked: the
+    ones of the database (looked up through ``conn``, autocommit) and the quoted text, dates
+    and numbers; the database's values are named with the columns that hold them."""
+    tables = relevant_tables(question, schema)
+    if not mask_values:
+        return Prepared(model_input(question, schema, tables))
+    known = database_values(conn, schema, tables, question) if conn is not None else {}
+    masked = mask(question, known)
+    parts = [masked.question, masked.hints, serialize(schema, tables)]
+    return Prepared(TABLE_SEP.join(p for p in parts if p), masked.values)

@@ -11,6 +11,7 @@ torch and transformers are imported inside the functions: importing this module 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ SCRATCH_CONFIG: dict[str, Any] = {
     "relative_attention_max_distance": 128, "feed_forward_proj": "relu",
 }
 MAX_INPUT_TOKENS = 512
+#: what pgfleet needs to know about a saved model beyond transformers' files
+SETTINGS_FILE = "pgfleet-text2sql.json"
 MAX_TARGET_TOKENS = 320
 
 
@@ -35,6 +38,8 @@ class Seq2Seq:
     model: Any       # transformers' T5ForConditionalGeneration (or another seq2seq LM)
     tokenizer: Any
     source: str      # "scratch" or what base_model named
+    #: whether the model reads questions with their values masked (workers.text2sql.values)
+    mask_values: bool = False
 
 
 def scratch_tokenizer():
@@ -113,13 +118,18 @@ def load(path_or_id: str) -> Seq2Seq:
         raise ModelLoadError(f"base model {path_or_id!r} is not an encoder-decoder "
                              f"({model.config.model_type}); text-to-SQL needs one, e.g. T5")
     model.eval()
-    return Seq2Seq(model, tokenizer, path_or_id)
+    mask_values = False
+    if looks_local and (local / SETTINGS_FILE).is_file():
+        mask_values = bool(json.loads((local / SETTINGS_FILE).read_text("utf-8"))
+                           .get("mask_values", False))
+    return Seq2Seq(model, tokenizer, path_or_id, mask_values)
 
 
 def save(seq: Seq2Seq, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     seq.model.save_pretrained(str(directory))
     seq.tokenizer.save_pretrained(str(directory))
+    (directory / SETTINGS_FILE).write_text(json.dumps({"mask_values": seq.mask_values}), "utf-8")
 
 
 def parameters(seq: Seq2Seq) -> int:

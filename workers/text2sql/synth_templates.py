@@ -383,11 +383,11 @@ def date_between(ctx: Context, t: TableInfo) -> Iterator[Candidate]:
                 query = ctx.render("SELECT * FROM {t} WHERE {c} BETWEEN {a} AND {b}",
                                    t=ctx.table(t.table), c=ctx.col(c.name),
                                    a=literal(first), b=literal(last))
-            else:  # a timestamp: all of the last day counts
-                after = (dt.date.fromisoformat(last) + dt.timedelta(days=1)).isoformat()
-                query = ctx.render("SELECT * FROM {t} WHERE {c} >= {a} AND {c} < {b}",
+            else:  # a timestamp: all of the last day counts. The day after is written
+                # as arithmetic on the question's date, which a model can copy, not compute
+                query = ctx.render("SELECT * FROM {t} WHERE {c} >= {a} AND {c} < DATE {b} + 1",
                                    t=ctx.table(t.table), c=ctx.col(c.name),
-                                   a=literal(first), b=literal(after))
+                                   a=literal(first), b=literal(last))
             yield Candidate(query, _dated(t, c, "between", f"{first} and {last}"))
 
 

@@ -45,6 +45,7 @@ OPTIONS: dict[str, tuple[type, Any]] = {
     "max_eval": (int, 200), "beams": (int, 4), "synth_if_empty": (bool, True),
     "synth_per_template": (int, 200), "synth_phrasings": (int, 4), "synth_rounds": (int, 4),
     "d_model": (int, 0), "layers": (int, 0), "tokenizer": (str, "bpe"),
+    "mask_values": (bool, True),
 }
 TOKENIZERS = ("bpe", "bytes")
 #: the size of a BPE vocabulary trained on the examples (smaller when they hold fewer pieces)
@@ -55,12 +56,19 @@ EVAL_ROW_CAP = 2000
 
 def validate_options(given: dict[str, Any]) -> dict[str, Any]:
     """The options with defaults filled in, or a clear error naming each bad one."""
-    task = "train_text2sql"
-    unknown = sorted(set(given) - set(OPTIONS))
+    options = typed_options("train_text2sql", given, OPTIONS)
+    _check_ranges("train_text2sql", options)
+    return options
+
+
+def typed_options(task: str, given: dict[str, Any], spec: dict[str, tuple[type, Any]]
+                  ) -> dict[str, Any]:
+    """``given`` with defaults from ``spec`` (name -> (type, default)), each of its type."""
+    unknown = sorted(set(given) - set(spec))
     if unknown:
-        raise PgfleetError(f"{task}: unknown option(s) {unknown}; known: {sorted(OPTIONS)}")
+        raise PgfleetError(f"{task}: unknown option(s) {unknown}; known: {sorted(spec)}")
     options: dict[str, Any] = {}
-    for name, (kind, default) in OPTIONS.items():
+    for name, (kind, default) in spec.items():
         value = given.get(name, default)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -68,7 +76,6 @@ def validate_options(given: dict[str, Any]) -> dict[str, Any]:
             raise PgfleetError(f"{task}: option {name} must be {kind.__name__}, "
                                f"not {type(value).__name__} ({value!r})")
         options[name] = value
-    _check_ranges(task, options)
     return options
 
 
@@ -105,6 +112,12 @@ class Pair:
     sql: str
     template: str | None
     input: str
+    target: str = ""                 # what the model learns to write: sql, values masked
+    values: tuple = ()               # the question's masked values, to put back
+
+    @property
+    def shape(self) -> tuple[str, str]:
+        return (self.input, self.target or self.sql)
 
 
 def held_out(sql: str, fraction: float) -> bool:
@@ -146,15 +159,25 @@ def load_examples(conn: psycopg.Connection, options: dict[str, Any]
             "round(s) of sampled values; not stored)")
 
 
-def make_pairs(rows: list[tuple[str, str, str | None]], schema, options: dict[str, Any]
-               ) -> tuple[list[Pair], list[Pair]]:
-    from workers.text2sql.inputs import build_input
+def make_pairs(rows: list[tuple[str, str, str | None]], schema, options: dict[str, Any],
+               conn: psycopg.Connection | None = None) -> tuple[list[Pair], list[Pair]]:
+    """Training and held-out pairs. With ``mask_values`` the model reads the question with
+    its values masked and learns the SQL with placeholders (:mod:`~workers.text2sql.values`)."""
+    from workers.text2sql.inputs import prepare
+    from workers.text2sql.values import mask_sql
 
     if options["max_examples"]:
         rows = rows[:options["max_examples"]]
-    pairs = [Pair(q, s, t, build_input(q, schema)) for q, s, t in rows]
+    pairs = []
+    for question, sql, template in rows:
+        prepared = prepare(question, schema, conn, mask_values=options["mask_values"])
+        target = mask_sql(sql, prepared.values) if options["mask_values"] else sql
+        pairs.append(Pair(question, sql, template, prepared.input, target,
+                          tuple(prepared.values)))
     train = [p for p in pairs if not held_out(p.sql, options["eval_fraction"])]
     held = [p for p in pairs if held_out(p.sql, options["eval_fraction"])]
+    # with values masked, many questions read the same: train on each reading once
+    train = list({p.shape: p for p in train}.values())
     if not train or not held:
         raise PgfleetError(f"{len(pairs)} example(s) leave {len(train)} to train on and "
                            f"{len(held)} to evaluate: give more examples or another "
@@ -165,15 +188,31 @@ def make_pairs(rows: list[tuple[str, str, str | None]], schema, options: dict[st
 # ----------------------------------------------------------------------------- training
 def length_batches(pairs: list[Pair], batch_size: int, rng: random.Random) -> list[list[Pair]]:
     """Batches of similar input length (less padding), in a shuffled order."""
-    ordered = sorted(pairs, key=lambda p: len(p.input) + len(p.sql) + rng.random() * 16)
+    ordered = sorted(pairs, key=lambda p: len(p.input) + len(p.target) + rng.random() * 16)
     batches = [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
     rng.shuffle(batches)
     return batches
 
 
-def fit(run: Run, seq, train: list[Pair], options: dict[str, Any]) -> list[float]:
+def distillation_loss(student_logits, teacher_logits, labels, ce, *, alpha: float,
+                      temperature: float):
+    """α·KL(softmax(teacher/T) ‖ softmax(student/T))·T² + (1−α)·cross-entropy (Hinton et
+    al., 2015), the KL averaged over the target tokens (``labels`` != -100)."""
+    import torch.nn.functional as F  # noqa: N812 - the usual name
+
+    mask = labels != -100
+    t = temperature
+    log_student = F.log_softmax(student_logits[mask] / t, dim=-1)
+    log_teacher = F.log_softmax(teacher_logits[mask] / t, dim=-1)
+    kl = F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean")
+    return alpha * kl * t * t + (1 - alpha) * ce
+
+
+def fit(run: Run, seq, train: list[Pair], options: dict[str, Any], *,
+        teacher=None) -> list[float]:
     """AdamW with linear warm-up and decay, gradient clipping at 1.0; progress, loss and
-    cancellation through ``run`` at every step."""
+    cancellation through ``run`` at every step. With a ``teacher`` (same tokenizer), the
+    loss is :func:`distillation_loss` with ``options``' alpha and temperature."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
@@ -195,8 +234,15 @@ def fit(run: Run, seq, train: list[Pair], options: dict[str, Any]) -> list[float
         for epoch in range(epochs):
             for batch in length_batches(train, batch_size, rng):
                 step += 1
-                loss = seq.model(**encode(seq, [p.input for p in batch],
-                                          [p.sql for p in batch])).loss
+                features = encode(seq, [p.input for p in batch], [p.target for p in batch])
+                out = seq.model(**features)
+                loss = out.loss
+                if teacher is not None:
+                    with torch.no_grad():
+                        taught = teacher.model(**features).logits
+                    loss = distillation_loss(out.logits, taught, features["labels"], loss,
+                                             alpha=options["alpha"],
+                                             temperature=options["temperature"])
                 if not torch.isfinite(loss):
                     raise PgfleetError(f"the loss became {loss.item()} at step {step}; lower "
                                        "the learning rate")
@@ -248,14 +294,18 @@ def same_result(conn: psycopg.Connection, question: str, gold_sql: str, gold, sq
 
 
 def evaluate(conn: psycopg.Connection, run: Run, seq, held: list[Pair], *, beams: int,
-             batch_size: int = 16) -> dict[str, Any]:
+             batch_size: int = 16, seen: set | None = None) -> dict[str, Any]:
     """Exact match and execution accuracy of the top beam, and execution accuracy of the
-    beam that ``generate_sql`` would choose (the first to pass the guard)."""
+    beam that ``generate_sql`` would choose (the first to pass the guard). With ``seen``
+    (the training pairs' (input, target)), the same for the held-out pairs whose masked
+    reading is not among them: the values are not what makes them new."""
     from workers.text2sql.generate import choose
     from workers.text2sql.guard import check_sql
     from workers.text2sql.model import generate
+    from workers.text2sql.values import unmask_sql
 
     exact = top_exec = guided_exec = no_candidate = skipped = 0
+    novel = [0, 0]
     per_template: dict[str, list[int]] = {}
     for start in range(0, len(held), batch_size):
         run.check_cancelled()
@@ -266,10 +316,12 @@ def evaluate(conn: psycopg.Connection, run: Run, seq, held: list[Pair], *, beams
             if gold is None:
                 skipped += 1
                 continue
-            exact += normalize_sql(candidates[0]) == normalize_sql(pair.sql)
-            top_ok = same_result(conn, pair.question, pair.sql, gold, candidates[0])
+            choice = choose(candidates, lambda sql: check_sql(sql, conn),
+                            lambda text, values=pair.values: unmask_sql(text, values))
+            top = choice.candidates[0] if choice.candidates else ""
+            exact += normalize_sql(top) == normalize_sql(pair.sql)
+            top_ok = same_result(conn, pair.question, pair.sql, gold, top)
             top_exec += top_ok
-            choice = choose(candidates, lambda sql: check_sql(sql, conn))
             guided_ok = choice.sql is not None and (
                 top_ok if choice.beam == 0
                 else same_result(conn, pair.question, pair.sql, gold, choice.sql))
@@ -278,6 +330,9 @@ def evaluate(conn: psycopg.Connection, run: Run, seq, held: list[Pair], *, beams
             counts = per_template.setdefault(pair.template or "-", [0, 0])
             counts[0] += guided_ok
             counts[1] += 1
+            if seen is not None and pair.shape not in seen:
+                novel[0] += guided_ok
+                novel[1] += 1
         run.progress(run_step(run), phase=f"evaluating {min(start + batch_size, len(held))}"
                                           f"/{len(held)}")
     scored = len(held) - skipped
@@ -289,6 +344,9 @@ def evaluate(conn: psycopg.Connection, run: Run, seq, held: list[Pair], *, beams
         "execution_accuracy": round(top_exec / scored, 4),
         "execution_accuracy_guided": round(guided_exec / scored, 4),
         "no_candidate_passed": no_candidate,
+        "unseen_readings": {"examples": novel[1],
+                            "execution_accuracy_guided":
+                                round(novel[0] / novel[1], 4) if novel[1] else None},
         "per_template": {k: round(v[0] / v[1], 4) for k, v in sorted(per_template.items())},
     }
 
@@ -308,10 +366,11 @@ def _version_label(conn: psycopg.Connection, name: str) -> str:
 
 
 def register(conn: psycopg.Connection, *, name: str, version: str, artifact: str,
-             max_seq_length: int, metrics: dict[str, Any]) -> int:
+             max_seq_length: int, metrics: dict[str, Any], parent_id: int | None = None) -> int:
     row = conn.execute(sql_files.query("text2sql_register_version"),
                        {"name": name, "version": version, "artifact": artifact,
-                        "max_seq_length": max_seq_length, "metrics": Jsonb(metrics)}).fetchone()
+                        "max_seq_length": max_seq_length, "metrics": Jsonb(metrics),
+                        "parent_id": parent_id}).fetchone()
     return int(row[0])
 
 
@@ -325,6 +384,50 @@ def _scratch_config(options: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def examples_for(conn: psycopg.Connection, run: Run, options: dict[str, Any]
+                 ) -> tuple[list[Pair], list[Pair], set, str]:
+    """Training pairs, held-out pairs (at most max_eval), the training readings, the source."""
+    from workers.text2sql.schema_text import introspect
+
+    run.phase("reading the examples")
+    rows, source = load_examples(conn, options)
+    train, held = make_pairs(rows, schema=introspect(conn), options=options, conn=conn)
+    return train, held[:options["max_eval"]], {p.shape for p in train}, source
+
+
+def save_and_register(conn: psycopg.Connection, settings: Settings, run: Run, seq, *,
+                      task: str, name: str, losses: list[float], metrics: dict[str, Any],
+                      parent_id: int | None = None) -> dict[str, Any]:
+    """Save the model under the models directory and register it as a new inactive text2sql
+    version of ``name``; the task's result."""
+    from workers.text2sql import model as t2s_model
+
+    version = _version_label(conn, name)
+    directory = (models_dir(settings) / f"{name}-{version}").resolve()
+    if directory.exists():
+        shutil.rmtree(directory)
+    t2s_model.save(seq, directory)
+    curve = save_loss_curve(losses, directory / "loss.png", f"{task} run {run.id}")
+    metrics = {"task": task, "run_id": run.id, **metrics,
+               "final_loss": round(losses[-1], 5) if losses else None}
+    version_id = register(conn, name=name, version=version, artifact=str(directory),
+                          max_seq_length=t2s_model.MAX_INPUT_TOKENS, metrics=metrics,
+                          parent_id=parent_id)
+    held = metrics["held_out"]
+    logger.info("%s: text2sql %s@%s, held-out execution accuracy %.3f (guided %.3f)", task,
+                name, version, held["execution_accuracy"], held["execution_accuracy_guided"])
+    return {"version_id": version_id, "name": name, "version": version, "format": "torch",
+            "artifact": str(directory), "metrics": metrics,
+            "artifacts": {"loss_curve": curve, "model": str(directory)}}
+
+
+def set_max_new_tokens(seq, train: list[Pair]) -> None:
+    from workers.text2sql.model import MAX_TARGET_TOKENS
+
+    longest = max(len(seq.tokenizer(p.target)["input_ids"]) for p in train)
+    seq.model.generation_config.max_new_tokens = min(MAX_TARGET_TOKENS, longest + 32)
+
+
 def train_text2sql(conn: psycopg.Connection, settings: Settings, run: Run,
                    **given: Any) -> dict[str, Any]:
     """Train (or fine-tune ``base_model``) on the examples, measure on the held-out ones,
@@ -332,7 +435,6 @@ def train_text2sql(conn: psycopg.Connection, settings: Settings, run: Run,
     import torch
 
     from workers.text2sql import model as t2s_model
-    from workers.text2sql.schema_text import introspect
 
     options = validate_options(given)
     if options["base_model"] and "tokenizer" in given:
@@ -342,20 +444,16 @@ def train_text2sql(conn: psycopg.Connection, settings: Settings, run: Run,
     if options["base_model"]:  # fail early when it cannot be loaded
         run.phase("loading the model")
         seq = t2s_model.build(options["base_model"])
-    run.phase("reading the examples")
-    rows, source = load_examples(conn, options)
-    schema = introspect(conn)
-    train, held = make_pairs(rows, schema, options)
-    held = held[:options["max_eval"]]
+    train, held, seen, source = examples_for(conn, run, options)
     if not options["base_model"]:
         tokenizer = None
         if options["tokenizer"] == "bpe":  # learned from the training side only
             tokenizer = t2s_model.bpe_tokenizer([p.input for p in train] +
-                                                [p.sql for p in train], BPE_VOCAB)
+                                                [p.target for p in train], BPE_VOCAB)
         seq = t2s_model.build(config=_scratch_config(options), seed=options["seed"],
                               tokenizer=tokenizer)
-    longest = max(len(seq.tokenizer(p.sql)["input_ids"]) for p in train)
-    seq.model.generation_config.max_new_tokens = min(t2s_model.MAX_TARGET_TOKENS, longest + 32)
+    seq.mask_values = options["mask_values"]
+    set_max_new_tokens(seq, train)
     run.check_cancelled()
 
     started = time.perf_counter()
@@ -363,32 +461,15 @@ def train_text2sql(conn: psycopg.Connection, settings: Settings, run: Run,
     train_s = time.perf_counter() - started
     run.phase(f"evaluating on {len(held)} held-out examples")
     started = time.perf_counter()
-    held_metrics = evaluate(conn, run, seq, held, beams=options["beams"])
+    held_metrics = evaluate(conn, run, seq, held, beams=options["beams"], seen=seen)
     eval_s = time.perf_counter() - started
-
-    name = options["name"]
-    version = _version_label(conn, name)
-    directory = (models_dir(settings) / f"{name}-{version}").resolve()
-    if directory.exists():
-        shutil.rmtree(directory)
-    t2s_model.save(seq, directory)
-    curve = save_loss_curve(losses, directory / "loss.png", f"train_text2sql run {run.id}")
-    metrics = {
-        "task": "train_text2sql", "run_id": run.id, "model": seq.source,
+    return save_and_register(conn, settings, run, seq, task="train_text2sql",
+                             name=options["name"], losses=losses, metrics={
+        "model": seq.source,
         "tokenizer": (options["tokenizer"] if not options["base_model"] else "base model's"),
         "vocabulary": len(seq.tokenizer),
         "parameters": t2s_model.parameters(seq),
         "examples": {"source": source, "train": len(train), "held_out": len(held),
                      "split": "stable hash of the SQL"},
         "held_out": held_metrics, "options": options,
-        "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1),
-        "final_loss": round(losses[-1], 5) if losses else None,
-    }
-    version_id = register(conn, name=name, version=version, artifact=str(directory),
-                          max_seq_length=t2s_model.MAX_INPUT_TOKENS, metrics=metrics)
-    logger.info("trained text2sql %s@%s: held-out execution accuracy %.3f (guided %.3f)",
-                name, version, held_metrics["execution_accuracy"],
-                held_metrics["execution_accuracy_guided"])
-    return {"version_id": version_id, "name": name, "version": version, "format": "torch",
-            "artifact": str(directory), "metrics": metrics,
-            "artifacts": {"loss_curve": curve, "model": str(directory)}}
+        "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1)})
