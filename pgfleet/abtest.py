@@ -122,6 +122,8 @@ def report(conn: psycopg.Connection, name: str, since: dt.timedelta) -> dict[str
     MRR; and each candidate against the control (the version with the most traffic)."""
     versions = _versions(conn, name)
     by_id = {v["id"]: v for v in versions}
+    if versions and versions[0]["kind"] == "text2sql":
+        return _text2sql_report(conn, name, versions, since)
     logs = conn.execute(
         "SELECT id, version_id, latency_ms, cache_hits, error, results FROM inference_logs "
         "WHERE task = 'search' AND created_at >= now() - %s AND version_id = ANY(%s)",
@@ -177,6 +179,54 @@ def report(conn: psycopg.Connection, name: str, since: dt.timedelta) -> dict[str
     return {"name": name, "since_s": since.total_seconds(), "versions": entries,
             "comparisons": comparisons}
 
+
+
+def _text2sql_report(conn: psycopg.Connection, name: str, versions: list[dict],
+                     since: dt.timedelta) -> dict[str, Any]:
+    """Per text2sql version: requests, latency, how many got SQL that passed the guard
+    (``answered``), and the held-out execution accuracy measured when it was trained; and
+    each candidate's latency against the control's."""
+    by_id = {v["id"]: v for v in versions}
+    logs = conn.execute(
+        "SELECT version_id, latency_ms, error FROM inference_logs WHERE task = 'text2sql' "
+        "AND created_at >= now() - %s AND version_id = ANY(%s)", (since, list(by_id))).fetchall()
+    metrics = dict(conn.execute("SELECT id, metrics FROM model_versions WHERE id = ANY(%s)",
+                                (list(by_id),)).fetchall())
+    entries, latencies = [], {}
+    for v in versions:
+        rows = [r for r in logs if r[0] == v["id"]]
+        if not rows and not v["active"]:
+            continue
+        times = [float(r[1]) for r in rows]
+        latencies[v["version"]] = times
+        held = (metrics.get(v["id"]) or {}).get("held_out") or {}
+        entries.append({
+            "version": v["version"], "active": v["active"],
+            "traffic_percent": v["traffic_percent"], "requests": len(rows),
+            "latency_ms": {"mean": _round(sum(times) / len(times)) if times else None,
+                           "p50": _round(ab.percentile(times, 50)) if times else None,
+                           "p95": _round(ab.percentile(times, 95)) if times else None},
+            "errors": sum(1 for r in rows if r[2] is not None),
+            "answered_rate": _round(sum(1 for r in rows if r[2] is None) / len(rows))
+            if rows else None,
+            "execution_accuracy_held_out": held.get("execution_accuracy_guided"),
+        })
+    comparisons = []
+    serving = sorted((e for e in entries if e["traffic_percent"] > 0),
+                     key=lambda e: -e["traffic_percent"])
+    if serving:
+        control = serving[0]["version"]
+        for entry in entries:
+            candidate = entry["version"]
+            if candidate == control or len(latencies[candidate]) < 2 \
+                    or len(latencies[control]) < 2:
+                continue
+            speed = ab.bootstrap_ratio_of_means(latencies[control], latencies[candidate])
+            comparisons.append({"candidate": candidate, "control": control,
+                                "faster_by": _interval(speed),
+                                "verdict": ab.verdict(candidate, control, speed, None)})
+    return {"name": name, "kind": "text2sql", "since_s": since.total_seconds(),
+            "versions": entries, "comparisons": comparisons}
 
 def _round(value: float) -> float:
     return round(float(value), 4)

@@ -492,6 +492,9 @@ def ab_status(name: str, since: str, plot_path: str | None, as_json: bool) -> No
     if as_json:
         click.echo(json.dumps(data))
         return
+    if data.get("kind") == "text2sql":
+        _print_text2sql_report(data, since)
+        return
     table = Table(title=f"{name}, last {since}")
     for col in ("version", "traffic", "requests", "mean ms", "p50 ms", "p95 ms", "cache hits",
                 "errors", "feedback", "MRR", "coverage"):
@@ -511,6 +514,25 @@ def ab_status(name: str, since: str, plot_path: str | None, as_json: bool) -> No
         out.print(comparison["verdict"])
 
 
+def _print_text2sql_report(data: dict, since: str) -> None:
+    table = Table(title=f"{data['name']} (text-to-SQL), last {since}")
+    for col in ("version", "traffic", "requests", "mean ms", "p50 ms", "p95 ms", "no SQL",
+                "answered", "held-out accuracy"):
+        table.add_column(col, justify="right")
+    for v in data["versions"]:
+        lat = v["latency_ms"]
+        table.add_row(v["version"], f"{v['traffic_percent']}%", str(v["requests"]),
+                      *(f"{lat[q]:.1f}" if lat[q] is not None else "-"
+                        for q in ("mean", "p50", "p95")),
+                      str(v["errors"]),
+                      f"{v['answered_rate']:.0%}" if v["answered_rate"] is not None else "-",
+                      f"{v['execution_accuracy_held_out']:.1%}"
+                      if v["execution_accuracy_held_out"] is not None else "-")
+    out.print(table)
+    for comparison in data["comparisons"]:
+        out.print(comparison["verdict"])
+
+
 def _duration(text: str):
     import datetime as dt
     import re
@@ -523,7 +545,7 @@ def _duration(text: str):
 
 
 # ---------------------------------------------------------------------------------- bench
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--docs", default=5000, show_default=True, help="paragraphs in the backlog")
 @click.option("--texts", type=click.Choice(["paragraphs", "short"]), default="paragraphs",
               show_default=True)
@@ -544,14 +566,20 @@ def _duration(text: str):
 @click.option("--logs", "logs_dir", type=click.Path(path_type=Path), default=None,
               help="copy the fleet's logs here")
 @click.option("--json", "as_json", is_flag=True)
-def bench(docs: int, texts: str, short_docs: int, idle_samples: int, batching: bool,
-          torch_: bool, int8: bool, scale: int, scale_engine: str, sample_s: float,
-          logs_dir: Path | None, as_json: bool) -> None:
+@click.pass_context
+def bench(ctx: click.Context, docs: int, texts: str, short_docs: int, idle_samples: int,
+          batching: bool, torch_: bool, int8: bool, scale: int, scale_engine: str,
+          sample_s: float, logs_dir: Path | None, as_json: bool) -> None:
     """The fleet against the bare engines on this machine, side by side in one run: backlog
     throughput (torch and ONNX INT8), idle latency, batching gain and cache cost. Starts its
-    own embedded servers and fleet in a temporary directory."""
+    own embedded servers and fleet in a temporary directory.
+
+    `pgfleet bench text2sql` scores a text2sql version on the defog benchmark instead."""
     from pgfleet import bench as bench_mod
     from pgfleet import context
+
+    if ctx.invoked_subcommand is not None:
+        return
 
     config = bench_mod.BenchConfig(docs=docs, texts=texts, short_docs=short_docs,
                                    idle_samples=idle_samples, batching=batching, torch=torch_,
@@ -573,13 +601,53 @@ def bench(docs: int, texts: str, short_docs: int, idle_samples: int, batching: b
     out.print(f"machine: {result['machine']}")
 
 
+@bench.command("text2sql")
+@click.option("--version", default=None,
+              help="the text2sql version (id, v2, name@v2; default: the active one)")
+@click.option("--beams", type=click.IntRange(min=1, max=16), default=4, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="the first N questions only")
+@click.option("--reference", type=click.Choice(["gold", "select1"]), default=None,
+              help="score the benchmark's gold SQL (expect 100%) or SELECT 1 (expect ~0%) "
+                   "instead of a model: the scorer's sanity checks")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="write the full report (every question) as JSON here")
+@click.option("--json", "as_json", is_flag=True)
+def bench_text2sql(version: str | None, beams: int, limit: int | None, reference: str | None,
+                   out_path: Path | None, as_json: bool) -> None:
+    """A text2sql version on the defog benchmark (../shared/benchmarks/text2sql/defog or
+    $PGFLEET_DEFOG_DIR): execution accuracy overall, per category and per database. Its
+    databases are loaded on the fleet's PostgreSQL server as defog_NAME."""
+    from pgfleet import bench_text2sql, context
+
+    url = context.urls().database_url
+    report = bench_text2sql.run(url, version=version, beams=beams, limit=limit,
+                                reference=reference)
+    if out_path is not None:
+        out_path.write_text(json.dumps(report, indent=1, default=str), "utf-8")
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in report.items() if k != "rows"}, default=str))
+        return
+    out.print(f"{report['model']} on {report['scored']} defog questions: execution accuracy "
+              f"[bold]{report['accuracy']:.1%}[/bold] ({report['correct']} right), "
+              f"{report['seconds']} s; {len(report['excluded'])} excluded (gold fails here)")
+    for key, title in (("by_category", "category"), ("by_database", "database")):
+        table = Table(title=f"per {title}")
+        for col in (title, "right", "questions", "accuracy"):
+            table.add_column(col, justify="right" if col != title else "left")
+        for name, row in report[key].items():
+            table.add_row(name, str(row["correct"]), str(row["total"]), f"{row['accuracy']:.1%}")
+        out.print(table)
+
+
 from pgfleet.cli_train import train  # noqa: E402 - the group needs main's helpers
 
 main.add_command(train)
 
-from pgfleet.cli_train_text2sql import train_text2sql  # noqa: E402
+from pgfleet.cli_train_text2sql import distill_text2sql, train_text2sql  # noqa: E402
 
 train.add_command(train_text2sql)
+train.add_command(distill_text2sql)
 
 from pgfleet.cli_sql import sql  # noqa: E402
 

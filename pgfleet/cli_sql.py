@@ -35,7 +35,9 @@ RUN_GENERATED = "\x00generated"
                    "(read-only, as pgfleet_reader)")
 @click.option("--version", "version", default=None,
               help="the text2sql version to answer QUESTION (id, v2, name@v2; default: the "
-                   "active one)")
+                   "A/B split of the active text2sql model)")
+@click.option("--key", default=None,
+              help="a user or session id: the A/B split gives the same key the same version")
 @click.option("--beams", type=click.IntRange(min=1, max=16), default=4, show_default=True,
               help="candidates to generate for QUESTION")
 @click.option("--timeout-ms", type=click.IntRange(min=1), default=5000, show_default=True,
@@ -44,7 +46,7 @@ RUN_GENERATED = "\x00generated"
               help="rows to fetch at most; more are reported as truncated")
 @click.option("--json", "as_json", is_flag=True)
 def sql(question: str | None, check_text: str | None, run_text: str | None,
-        version: str | None, beams: int, timeout_ms: int, max_rows: int,
+        version: str | None, key: str | None, beams: int, timeout_ms: int, max_rows: int,
         as_json: bool) -> None:
     """SQL for QUESTION, or check or run SQL written by hand, exactly as generated SQL is.
 
@@ -66,7 +68,8 @@ def sql(question: str | None, check_text: str | None, run_text: str | None,
         if check_text is not None or run_text not in (None, RUN_GENERATED):
             raise click.UsageError("give a QUESTION, or SQL with --check or --run, not both "
                                    "(put --run after the question to run its SQL)")
-        _answer(question, version, beams, run_text is not None, timeout_ms, max_rows, as_json)
+        _answer(question, version, key, beams, run_text is not None, timeout_ms, max_rows,
+                as_json)
         return
     if run_text == RUN_GENERATED:
         raise click.UsageError("--run needs SQL, or a QUESTION before it")
@@ -94,13 +97,13 @@ def _check(text: str, timeout_ms: int, as_json: bool) -> None:
         sys.exit(1)
 
 
-def _answer(question: str, version: str | None, beams: int, run: bool, timeout_ms: int,
-            max_rows: int, as_json: bool) -> None:
+def _answer(question: str, version: str | None, key: str | None, beams: int, run: bool,
+            timeout_ms: int, max_rows: int, as_json: bool) -> None:
     from pgfleet import context
     from workers.text2sql.generate import generate_sql
 
     with context.connection(autocommit=True) as conn:
-        answer = generate_sql(conn, question, version=version, beams=beams)
+        answer = generate_sql(conn, question, version=version, beams=beams, key=key)
     payload = answer.as_dict()
     if not answer.ok:
         if as_json:

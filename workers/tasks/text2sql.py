@@ -18,11 +18,12 @@ from workers.settings import resolve_urls
 
 @app.task(name=TASK_GENERATE_SQL, queue=QUEUE_CPU, acks_late=False, ignore_result=False)
 def generate_sql(question: str, version: str | int | None = None,
-                 beams: int = 4) -> dict[str, Any]:
+                 beams: int = 4, key: str | None = None) -> dict[str, Any]:
     """``{"sql": ..., "beam": ..., "why": ..., "rejected": [...], ...}``; ``sql`` is None
-    when no beam passed the guard."""
+    when no beam passed the guard. Without ``version`` the A/B split of the active text2sql
+    model chooses one, the same for every request with the same ``key``."""
     from workers.text2sql.generate import generate_sql as generate
 
     url = resolve_urls(lifecycle.settings()).database_url
     with db.connect(url, autocommit=True) as conn:
-        return generate(conn, question, version=version, beams=beams).as_dict()
+        return generate(conn, question, version=version, beams=beams, key=key).as_dict()

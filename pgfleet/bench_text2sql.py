@@ -1,0 +1,93 @@
+"""``pgfleet bench text2sql``: a text2sql version on the defog benchmark, by execution accuracy.
+
+The benchmark's databases are loaded on the fleet's PostgreSQL server (``defog_NAME``, see
+:mod:`workers.text2sql.defog`) and each question is answered exactly as ``pgfleet sql``
+answers one: the question's database is introspected, its values looked up, the model's
+beams checked in order by the guard on that database, the first that passes run read-only.
+A question with no candidate that passes counts as wrong. Evaluation only: nothing here
+trains on these questions.
+
+``--reference gold`` and ``--reference select1`` score the benchmark's own gold SQL (100%
+expected) and ``SELECT 1`` (about 0%) through the same path: the sanity checks of the scorer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from workers.text2sql import defog
+
+logger = logging.getLogger(__name__)
+
+REFERENCES = ("gold", "select1")
+
+
+def model_predictor(database_url: str, version: str | None, beams: int,
+                    stack: contextlib.ExitStack):
+    """``predict(question, db_name, schema_text)`` with a text2sql version, and its label."""
+    from workers import db
+    from workers.text2sql.generate import _loaded, choose, find_version
+    from workers.text2sql.guard import check_sql
+    from workers.text2sql.inputs import prepare
+    from workers.text2sql.model import generate
+    from workers.text2sql.schema_text import introspect, user_schemas
+    from workers.text2sql.values import unmask_sql
+
+    with db.connect(database_url, autocommit=True) as conn:
+        spec = find_version(conn, version)
+    model = _loaded(spec.artifact)
+    connect = defog.url_factory(database_url)
+    conns: dict[str, Any] = {}
+    schemas: dict[str, Any] = {}
+
+    def predict(question: str, db_name: str, _schema_text: str) -> str:
+        if db_name not in conns:
+            conns[db_name] = stack.enter_context(connect(defog.PREFIX + db_name))
+            schemas[db_name] = introspect(conns[db_name], user_schemas(conns[db_name]),
+                                          exclude=())
+        conn = conns[db_name]
+        prepared = prepare(question, schemas[db_name], conn, mask_values=model.mask_values)
+        candidates = generate(model, [prepared.input], beams=beams)[0]
+        choice = choose(candidates, lambda sql: check_sql(sql, conn),
+                        lambda text: unmask_sql(text, prepared.values))
+        # no candidate passed: the empty statement is judged wrong, with the guard's reason
+        return choice.sql or ""
+
+    return predict, spec.label
+
+
+def reference_predictor(kind: str, questions: list[defog.Question]):
+    by_prompt = {q.prompt: q.query for q in questions}
+
+    def predict(question: str, _db_name: str, _schema_text: str) -> str:
+        if kind == "gold":
+            return defog.expand_gold(by_prompt[question])[0]
+        return "SELECT 1"
+
+    return predict
+
+
+def run(database_url: str, *, version: str | None = None, beams: int = 4,
+        limit: int | None = None, reference: str | None = None,
+        questions_csv: Path | None = None) -> dict[str, Any]:
+    """The report: accuracy overall, per category and per database, every question's
+    outcome, and the command's parameters."""
+    started = time.perf_counter()
+    base = defog.default_dir()
+    path = questions_csv or base / "questions_postgres.csv"
+    with contextlib.ExitStack() as stack:
+        if reference is not None:
+            if reference not in REFERENCES:
+                raise ValueError(f"reference must be one of {REFERENCES}, not {reference!r}")
+            questions = defog.read_questions(path)[:limit] if path.is_file() else []
+            predict, label = reference_predictor(reference, questions), f"reference:{reference}"
+        else:
+            predict, label = model_predictor(database_url, version, beams, stack)
+        report = defog.run_benchmark(database_url, predict, questions_csv=path, limit=limit)
+    return {"model": label, "beams": beams if reference is None else None,
+            "questions_file": str(path), "limit": limit,
+            "seconds": round(time.perf_counter() - started, 1), **report.as_dict()}
