@@ -589,5 +589,13 @@ from pgfleet.cli_text2sql import text2sql  # noqa: E402
 
 main.add_command(text2sql)
 
+from pgfleet.cli_cache import cache  # noqa: E402
+
+main.add_command(cache)
+
+from pgfleet.cli_beat import beat  # noqa: E402
+
+main.add_command(beat)
+
 if __name__ == "__main__":
     main()

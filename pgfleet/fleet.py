@@ -191,7 +191,7 @@ def _stop_orphans(state_path: Path) -> None:
             cmdline = " ".join(proc.cmdline())
         except (psutil.Error, ValueError, TypeError):
             continue
-        if "producers" in cmdline or "celery" in cmdline:
+        if "producers" in cmdline or "celery" in cmdline or "pgfleet.cli" in cmdline:
             logger.warning("stopping %s (pid %s) left running by a previous pgfleet up", name, pid)
             for child in [proc, *proc.children(recursive=True)]:
                 try:

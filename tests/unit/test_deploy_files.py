@@ -19,7 +19,7 @@ def _check_command(argv: list[str]) -> None:
         from pgfleet.cli import main
 
         assert argv[1] in main.commands, argv
-        if argv[1] == "flower":
+        if argv[1] in ("flower", "beat"):
             return
     elif argv[:3] == ["python", "-m", "producers"]:
         assert (ROOT / "producers" / "__main__.py").exists()
@@ -66,6 +66,7 @@ def test_procfile_runs_the_same_processes():
     lines = [line for line in (ROOT / "Procfile").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     commands = dict(line.split(":", 1) for line in lines)
-    assert set(commands) == {"producer", "worker_gpu", "worker_cpu", "worker_training", "flower"}
+    assert set(commands) == {"producer", "worker_gpu", "worker_cpu", "worker_training", "beat",
+                             "flower"}
     for command in commands.values():
         _check_command(shlex.split(command.strip()))
