@@ -64,10 +64,13 @@ class Settings:
     cache_min_hits: int = 5
     cache_max_entries: int = 1_000_000
 
-    # ports of the embedded default and Flower (0 = pick a free one)
+    # ports of the embedded default, Flower and the Prometheus endpoint (0 = pick a free
+    # one); 5556 sits next to Flower's 5555, outside the exporters' 9100-9999 range, which
+    # is fully allocated
     pg_port: int = 0
     redis_port: int = 0
     flower_port: int = 5555
+    metrics_port: int = 5556
     shutdown_timeout_s: float = 30.0
 
     @classmethod
@@ -112,7 +115,7 @@ class Settings:
             if not (math.isfinite(value) and value > 0):
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be a positive number "
                                          "of seconds")
-        for name in ("pg_port", "redis_port", "flower_port"):
+        for name in ("pg_port", "redis_port", "flower_port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be a port number "
                                          "between 0 (any free port) and 65535")

@@ -19,7 +19,7 @@ def _check_command(argv: list[str]) -> None:
         from pgfleet.cli import main
 
         assert argv[1] in main.commands, argv
-        if argv[1] in ("flower", "beat"):
+        if argv[1] in ("flower", "beat", "metrics"):
             return
     elif argv[:3] == ["python", "-m", "producers"]:
         assert (ROOT / "producers" / "__main__.py").exists()
@@ -67,6 +67,6 @@ def test_procfile_runs_the_same_processes():
              if line.strip() and not line.startswith("#")]
     commands = dict(line.split(":", 1) for line in lines)
     assert set(commands) == {"producer", "worker_gpu", "worker_cpu", "worker_training", "beat",
-                             "flower"}
+                             "flower", "metrics"}
     for command in commands.values():
         _check_command(shlex.split(command.strip()))
