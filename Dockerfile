@@ -12,4 +12,6 @@ RUN pip install -c constraints.txt torch==2.13.0 \
 # PGFLEET_HOME for the services that keep state (beat's schedule, trained models): a new
 # named volume mounted here starts with this owner
 RUN mkdir -p /var/lib/pgfleet/models && chown -R nobody /var/lib/pgfleet
+# libraries keep caches under $HOME (matplotlib, Hugging Face); nobody's is /nonexistent
+ENV HOME=/var/lib/pgfleet
 USER nobody
