@@ -64,15 +64,18 @@ def main(log_level: str) -> None:
 @click.option("--demo-docs", default=500, show_default=True,
               help="documentation paragraphs to load with --demo, besides the samples")
 @click.option("--flower/--no-flower", default=True, show_default=True)
-def up(demo: bool, demo_docs: int, flower: bool) -> None:
+@click.option("--metrics/--no-metrics", default=True, show_default=True,
+              help="the Prometheus endpoint on PGFLEET_METRICS_PORT")
+def up(demo: bool, demo_docs: int, flower: bool, metrics: bool) -> None:
     """Start the fleet: embedded PostgreSQL and Redis when no URLs are set, migrations,
-    a producer, one worker per queue and Flower. Ctrl-C stops everything."""
+    a producer, one worker per queue, Celery beat, Flower and the Prometheus endpoint.
+    Ctrl-C stops everything."""
     from pgfleet import context, fleet
 
     conf = context.settings()
     on_ready = _demo(conf, demo_docs) if demo else None
     # the generated Flower password goes to the terminal once, never to a log
-    sys.exit(fleet.up(conf, flower=flower, on_ready=on_ready,
+    sys.exit(fleet.up(conf, flower=flower, metrics=metrics, on_ready=on_ready,
                       announce=lambda text: out.print(text, highlight=False, soft_wrap=True)))
 
 
@@ -656,6 +659,18 @@ main.add_command(sql)
 from pgfleet.cli_text2sql import text2sql  # noqa: E402
 
 main.add_command(text2sql)
+
+from pgfleet.cli_cache import cache  # noqa: E402
+
+main.add_command(cache)
+
+from pgfleet.cli_beat import beat  # noqa: E402
+
+main.add_command(beat)
+
+from pgfleet.cli_metrics import metrics  # noqa: E402
+
+main.add_command(metrics)
 
 if __name__ == "__main__":
     main()

@@ -77,8 +77,8 @@ def check_redis(url: str, timeout_s: float = 5.0) -> None:
         client.close()
 
 
-def _flower_port(conf: Settings) -> int:
-    port = conf.flower_port
+def _port(port: int, what: str) -> int:
+    """``port``, or a free one when it is 0 or already taken (said in the log)."""
     if port == 0:
         return free_port()
     import socket
@@ -86,12 +86,12 @@ def _flower_port(conf: Settings) -> int:
     with socket.socket() as sock:
         if sock.connect_ex(("127.0.0.1", port)) == 0:
             new = free_port()
-            logger.warning("port %s is in use; Flower will listen on %s", port, new)
+            logger.warning("port %s is in use; %s will listen on %s", port, what, new)
             return new
     return port
 
 
-def up(conf: Settings, *, flower: bool = True,
+def up(conf: Settings, *, flower: bool = True, metrics: bool = True,
        on_ready: Callable[[Supervisor], Callable[[], None] | None] | None = None,
        announce: Callable[[str], None] = print) -> int:
     """Run the fleet until a signal arrives. Returns the exit code."""
@@ -119,7 +119,8 @@ def up(conf: Settings, *, flower: bool = True,
                 return 0
             check_redis(redis_url)
             migrate_url(database_url)
-            flower_port = _flower_port(conf) if flower else None
+            flower_port = _port(conf.flower_port, "Flower") if flower else None
+            metrics_port = _port(conf.metrics_port, "the metrics endpoint") if metrics else None
             env = dict(os.environ, PGFLEET_DATABASE_URL=database_url,
                        PGFLEET_REDIS_URL=redis_url, PGFLEET_HOME=str(conf.home.resolve()),
                        TOKENIZERS_PARALLELISM="false")
@@ -130,12 +131,14 @@ def up(conf: Settings, *, flower: bool = True,
                          f"{env['PGFLEET_FLOWER_PASSWORD']}  (generated for this run; set "
                          "PGFLEET_FLOWER_PASSWORD to choose one)")
             env.setdefault("HF_HUB_OFFLINE", "1")
-            supervisor = Supervisor(fleet_children(flower_port=flower_port), env=env,
+            supervisor = Supervisor(fleet_children(flower_port=flower_port,
+                                                   metrics_port=metrics_port), env=env,
                                     log_dir=conf.home / "logs",
                                     shutdown_timeout_s=conf.shutdown_timeout_s)
             _write_state(state_path, {
                 "pid": os.getpid(), "database_url": database_url, "redis_url": redis_url,
-                "flower_port": flower_port, "embedded": not conf.database_url,
+                "flower_port": flower_port, "metrics_port": metrics_port,
+                "embedded": not conf.database_url,
                 "started_at": time.time()})
             try:
                 if stop_event.is_set():
@@ -156,9 +159,11 @@ def up(conf: Settings, *, flower: bool = True,
                     if extra_tick is not None:
                         extra_tick()
 
-                logger.info("fleet is up: database %s, broker %s%s", _redacted(database_url),
+                logger.info("fleet is up: database %s, broker %s%s%s", _redacted(database_url),
                             _redacted(redis_url),
-                            f", Flower http://127.0.0.1:{flower_port}" if flower_port else "")
+                            f", Flower http://127.0.0.1:{flower_port}" if flower_port else "",
+                            f", metrics http://127.0.0.1:{metrics_port}/metrics"
+                            if metrics_port else "")
                 supervisor.run(on_tick=tick)
             finally:
                 supervisor.shutdown()
@@ -191,7 +196,7 @@ def _stop_orphans(state_path: Path) -> None:
             cmdline = " ".join(proc.cmdline())
         except (psutil.Error, ValueError, TypeError):
             continue
-        if "producers" in cmdline or "celery" in cmdline:
+        if "producers" in cmdline or "celery" in cmdline or "pgfleet.cli" in cmdline:
             logger.warning("stopping %s (pid %s) left running by a previous pgfleet up", name, pid)
             for child in [proc, *proc.children(recursive=True)]:
                 try:

@@ -43,8 +43,11 @@ class Child:
     history: list[int] = field(default_factory=list)
 
 
-def fleet_children(*, flower_port: int | None, worker_concurrency: int = 1) -> list[ChildSpec]:
-    """The processes of one fleet: a producer, one worker per queue, and Flower."""
+def fleet_children(*, flower_port: int | None, metrics_port: int | None = None,
+                   worker_concurrency: int = 1, beat: bool = True) -> list[ChildSpec]:
+    """The processes of one fleet: a producer, one worker per queue, Celery beat (the
+    schedule of maintenance tasks; exactly one per fleet), Flower, and the Prometheus
+    endpoint."""
     python = sys.executable
     celery = [python, "-m", "celery", "-A", "workers"]
     specs = [ChildSpec("producer", [python, "-m", "producers"])]
@@ -59,9 +62,14 @@ def fleet_children(*, flower_port: int | None, worker_concurrency: int = 1) -> l
             *celery, "worker", "-Q", queue, "-n", f"{short}@%h", "-P", pool,
             "-c", str(worker_concurrency), *prefetch, "--loglevel", "INFO", "-E",
             "--without-gossip", "--without-mingle"]))
+    if beat:
+        specs.append(ChildSpec("beat", [python, "-m", "pgfleet.cli", "beat"]))
     if flower_port is not None:
         specs.append(ChildSpec("flower", [python, "-m", "pgfleet.cli", "flower",
                                           f"--port={flower_port}"]))
+    if metrics_port is not None:
+        specs.append(ChildSpec("metrics", [python, "-m", "pgfleet.cli", "metrics",
+                                           f"--port={metrics_port}"]))
     return specs
 
 

@@ -25,7 +25,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             logger.debug("%s; the app uses default settings", exc)
             settings = Settings()
     app = Celery("pgfleet", include=["workers.tasks.embed", "workers.tasks.train",
-                                      "workers.tasks.text2sql"])
+                                      "workers.tasks.text2sql", "workers.tasks.maintenance"])
     broker = _broker_url(settings)
     app.conf.update(
         broker_url=broker,
@@ -48,7 +48,11 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_queues=[Queue(name) for name in queues.ALL_QUEUES],
         task_default_queue=queues.QUEUE_GPU,
         task_routes={**{name: {"queue": queues.QUEUE_TRAINING} for name in queues.TRAINING_TASKS},
-                     queues.TASK_GENERATE_SQL: {"queue": queues.QUEUE_CPU}},
+                     queues.TASK_GENERATE_SQL: {"queue": queues.QUEUE_CPU},
+                     queues.TASK_PRUNE_CACHE: {"queue": queues.QUEUE_CPU}},
+        beat_schedule=beat_schedule(settings),
+        # never in the working directory: `pgfleet beat` also passes it explicitly
+        beat_schedule_filename=str(settings.home / queues.BEAT_SCHEDULE_FILE),
         broker_transport_options={
             # a message reserved by a worker that died comes back after this long: the
             # same bound as the producer's republishing of unfinished work, so that the
@@ -58,6 +62,19 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=True,
     )
     return app
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict]:
+    """What Celery beat sends, and how often. A message not taken within one period
+    expires, so that a fleet without a CPU worker does not pile them up."""
+    every_s = settings.cache_prune_interval_s
+    return {
+        "prune-inference-cache": {
+            "task": queues.TASK_PRUNE_CACHE,
+            "schedule": every_s,
+            "options": {"queue": queues.QUEUE_CPU, "expires": every_s},
+        },
+    }
 
 
 def _broker_url(settings: Settings) -> str:

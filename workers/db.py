@@ -64,9 +64,16 @@ def open_pool(url: str, *, min_size: int = 1, max_size: int = 4, name: str = APP
 @contextlib.contextmanager
 def pooled(pool: ConnectionPool) -> Iterator[psycopg.Connection]:
     """A connection from the pool, with driver errors mapped to pgfleet's."""
+    with mapped_errors(), pool.connection() as conn:
+        yield conn
+
+
+@contextlib.contextmanager
+def mapped_errors() -> Iterator[None]:
+    """Driver errors raised inside become pgfleet's (for single connections; ``pooled``
+    does this for pools)."""
     try:
-        with pool.connection() as conn:
-            yield conn
+        yield
     except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure,
             psycopg.errors.ForeignKeyViolation) as exc:
         # a foreign-key violation here is a doc deleted while its batch was written: running

@@ -18,6 +18,11 @@ TASK_EMBED = "pgfleet.embed_docs"
 #: SQL for a question (interactive; on QUEUE_CPU, see workers/tasks/text2sql.py)
 TASK_GENERATE_SQL = "generate_sql"
 
+#: inference cache maintenance, sent by Celery beat (on QUEUE_CPU: a few short deletes)
+TASK_PRUNE_CACHE = "pgfleet.prune_cache"
+#: Celery beat's schedule file, under PGFLEET_HOME
+BEAT_SCHEDULE_FILE = "celerybeat-schedule"
+
 #: the channel the docs triggers NOTIFY on
 NOTIFY_CHANNEL = "pgfleet_pending"
 

@@ -7,6 +7,7 @@ your own servers; when they are unset, the commands use the embedded servers tha
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -55,10 +56,21 @@ class Settings:
     token_budget: int = 0
     worker_prefetch: int = 16
 
-    # ports of the embedded default and Flower (0 = pick a free one)
+    # inference cache maintenance (Celery beat, every cache_prune_interval_s): entries
+    # unused for cache_max_age_s with fewer than cache_min_hits hits are pruned, then the
+    # least useful ones are evicted down to cache_max_entries (0 = no bound)
+    cache_prune_interval_s: float = 3600.0
+    cache_max_age_s: float = 30 * 86400.0
+    cache_min_hits: int = 5
+    cache_max_entries: int = 1_000_000
+
+    # ports of the embedded default, Flower and the Prometheus endpoint (0 = pick a free
+    # one); 5556 sits next to Flower's 5555, outside the exporters' 9100-9999 range, which
+    # is fully allocated
     pg_port: int = 0
     redis_port: int = 0
     flower_port: int = 5555
+    metrics_port: int = 5556
     shutdown_timeout_s: float = 30.0
 
     @classmethod
@@ -83,6 +95,7 @@ class Settings:
         if not 0 < self.training_heartbeat_s < self.training_stale_s:
             raise ConfigurationError(f"{PREFIX}TRAINING_HEARTBEAT_S must be positive and less "
                                      f"than {PREFIX}TRAINING_STALE_S")
+        self._validate_cache_and_ports()
         if self.batch_max_wait_ms < 0:
             raise ConfigurationError(f"{PREFIX}BATCH_MAX_WAIT_MS must not be negative")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -92,6 +105,20 @@ class Settings:
             url = getattr(self, name)
             if url is not None:
                 check_url(name, url)
+
+    def _validate_cache_and_ports(self) -> None:
+        for name in ("cache_min_hits", "cache_max_entries"):
+            if getattr(self, name) < 0:
+                raise ConfigurationError(f"{PREFIX}{name.upper()} must not be negative")
+        for name in ("cache_prune_interval_s", "cache_max_age_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigurationError(f"{PREFIX}{name.upper()} must be a positive number "
+                                         "of seconds")
+        for name in ("pg_port", "redis_port", "flower_port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ConfigurationError(f"{PREFIX}{name.upper()} must be a port number "
+                                         "between 0 (any free port) and 65535")
 
 
 _SCHEMES = {

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.e2e
 def _env(home, **extra):
     env = {k: v for k, v in os.environ.items()
            if k not in ("PGFLEET_DATABASE_URL", "PGFLEET_REDIS_URL")}
-    env.update(PGFLEET_HOME=str(home), PGFLEET_FLOWER_PORT="0", **extra)
+    env.update(PGFLEET_HOME=str(home), PGFLEET_FLOWER_PORT="0", PGFLEET_METRICS_PORT="0",
+               **extra)
     return env
 
 
@@ -65,6 +66,14 @@ def test_up_runs_the_fleet_and_sigterm_stops_every_child(tmp_path):
         assert code == 200 and "gpu@" in body, body[:300]
         assert all(password not in p.read_text(errors="replace")
                    for p in (home / "logs").glob("*.log"))
+
+        # the Prometheus endpoint serves the data; beat runs with its file under the home
+        metrics = f"http://127.0.0.1:{state['metrics_port']}/metrics"
+        embedded = 'pgfleet_embedded_docs{model="all-minilm-l6-v2",version="v1"} 1.0'
+        wait_until(lambda: embedded in _http(metrics)[1], 60, interval_s=0.5,
+                   message="the metrics endpoint")
+        assert _child(up.pid, "beat") is not None
+        wait_until(lambda: any(home.glob("celerybeat-schedule*")), 30, message="beat's file")
 
         status = run_cli("status", "--json", env=env)
         assert status.returncode == 0, status.stderr
