@@ -181,49 +181,6 @@ def db_url() -> None:
     click.echo(context.urls().database_url)
 
 
-# ---------------------------------------------------------------------------------- status
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def status(as_json: bool) -> None:
-    """Per model version: docs, embedded, pending, failed, oldest pending age; workers."""
-    from pgfleet import context
-    from pgfleet.status import collect
-
-    urls = context.urls()
-    with context.connection() as conn:
-        data = collect(conn, urls.redis_url)
-    if as_json:
-        click.echo(json.dumps(data))
-        return
-    table = Table(title="model versions")
-    table.add_column("version", no_wrap=True)
-    for col in ("format", "active", "docs", "embedded", "pending", "failed",
-                "oldest pending"):
-        table.add_column(col, justify="right" if col in {"docs", "embedded", "pending",
-                                                          "failed", "oldest pending"} else "left")
-    for v in data["versions"]:
-        lag = "-" if v["oldest_pending_s"] is None else f"{v['oldest_pending_s']:.1f} s"
-        table.add_row(f"{v['name']}@{v['version']}", v["format"], "yes" if v["active"] else "no",
-                      str(v["docs"]), str(v["embedded"]), str(v["pending"]), str(v["failed"]), lag)
-    out.print(table)
-    workers = Table(title="workers online")
-    workers.add_column("worker")
-    workers.add_column("queues")
-    for w in data["workers"]:
-        workers.add_row(w["name"], ", ".join(w["queues"]))
-    if not data["workers"]:
-        workers.add_row("[red]none answered[/red]", "")
-    out.print(workers)
-    if data["failures"]:
-        table = Table(title="recent failures (pgfleet failures for more, --retry to queue again)")
-        for col in ("doc", "version", "reason", "attempts", "last error"):
-            table.add_column(col)
-        for f in data["failures"]:
-            table.add_row(str(f["doc_id"]), f["version"], f["reason"], str(f["attempts"]),
-                          (f["last_error"] or "")[:100])
-        out.print(table)
-
-
 # ---------------------------------------------------------------------------------- models
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
@@ -655,6 +612,10 @@ train.add_command(distill_text2sql)
 from pgfleet.cli_sql import sql  # noqa: E402
 
 main.add_command(sql)
+
+from pgfleet.cli_status import status  # noqa: E402
+
+main.add_command(status)
 
 from pgfleet.cli_text2sql import text2sql  # noqa: E402
 

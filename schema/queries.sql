@@ -201,6 +201,17 @@ FROM model_versions v
 WHERE v.kind = 'embedding'
 ORDER BY v.id;
 
+-- name: ab_splits
+-- Per model name, the versions that serve (traffic > 0) or shadow (0), and the last change
+-- of its split.
+SELECT v.name, v.kind, v.version, v.traffic_percent, h.action AS last_action,
+       h.created_at AS changed_at
+FROM model_versions v
+LEFT JOIN LATERAL (SELECT a.action, a.created_at FROM ab_history a
+                   WHERE a.name = v.name ORDER BY a.id DESC LIMIT 1) h ON true
+WHERE v.active
+ORDER BY v.name, v.traffic_percent DESC, v.id;
+
 -- name: insert_docs
 INSERT INTO docs (content, metadata)
 SELECT * FROM unnest(%(contents)s::text[], %(metadata)s::jsonb[]);

@@ -145,7 +145,7 @@ class EmbedPipeline:
         With ``overlap``, writes go to the background writer and the report's write counts
         (``written``, ``failures``, ``error``) are complete only in ``after_writes``."""
         self._overlap = overlap
-        report = BatchReport(version_id, requested=len(doc_ids))
+        report = BatchReport(version_id)  # its parts count what they were asked
         spec = self.spec(version_id)
         if spec is None:
             raise UnknownModelVersion(

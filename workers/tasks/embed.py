@@ -9,19 +9,25 @@ summary, or a clear error for malformed arguments, an unknown model version or u
 ids. A batch whose pool process dies is republished at once and acknowledged; the docs it
 held are then embedded one at a time, so that one doc that kills the process cannot take
 its neighbours with it (see :mod:`workers.pipeline`).
+
+celery-batches sends no task events for the messages it buffers: this module sends them
+(received, started, succeeded or failed, with each message's result), and one task per
+batch, so that Flower shows both (see :mod:`workers.events`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from typing import Any
 
-from celery import states
+from celery import signals, states
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
+from kombu.utils.uuid import uuid
 
-from workers import lifecycle
+from workers import events, lifecycle
 from workers.app import app
 from workers.batching import validate_embed_args
 from workers.errors import InvalidTaskArguments, PgfleetError, UnknownModelVersion
@@ -80,16 +86,42 @@ class DocBatches(Batches):
                          "republishing them", len(requests), getattr(exc_info, "exception",
                                                                       exc_info))
             for request in requests:
+                why = "the worker process running its batch died"
                 try:
-                    self.app.send_task(self.name, args=request.args, kwargs=request.kwargs,
-                                       queue=(request.delivery_info or {}).get("routing_key"),
-                                       ignore_result=True)
+                    again = self.app.send_task(
+                        self.name, args=request.args, kwargs=request.kwargs,
+                        queue=(request.delivery_info or {}).get("routing_key"),
+                        ignore_result=True)
+                    why += f"; republished as {again.id}"
                 except Exception:  # noqa: BLE001 - the producer republishes stale work too
                     logger.exception("republishing message %s failed", request.id)
+                _send_from_main(request, events.failed(request.id, why))
                 request.acknowledge()
 
         return self._pool.apply_async(apply_batches_task, (self, serializable, 0, None),
                                       callback=on_return, error_callback=on_lost)
+
+
+def _send_from_main(request: Any, event: events.Event) -> None:
+    """Send a task event about a buffered message from the worker's main process."""
+    type_, fields = event
+    fields = {k: v for k, v in fields.items() if k != "uuid"}
+    try:
+        request.send_event(type_, **fields)
+    except Exception:  # noqa: BLE001 - events are a courtesy
+        logger.warning("could not send %s for %s", type_, request.id, exc_info=True)
+
+
+@signals.task_received.connect
+def _message_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """celery-batches buffers a message without the ``task-received`` event Celery sends
+    for other tasks: send it, so that Flower shows the message as received by this worker."""
+    if request is None or getattr(request, "name", None) != TASK_EMBED:
+        return
+    if not isinstance(getattr(request, "task", None), Batches):
+        return  # Celery's own strategy sent the event already
+    _send_from_main(request, events.received(request.id, request.name, request.args,
+                                             request.kwargs))
 
 
 def _store(request: Any, state: str, result: Any) -> None:
@@ -99,25 +131,39 @@ def _store(request: Any, state: str, result: Any) -> None:
         logger.warning("could not store the result of %s", request.id, exc_info=True)
 
 
-def _results_storer(version_id: int, items: list[tuple[Any, list[int]]], unknown: set[int]):
-    """Each message's result, stored once its batch is written."""
+def _results_storer(version_id: int, items: list[tuple[Any, list[int]]], unknown: set[int],
+                    *, batch_id: str, started: float, emitter: events.Emitter):
+    """Each message's result, stored (and sent as its task event) once its batch is
+    written; then the batch's own event."""
 
     def store(report: Any) -> None:
+        runtime_s = time.perf_counter() - started
+        sent: list[events.Event] = []
         for request, doc_ids in items:
             missing = [d for d in doc_ids if d in unknown]
             if report.error is not None:
                 _store(request, states.FAILURE, report.error)
+                sent.append(events.failed(request.id, report.error, runtime_s))
             elif missing:
                 logger.warning("embed message %s names doc ids that do not exist: %s",
                                request.id, missing[:20])
-                _store(request, states.FAILURE, InvalidTaskArguments(
+                error = InvalidTaskArguments(
                     f"doc ids {missing[:20]} do not exist (deleted, or never inserted); "
-                    "the others were processed"))
+                    "the others were processed")
+                _store(request, states.FAILURE, error)
+                sent.append(events.failed(request.id, error, runtime_s))
             else:
-                _store(request, states.SUCCESS, {"version_id": version_id,
-                                                 "doc_ids": len(doc_ids),
-                                                 "batch_written": report.written,
-                                                 "batch_failed": len(report.failures)})
+                result = {"version_id": version_id, "doc_ids": len(doc_ids),
+                          "batch_written": report.written, "batch_failed": len(report.failures),
+                          "batch": batch_id}
+                _store(request, states.SUCCESS, result)
+                sent.append(events.succeeded(request.id, result, runtime_s))
+        if report.error is not None:
+            sent.append(events.failed(batch_id, report.error, runtime_s))
+        else:
+            sent.append(events.succeeded(batch_id, events.batch_result(report, runtime_s),
+                                         runtime_s))
+        emitter.send(sent)
 
     return store
 
@@ -126,6 +172,9 @@ def _results_storer(version_id: int, items: list[tuple[Any, list[int]]], unknown
           flush_interval=_settings.batch_max_wait_ms / 1000.0, acks_late=True,
           ignore_result=True)
 def embed_docs(requests: list[Any]) -> dict[str, int]:
+    started = time.perf_counter()
+    emitter = events.Emitter(app, requests[0].hostname if requests else None)
+    emitter.send(events.started(request.id) for request in requests)
     by_version: dict[int, list[tuple[Any, list[int]]]] = defaultdict(list)
     for request in requests:
         try:
@@ -133,29 +182,43 @@ def embed_docs(requests: list[Any]) -> dict[str, int]:
         except InvalidTaskArguments as exc:
             logger.error("rejected embed message %s: %s", request.id, exc)
             _store(request, states.FAILURE, exc)
+            emitter.send([events.failed(request.id, exc, time.perf_counter() - started)])
             continue
         by_version[version_id].append((request, doc_ids))
     summary = {"messages": len(requests), "docs": 0, "cache_hits": 0}
     pipeline = lifecycle.pipeline() if by_version else None
     for version_id, items in by_version.items():
         ids = list(dict.fromkeys(d for _, doc_ids in items for d in doc_ids))
+        batch_id = uuid()
+        emitter.send([events.received(batch_id, events.EMBED_BATCH, (),
+                                      events.batch_kwargs(version_id, len(items), len(ids))),
+                      events.started(batch_id)])
         try:
             # the write runs in the background, overlapping the next batch's encoding
             report = pipeline.run(version_id, ids, overlap=True)
             unknown = pipeline.unknown_docs(ids, report)
-        except UnknownModelVersion as exc:
-            logger.error("rejected %d embed messages: %s", len(items), exc)
-            for request, _ in items:
-                _store(request, states.FAILURE, exc)
-            continue
-        except PgfleetError as exc:
-            # the pending rows stay; the producer republishes them after requeue_after_s
-            logger.error("embedding %d docs for version %s failed, left pending: %s",
-                         len(ids), version_id, exc)
+        except Exception as exc:
+            _send_failed(emitter, [r for r, _ in items], batch_id, exc, started)
+            if isinstance(exc, UnknownModelVersion):
+                logger.error("rejected %d embed messages: %s", len(items), exc)
+            elif isinstance(exc, PgfleetError):
+                # the pending rows stay; the producer republishes them after requeue_after_s
+                logger.error("embedding %d docs for version %s failed, left pending: %s",
+                             len(ids), version_id, exc)
+            else:
+                raise
             for request, _ in items:
                 _store(request, states.FAILURE, exc)
             continue
         summary["docs"] += len(ids)
         summary["cache_hits"] += report.cache_hits
-        pipeline.after_writes(report, _results_storer(version_id, items, unknown))
+        pipeline.after_writes(report, _results_storer(
+            version_id, items, unknown, batch_id=batch_id, started=started, emitter=emitter))
     return summary
+
+
+def _send_failed(emitter: events.Emitter, requests: list[Any], batch_id: str,
+                 error: BaseException, started: float) -> None:
+    runtime_s = time.perf_counter() - started
+    emitter.send([*(events.failed(r.id, error, runtime_s) for r in requests),
+                  events.failed(batch_id, error, runtime_s)])

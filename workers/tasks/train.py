@@ -8,7 +8,8 @@ worker that dies mid-run stops its heartbeat; the producer then marks the run fa
 Each task takes ``run_id`` (a run that ``pgfleet train ...`` queued) or, when called
 directly (``celery -A workers call train_embeddings --kwargs '{"epochs": 2}'``), creates
 its run from the Celery task id. Progress is visible in ``pgfleet train status``, in the
-result backend (state ``PROGRESS``) and in Flower (a ``task-progress`` event).
+result backend (state ``PROGRESS``) and in Flower (a ``task-progress`` event, whose result
+shows step, total, percent, loss and phase while the run goes on).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from workers import db, lifecycle
+from celery.utils.saferepr import saferepr
+
+from workers import db, events, lifecycle
 from workers.app import app
 from workers.queues import QUEUE_TRAINING
 from workers.settings import resolve_urls
@@ -28,7 +31,9 @@ def _progress_reporter(task):
     def report(state: dict[str, Any]) -> None:
         task.update_state(state="PROGRESS", meta=state)
         if task.request.id and not task.request.is_eager:
-            task.send_event("task-progress", **state)
+            # Flower shows a task's known fields only: the progress goes in its result too
+            task.send_event("task-progress", **state,
+                            result=saferepr(events.progress_result(state)))
     return report
 
 
