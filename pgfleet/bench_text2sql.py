@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workers.errors import PgfleetError
 from workers.text2sql import defog
 
 logger = logging.getLogger(__name__)
@@ -54,8 +55,10 @@ def model_predictor(database_url: str, version: str | None, beams: int,
         candidates = generate(model, [prepared.input], beams=beams)[0]
         choice = choose(candidates, lambda sql: check_sql(sql, conn),
                         lambda text: unmask_sql(text, prepared.values))
-        # no candidate passed: the empty statement is judged wrong, with the guard's reason
-        return choice.sql or ""
+        if choice.sql is None:  # a wrong answer, with the guard's first reason
+            first = choice.rejected[0].reasons[0] if choice.rejected else ""
+            raise PgfleetError(f"{choice.why}; beam 0: {first}")
+        return choice.sql
 
     return predict, spec.label
 

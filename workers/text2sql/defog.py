@@ -53,13 +53,15 @@ Predict = Callable[[str, str, str], str]
 
 
 def default_dir() -> Path:
-    """``$PGFLEET_DEFOG_DIR``, else ``shared/benchmarks/text2sql/defog`` in or next to the
+    """``$PGFLEET_DEFOG_DIR``, else the copy in the tests' fixtures (``tests/fixtures/defog``,
+    Apache-2.0, see its README), else ``shared/benchmarks/text2sql/defog`` in or next to the
     checkout."""
     configured = os.environ.get("PGFLEET_DEFOG_DIR")
     if configured:
         return Path(configured)
     root = Path(__file__).resolve().parents[2]
-    candidates = [base / "shared/benchmarks/text2sql/defog" for base in (root, root.parent)]
+    candidates = [root / "tests/fixtures/defog"] + [
+        base / "shared/benchmarks/text2sql/defog" for base in (root, root.parent)]
     return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
