@@ -51,7 +51,8 @@ def model_predictor(database_url: str, version: str | None, beams: int,
             schemas[db_name] = introspect(conns[db_name], user_schemas(conns[db_name]),
                                           exclude=())
         conn = conns[db_name]
-        prepared = prepare(question, schemas[db_name], conn, mask_values=model.mask_values)
+        prepared = prepare(question, schemas[db_name], conn, mask_values=model.mask_values,
+                           link_columns=model.link_columns)
         candidates = generate(model, [prepared.input], beams=beams)[0]
         choice = choose(candidates, lambda sql: check_sql(sql, conn),
                         lambda text: unmask_sql(text, prepared.values))

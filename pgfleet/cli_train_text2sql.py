@@ -18,14 +18,14 @@ from pgfleet.cli_train import _common, _console, _submit
               help="for a model from scratch: a BPE vocabulary learned from the training "
                    "examples (default; sequences ~4x shorter) or raw bytes (ByT5)")
 @click.option("--d-model", type=click.IntRange(min=0), default=0,
-              help="width of a model from scratch (0: 256)")
+              help="width of a model from scratch (0: 128)")
 @click.option("--layers", type=click.IntRange(min=0), default=0,
               help="encoder and decoder layers of a model from scratch (0: 3 each)")
 @click.option("--name", default="text2sql", show_default=True, help="the model's name")
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--learning-rate", type=float, default=3e-3, show_default=True,
-              help="3e-3 suits a model from scratch; use ~3e-4 to fine-tune a pretrained one")
+@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--learning-rate", type=float, default=1e-3, show_default=True,
+              help="1e-3 suits a model from scratch; use ~3e-4 to fine-tune a pretrained one")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--eval-fraction", type=float, default=0.2, show_default=True,
               help="share of the distinct SQL queries held out (a stable hash of the SQL)")
@@ -41,11 +41,18 @@ from pgfleet.cli_train import _common, _console, _submit
               help="take values (the database's, quoted text, dates, numbers) out of the "
                    "question and put them back into the SQL, instead of the model copying "
                    "them")
+@click.option("--max-copies", type=click.IntRange(min=1), default=4, show_default=True,
+              help="examples that read the same once values are masked: train on at most "
+                   "this many of each")
+@click.option("--link-columns/--no-link-columns", default=True, show_default=True,
+              help="list the columns the question names apart from the schema (schema "
+                   "linking)")
 @_common
 def train_text2sql(base_model: str, tokenizer: str | None, d_model: int, layers: int,
                    name: str, epochs: int, batch_size: int, learning_rate: float, seed: int,
                    eval_fraction: float, max_examples: int, max_eval: int, beams: int,
-                   synth_if_empty: bool, mask_values: bool, local: bool, wait: bool,
+                   synth_if_empty: bool, mask_values: bool, max_copies: int,
+                   link_columns: bool, local: bool, wait: bool,
                    timeout_s: int, as_json: bool) -> None:
     """Train a text-to-SQL T5 on text2sql_examples; register it (inactive) with exact match
     and execution accuracy on held-out examples."""
@@ -53,7 +60,8 @@ def train_text2sql(base_model: str, tokenizer: str | None, d_model: int, layers:
                "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
                "eval_fraction": eval_fraction, "max_examples": max_examples,
                "max_eval": max_eval, "beams": beams, "synth_if_empty": synth_if_empty,
-               "mask_values": mask_values}
+               "mask_values": mask_values, "max_copies": max_copies,
+               "link_columns": link_columns}
     if tokenizer is not None:
         options["tokenizer"] = tokenizer
     if d_model:
@@ -76,9 +84,9 @@ def train_text2sql(base_model: str, tokenizer: str | None, d_model: int, layers:
               help="weight of the KL term (1 - alpha: cross-entropy on the gold SQL)")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=2.0,
               show_default=True, help="softens both distributions in the KL term")
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--learning-rate", type=float, default=3e-3, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--learning-rate", type=float, default=1e-3, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--max-eval", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--beams", type=click.IntRange(min=1, max=16), default=4, show_default=True)

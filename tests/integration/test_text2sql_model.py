@@ -61,9 +61,9 @@ def worker(env, tmp_path_factory):
     (artifacts / "worker-t2s-training.log").write_text(proc.log(), "utf-8")
 
 
-def _call(env, kwargs: dict) -> str:
+def _call(env, kwargs: dict, task: str = "train_text2sql") -> str:
     called = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "workers", "call", "train_text2sql",
+        [sys.executable, "-m", "celery", "-A", "workers", "call", task,
          "--kwargs", json.dumps(kwargs)], env=env, cwd=ROOT, capture_output=True, text=True,
         timeout=60)
     assert called.returncode == 0, called.stderr
@@ -107,6 +107,26 @@ def test_a_tiny_model_trains_on_the_training_queue_and_is_registered(trained, sh
     assert shop.execute("SELECT count(*) FROM text2sql_examples").fetchone()[0] == 0
     assert (trained["artifacts"]["loss_curve"] or "").endswith("loss.png")
     assert json.loads((ROOT / artifact / "config.json").read_text())["d_model"] == 32
+
+
+#: small and short enough for two shared CPU cores, large enough to learn the templates
+SMALL = {"d_model": 64, "layers": 2, "epochs": 60, "learning_rate": 2e-3, "batch_size": 16,
+         "max_eval": 120, "beams": 2, "seed": 7}
+
+
+@pytest.mark.timeout(900)
+def test_a_small_model_answers_held_out_questions_of_its_templates(env, worker, shop):
+    """The accuracy the feature exists for, at test scale: trained from scratch on the
+    synthesized set, through the training queue, measured on held-out examples (SQL never
+    seen, values masked) by execution accuracy."""
+    run = _final_run(shop, _call(env, SMALL), timeout_s=800)
+    assert run["status"] == "succeeded", run["error"]
+    metrics = shop.execute("SELECT metrics FROM model_versions WHERE id = %s",
+                           (run["version_id"],)).fetchone()[0]
+    held = metrics["held_out"]
+    assert held["examples"] == 120
+    assert held["execution_accuracy_guided"] >= 0.8, held
+    assert metrics["options"]["mask_values"] is True
 
 
 def test_garbage_beams_give_no_sql_and_every_reason(trained, shop, env):
@@ -172,3 +192,113 @@ def test_a_missing_base_model_and_bad_arguments_fail_clearly(env, worker, shop):
     assert usage.returncode == 2 and "not both" in usage.stderr
     none = run_cli("sql", "how many orders?", "--version", "v999", env=env)
     assert none.returncode == 1 and "no text2sql version 'v999'" in none.stderr
+
+
+# ------------------------------------------------------------------------- distillation
+def test_a_student_is_distilled_from_the_trained_version(trained, shop, env, worker):
+    assert trained["status"] == "succeeded", trained["error"]
+    run = _final_run(shop, _call(env, {"from_version": str(trained["version_id"]),
+                                       "d_model": 16, "epochs": 1, "max_examples": 64,
+                                       "max_eval": 4, "beams": 2, "synth_per_template": 4,
+                                       "synth_phrasings": 1, "synth_rounds": 1},
+                                 task="distill_text2sql"))
+    assert run["status"] == "succeeded", (run["error"], worker.log()[-3000:])
+    parent, metrics, artifact = shop.execute(
+        "SELECT parent_id, metrics, artifact FROM model_versions WHERE id = %s",
+        (run["version_id"],)).fetchone()
+    assert parent == trained["version_id"]
+    compared = metrics["compared"]
+    assert compared["parameters_ratio"] < 1 and compared["questions_per_s"]["student"] > 0
+    assert metrics["teacher_held_out"]["examples"] == metrics["held_out"]["examples"] == 4
+    assert metrics["options"]["alpha"] == 0.5 and metrics["options"]["temperature"] == 2.0
+    config = json.loads((ROOT / artifact / "config.json").read_text())
+    assert config["d_model"] == 16 and config["num_layers"] == 1
+    bad = _final_run(shop, _call(env, {"from_version": "v999"}, task="distill_text2sql"))
+    assert bad["status"] == "failed" and "no text2sql version 'v999'" in bad["error"]
+
+
+# ------------------------------------------------------------------------- A/B routing
+def test_requests_follow_the_split_sticky_per_key_and_are_logged(trained, shop, env):
+    from workers.text2sql.generate import route
+
+    name = shop.execute("SELECT name FROM model_versions WHERE id = %s",
+                        (trained["version_id"],)).fetchone()[0]
+    versions = [r[0] for r in shop.execute(
+        "SELECT version FROM model_versions WHERE name = %s AND kind = 'text2sql' "
+        "ORDER BY id", (name,))]
+    assert len(versions) >= 2  # the trained one and the distilled student
+    first, second = versions[0], versions[1]
+    split = run_cli("ab", "set", name, f"{first}=50", f"{second}=50", env=env)
+    assert split.returncode == 0, split.stderr
+    try:
+        chosen = {route(shop, key=f"user-{i}").version for i in range(40)}
+        assert chosen == {first, second}  # both serve
+        assert len({route(shop, key="user-7").version for _ in range(10)}) == 1  # sticky
+        answers = [json.loads(run_cli("sql", "how many orders are paid?", "--key", "user-7",
+                                      "--beams", "2", "--json", env=env,
+                                      timeout_s=120).stdout) for _ in range(2)]
+        assert answers[0]["version"] == answers[1]["version"] == \
+            f"{name}@{route(shop, key='user-7').version}"
+        logged = shop.execute("SELECT version_id FROM inference_logs WHERE id = ANY(%s)",
+                              ([a["log_id"] for a in answers],)).fetchall()
+        assert {r[0] for r in logged} == {answers[0]["version_id"]}
+        report = json.loads(run_cli("ab", "status", name, "--json", env=env).stdout)
+        assert report["kind"] == "text2sql"
+        served = {v["version"]: v for v in report["versions"]}
+        assert served[route(shop, key="user-7").version]["requests"] >= 2
+        promoted = run_cli("ab", "promote", name, second, env=env)
+        assert promoted.returncode == 0, promoted.stderr
+        assert {route(shop, key=f"user-{i}").version for i in range(20)} == {second}
+        assert run_cli("ab", "rollback", name, env=env).returncode == 0
+        assert {route(shop, key=f"user-{i}").version for i in range(40)} == {first, second}
+    finally:
+        shop.execute("UPDATE model_versions SET active = false, traffic_percent = 0 "
+                     "WHERE name = %s", (name,))
+
+
+# ------------------------------------------------------------------------- the benchmark
+def test_bench_text2sql_scores_a_version_and_the_references_on_defog(trained, env):
+    gold = run_cli("bench", "text2sql", "--reference", "gold", "--limit", "12", "--json",
+                   env=env, timeout_s=180)
+    assert gold.returncode == 0, gold.stderr
+    report = json.loads(gold.stdout)
+    assert (report["scored"], report["correct"], report["accuracy"]) == (12, 12, 1.0)
+    select1 = json.loads(run_cli("bench", "text2sql", "--reference", "select1", "--limit",
+                                 "12", "--json", env=env, timeout_s=180).stdout)
+    assert select1["scored"] == 12 and select1["accuracy"] < 0.2
+
+    model = run_cli("bench", "text2sql", "--version", str(trained["version_id"]), "--beams",
+                    "2", "--limit", "6", "--json", env=env, timeout_s=300)
+    assert model.returncode == 0, model.stderr
+    scored = json.loads(model.stdout)
+    assert scored["model"].startswith("text2sql@v") and scored["scored"] == 6
+    assert 0 <= scored["accuracy"] <= 1 and set(scored["by_database"]) == {"academic"}
+
+
+def test_two_runs_ending_at_once_get_two_versions(shop, services, tmp_path, monkeypatch):
+    """The label is taken at registration: a run that finds its label taken by another run
+    meanwhile takes the next one, and each run's files are its own."""
+    from workers.settings import Settings
+    from workers.text2sql import model
+    from workers.training import text2sql as job
+
+    taken = shop.execute(
+        "INSERT INTO model_versions (name, version, kind, format, artifact, status, active, "
+        "traffic_percent) VALUES ('race', 'v1', 'text2sql', 'torch', '/nowhere', 'ready', "
+        "false, 0) RETURNING id").fetchone()[0]
+    labels = iter(["v1", "v2"])  # the first as if computed just before the other run's insert
+    monkeypatch.setattr(job, "_version_label", lambda conn, name: next(labels))
+
+    class FakeRun:
+        id = 999_001
+
+    seq = model.build(config={"d_model": 16, "d_kv": 4, "d_ff": 32, "num_layers": 1,
+                              "num_decoder_layers": 1, "num_heads": 4}, seed=1)
+    result = job.save_and_register(
+        shop, Settings(home=tmp_path), FakeRun(), seq, task="train_text2sql", name="race",
+        losses=[1.0, 0.5], metrics={"held_out": {"execution_accuracy": 0.0,
+                                                 "execution_accuracy_guided": 0.0}})
+    assert result["version"] == "v2" and result["version_id"] != taken
+    assert result["artifact"].endswith("race-run999001")
+    assert (tmp_path / "models" / "race-run999001" / "config.json").is_file()
+    shop.execute("DELETE FROM model_versions WHERE name = 'race'")

@@ -43,6 +43,8 @@ def test_defaults_fill_every_option():
     ({"max_examples": -1}, "max_examples must not be negative"),
     ({"d_model": 100}, "d_model must be a multiple of 8"),
     ({"name": "  "}, "name must not be empty"),
+    ({"max_copies": 0}, "max_copies must be at least 1, not 0"),
+    ({"mask_values": "no"}, "option mask_values must be bool, not str"),
     ({"tokenizer": "words"}, "tokenizer must be one of ['bpe', 'bytes'], not 'words'"),
     ({"base_model": "t5-small", "layers": 2}, "cannot change base_model"),
 ])

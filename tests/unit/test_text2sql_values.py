@@ -147,3 +147,40 @@ def test_bad_distillation_options_are_named(given, message):
     with pytest.raises(PgfleetError, match="^distill_text2sql: ") as info:
         validate_options(given)
     assert message in str(info.value)
+
+
+# ------------------------------------------------------------------------- column linking
+def test_the_columns_a_question_names_are_listed_in_its_order():
+    from workers.text2sql.inputs import mentioned_columns, prepare
+    from workers.text2sql.schema_text import Column, Schema, Table
+
+    schema = Schema([
+        Table("public", "customers", [Column("id", "integer"), Column("city", "text"),
+                                      Column("signup_date", "date")]),
+        Table("public", "orders", [Column("id", "integer"), Column("amount", "numeric")]),
+    ])
+    assert mentioned_columns("show the signup date and city of every customer", schema,
+                             ["customers"]) == "* customers.signup_date , customers.city"
+    assert mentioned_columns("how many customers?", schema, ["customers"]) == ""
+    # only the tables the question is about
+    assert mentioned_columns("city and amount", schema, ["orders"]) == "* orders.amount"
+    prepared = prepare("customers in city @x with signup_date after 2024-01-01", schema,
+                       link_columns=True)
+    assert prepared.input == ("customers in city @x with signup_date after @0 | "
+                              "* customers.city , customers.signup_date | "
+                              "customers : id , city , signup_date")
+    assert prepare("customers", schema).input == "customers | customers : id , city , signup_date"
+
+
+def test_a_saved_model_remembers_how_it_reads(tmp_path):
+    pytest.importorskip("torch")
+    from workers.text2sql import model
+
+    seq = model.build(config={"d_model": 16, "d_kv": 4, "d_ff": 32, "num_layers": 1,
+                              "num_decoder_layers": 1, "num_heads": 4})
+    seq.mask_values, seq.link_columns = True, True
+    model.save(seq, tmp_path / "m")
+    loaded = model.load(str(tmp_path / "m"))
+    assert (loaded.mask_values, loaded.link_columns) == (True, True)
+    (tmp_path / "m" / model.SETTINGS_FILE).unlink()  # a model saved before these existed
+    assert (model.load(str(tmp_path / "m")).mask_values,) == (False,)

@@ -201,7 +201,8 @@ def generate_sql(conn: psycopg.Connection, question: str, *, version: str | int 
         spec = route(conn, version, key)
         model = _loaded(spec.artifact)
     prepared = prepare(question, introspect(conn), conn,
-                       mask_values=getattr(model, "mask_values", False))
+                       mask_values=getattr(model, "mask_values", False),
+                       link_columns=getattr(model, "link_columns", False))
     candidates = generate(model, [prepared.input], beams=beams)[0]
     choice = choose(candidates, lambda sql: check_sql(sql, conn),
                     lambda text: unmask_sql(text, prepared.values))

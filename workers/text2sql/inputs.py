@@ -54,15 +54,35 @@ class Prepared:
     values: list[Value] = field(default_factory=list)
 
 
+def mentioned_columns(question: str, schema: Schema, tables: list[str]) -> str:
+    """``* table.col , table.col`` for the columns of ``tables`` the question names (their
+    words, "signup date" for ``signup_date``), in the order it names them; empty if none.
+    Naming them apart from the schema is schema linking: the model copies a marked column
+    rather than recalling which one a phrase meant."""
+    text = " ".join(question.lower().replace("_", " ").split())
+    wanted = {name.lower() for name in tables}
+    found: list[tuple[int, str]] = []
+    for table in schema.tables:
+        if table.qualified.lower() not in wanted:
+            continue
+        for column in table.columns:
+            match = re.search(rf"\b{re.escape(words(column.name))}\b", text)
+            if match:
+                found.append((match.start(), f"{table.qualified}.{column.name}"))
+    return "* " + " , ".join(name for _, name in sorted(found)) if found else ""
+
+
 def prepare(question: str, schema: Schema, conn: psycopg.Connection | None = None, *,
-            mask_values: bool = True) -> Prepared:
+            mask_values: bool = True, link_columns: bool = False) -> Prepared:
     """The model's input for ``question``. With ``mask_values`` the values are masked: the
     ones of the database (looked up through ``conn``, autocommit) and the quoted text, dates
-    and numbers; the database's values are named with the columns that hold them."""
+    and numbers; the database's values are named with the columns that hold them. With
+    ``link_columns`` the columns the question names are listed (:func:`mentioned_columns`)."""
     tables = relevant_tables(question, schema)
     if not mask_values:
         return Prepared(model_input(question, schema, tables))
     known = database_values(conn, schema, tables, question) if conn is not None else {}
     masked = mask(question, known)
-    parts = [masked.question, masked.hints, serialize(schema, tables)]
+    linked = mentioned_columns(masked.question, schema, tables) if link_columns else ""
+    parts = [masked.question, masked.hints, linked, serialize(schema, tables)]
     return Prepared(TABLE_SEP.join(p for p in parts if p), masked.values)

@@ -21,9 +21,10 @@ from workers.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
-#: a T5 small enough to train on two CPU cores (about 3.5 M parameters)
+#: a T5 small enough to train on two CPU cores (about 1.3 M parameters with the BPE
+#: vocabulary); measured against wider ones in docs/text2sql.md
 SCRATCH_CONFIG: dict[str, Any] = {
-    "d_model": 256, "d_kv": 64, "d_ff": 768, "num_layers": 3, "num_decoder_layers": 3,
+    "d_model": 128, "d_kv": 32, "d_ff": 384, "num_layers": 3, "num_decoder_layers": 3,
     "num_heads": 4, "dropout_rate": 0.1, "relative_attention_num_buckets": 32,
     "relative_attention_max_distance": 128, "feed_forward_proj": "relu",
 }
@@ -40,6 +41,8 @@ class Seq2Seq:
     source: str      # "scratch" or what base_model named
     #: whether the model reads questions with their values masked (workers.text2sql.values)
     mask_values: bool = False
+    #: whether it reads the columns the question names, listed (workers.text2sql.inputs)
+    link_columns: bool = False
 
 
 def scratch_tokenizer():
@@ -118,18 +121,19 @@ def load(path_or_id: str) -> Seq2Seq:
         raise ModelLoadError(f"base model {path_or_id!r} is not an encoder-decoder "
                              f"({model.config.model_type}); text-to-SQL needs one, e.g. T5")
     model.eval()
-    mask_values = False
+    saved: dict[str, Any] = {}
     if looks_local and (local / SETTINGS_FILE).is_file():
-        mask_values = bool(json.loads((local / SETTINGS_FILE).read_text("utf-8"))
-                           .get("mask_values", False))
-    return Seq2Seq(model, tokenizer, path_or_id, mask_values)
+        saved = json.loads((local / SETTINGS_FILE).read_text("utf-8"))
+    return Seq2Seq(model, tokenizer, path_or_id, bool(saved.get("mask_values", False)),
+                   bool(saved.get("link_columns", False)))
 
 
 def save(seq: Seq2Seq, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     seq.model.save_pretrained(str(directory))
     seq.tokenizer.save_pretrained(str(directory))
-    (directory / SETTINGS_FILE).write_text(json.dumps({"mask_values": seq.mask_values}), "utf-8")
+    (directory / SETTINGS_FILE).write_text(json.dumps({"mask_values": seq.mask_values,
+                                                       "link_columns": seq.link_columns}), "utf-8")
 
 
 def parameters(seq: Seq2Seq) -> int:

@@ -383,9 +383,10 @@ def date_between(ctx: Context, t: TableInfo) -> Iterator[Candidate]:
                 query = ctx.render("SELECT * FROM {t} WHERE {c} BETWEEN {a} AND {b}",
                                    t=ctx.table(t.table), c=ctx.col(c.name),
                                    a=literal(first), b=literal(last))
-            else:  # a timestamp: all of the last day counts. The day after is written
-                # as arithmetic on the question's date, which a model can copy, not compute
-                query = ctx.render("SELECT * FROM {t} WHERE {c} >= {a} AND {c} < DATE {b} + 1",
+            else:  # a timestamp: all of the last day counts. Its day is compared, so the
+                # query has the shape of the date column's and copies the question's dates
+                # (no day after to compute); an index on the column is not used by it
+                query = ctx.render("SELECT * FROM {t} WHERE {c}::date BETWEEN {a} AND {b}",
                                    t=ctx.table(t.table), c=ctx.col(c.name),
                                    a=literal(first), b=literal(last))
             yield Candidate(query, _dated(t, c, "between", f"{first} and {last}"))

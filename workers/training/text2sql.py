@@ -23,6 +23,7 @@ import math
 import random
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,18 +40,20 @@ logger = logging.getLogger(__name__)
 
 #: name -> (type, default)
 OPTIONS: dict[str, tuple[type, Any]] = {
-    "base_model": (str, ""), "name": (str, "text2sql"), "epochs": (int, 30),
-    "batch_size": (int, 32), "learning_rate": (float, 3e-3), "warmup_ratio": (float, 0.05),
+    "base_model": (str, ""), "name": (str, "text2sql"), "epochs": (int, 40),
+    "batch_size": (int, 16), "learning_rate": (float, 1e-3), "warmup_ratio": (float, 0.05),
     "seed": (int, 42), "eval_fraction": (float, 0.2), "max_examples": (int, 0),
     "max_eval": (int, 200), "beams": (int, 4), "synth_if_empty": (bool, True),
     "synth_per_template": (int, 200), "synth_phrasings": (int, 4), "synth_rounds": (int, 4),
     "d_model": (int, 0), "layers": (int, 0), "tokenizer": (str, "bpe"),
-    "mask_values": (bool, True),
+    "mask_values": (bool, True), "max_copies": (int, 4),
+    "link_columns": (bool, True),
 }
 TOKENIZERS = ("bpe", "bytes")
 #: the size of a BPE vocabulary trained on the examples (smaller when they hold fewer pieces)
 BPE_VOCAB = 1000
 EVAL_TIMEOUT_MS = 5000
+REGISTER_ATTEMPTS = 5
 EVAL_ROW_CAP = 2000
 
 
@@ -81,7 +84,7 @@ def typed_options(task: str, given: dict[str, Any], spec: dict[str, tuple[type, 
 
 def _check_ranges(task: str, options: dict[str, Any]) -> None:
     for name in ("epochs", "batch_size", "beams", "max_eval", "synth_per_template",
-                 "synth_phrasings", "synth_rounds"):
+                 "synth_phrasings", "synth_rounds", "max_copies"):
         if options[name] < 1:
             raise PgfleetError(f"{task}: {name} must be at least 1, not {options[name]}")
     for name in ("max_examples", "d_model", "layers"):
@@ -170,14 +173,23 @@ def make_pairs(rows: list[tuple[str, str, str | None]], schema, options: dict[st
         rows = rows[:options["max_examples"]]
     pairs = []
     for question, sql, template in rows:
-        prepared = prepare(question, schema, conn, mask_values=options["mask_values"])
+        prepared = prepare(question, schema, conn, mask_values=options["mask_values"],
+                           link_columns=options["link_columns"])
         target = mask_sql(sql, prepared.values) if options["mask_values"] else sql
         pairs.append(Pair(question, sql, template, prepared.input, target,
                           tuple(prepared.values)))
     train = [p for p in pairs if not held_out(p.sql, options["eval_fraction"])]
     held = [p for p in pairs if held_out(p.sql, options["eval_fraction"])]
-    # with values masked, many questions read the same: train on each reading once
-    train = list({p.shape: p for p in train}.values())
+    # with values masked, many questions read the same: at most max_copies of each reading,
+    # so that frequent readings are not drilled at the expense of rare ones, and a reading
+    # with many values (a date range of every table) still weighs more than a one-off
+    copies: Counter = Counter()
+    kept = []
+    for pair in train:
+        copies[pair.shape] += 1
+        if copies[pair.shape] <= options["max_copies"]:
+            kept.append(pair)
+    train = kept
     if not train or not held:
         raise PgfleetError(f"{len(pairs)} example(s) leave {len(train)} to train on and "
                            f"{len(held)} to evaluate: give more examples or another "
@@ -402,17 +414,27 @@ def save_and_register(conn: psycopg.Connection, settings: Settings, run: Run, se
     version of ``name``; the task's result."""
     from workers.text2sql import model as t2s_model
 
-    version = _version_label(conn, name)
-    directory = (models_dir(settings) / f"{name}-{version}").resolve()
+    # the directory is the run's (two runs may end at once); the label is taken at
+    # registration, the next free one if another run took it first
+    directory = (models_dir(settings) / f"{name}-run{run.id}").resolve()
     if directory.exists():
         shutil.rmtree(directory)
     t2s_model.save(seq, directory)
     curve = save_loss_curve(losses, directory / "loss.png", f"{task} run {run.id}")
     metrics = {"task": task, "run_id": run.id, **metrics,
                "final_loss": round(losses[-1], 5) if losses else None}
-    version_id = register(conn, name=name, version=version, artifact=str(directory),
-                          max_seq_length=t2s_model.MAX_INPUT_TOKENS, metrics=metrics,
-                          parent_id=parent_id)
+    for attempt in range(REGISTER_ATTEMPTS):
+        version = _version_label(conn, name)
+        try:
+            version_id = register(conn, name=name, version=version, artifact=str(directory),
+                                  max_seq_length=t2s_model.MAX_INPUT_TOKENS, metrics=metrics,
+                                  parent_id=parent_id)
+            break
+        except psycopg.errors.UniqueViolation:
+            if attempt == REGISTER_ATTEMPTS - 1:
+                raise
+            logger.info("%s@%s was registered by another run meanwhile; taking the next",
+                        name, version)
     held = metrics["held_out"]
     logger.info("%s: text2sql %s@%s, held-out execution accuracy %.3f (guided %.3f)", task,
                 name, version, held["execution_accuracy"], held["execution_accuracy_guided"])
@@ -452,7 +474,7 @@ def train_text2sql(conn: psycopg.Connection, settings: Settings, run: Run,
                                                 [p.target for p in train], BPE_VOCAB)
         seq = t2s_model.build(config=_scratch_config(options), seed=options["seed"],
                               tokenizer=tokenizer)
-    seq.mask_values = options["mask_values"]
+    seq.mask_values, seq.link_columns = options["mask_values"], options["link_columns"]
     set_max_new_tokens(seq, train)
     run.check_cancelled()
 
@@ -470,6 +492,6 @@ def train_text2sql(conn: psycopg.Connection, settings: Settings, run: Run,
         "vocabulary": len(seq.tokenizer),
         "parameters": t2s_model.parameters(seq),
         "examples": {"source": source, "train": len(train), "held_out": len(held),
-                     "split": "stable hash of the SQL"},
+                     "distinct_readings": len(seen), "split": "stable hash of the SQL"},
         "held_out": held_metrics, "options": options,
         "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1)})

@@ -42,7 +42,7 @@ OPTIONS: dict[str, tuple[type, Any]] = {
     **{k: TRAIN_OPTIONS[k] for k in (
         "epochs", "batch_size", "learning_rate", "warmup_ratio", "seed", "eval_fraction",
         "max_examples", "max_eval", "beams", "synth_if_empty", "synth_per_template",
-        "synth_phrasings", "synth_rounds")},
+        "synth_phrasings", "synth_rounds", "max_copies")},
 }
 SPEED_SAMPLE = 64
 
@@ -54,7 +54,7 @@ def validate_options(given: dict[str, Any]) -> dict[str, Any]:
         raise PgfleetError(f"{task}: from_version is required: the text2sql version to "
                            "distill (id, v2 or name@v2)")
     for name in ("epochs", "batch_size", "beams", "max_eval", "synth_per_template",
-                 "synth_phrasings", "synth_rounds"):
+                 "synth_phrasings", "synth_rounds", "max_copies"):
         if options[name] < 1:
             raise PgfleetError(f"{task}: {name} must be at least 1, not {options[name]}")
     for name in ("d_model", "layers", "max_examples"):
@@ -115,11 +115,12 @@ def distill_text2sql(conn: psycopg.Connection, settings: Settings, run: Run,
     spec = find_version(conn, options["from_version"])
     teacher = t2s_model.load(spec.artifact)
     teacher.model.eval()
-    options["mask_values"] = teacher.mask_values  # the student reads as the teacher does
+    # the student reads as the teacher does
+    options["mask_values"], options["link_columns"] = teacher.mask_values, teacher.link_columns
     train, held, seen, source = examples_for(conn, run, options)
     config = student_config(teacher.model.config, options["d_model"], options["layers"])
     student = t2s_model.build(config=config, seed=options["seed"], tokenizer=teacher.tokenizer)
-    student.mask_values = teacher.mask_values
+    student.mask_values, student.link_columns = teacher.mask_values, teacher.link_columns
     set_max_new_tokens(student, train)
     run.check_cancelled()
 
