@@ -26,7 +26,11 @@ class SplitError(PgfleetError):
 def _versions(conn: psycopg.Connection, name: str, *, lock: bool = False) -> list[dict]:
     rows = conn.execute(
         "SELECT id, version, active, traffic_percent, status, kind, dimensions "
-        "FROM model_versions WHERE name = %s ORDER BY id" + (" FOR UPDATE" if lock else ""),
+        "FROM model_versions WHERE name = %s ORDER BY id"
+        # NO KEY: a worker's write of vectors checks its foreign key to the version row
+        # (FOR KEY SHARE); FOR UPDATE would block it while this transaction waits for that
+        # write to build the new version's index: a deadlock
+        + (" FOR NO KEY UPDATE" if lock else ""),
         (name,)).fetchall()
     if not rows:
         raise UnknownModelVersion(f"no model named {name!r}")
@@ -101,7 +105,7 @@ def rollback(conn: psycopg.Connection, name: str) -> dict[str, Any]:
 def retire(conn: psycopg.Connection, name: str, version: str) -> None:
     with conn.transaction():
         row = conn.execute("SELECT traffic_percent FROM model_versions WHERE name = %s AND "
-                           "version = %s FOR UPDATE", (name, version)).fetchone()
+                           "version = %s FOR NO KEY UPDATE", (name, version)).fetchone()
         if row is None:
             raise UnknownModelVersion(f"no version {name}@{version}")
         if row[0] > 0:

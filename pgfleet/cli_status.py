@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import time
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -53,32 +56,47 @@ def status(watch: bool, interval_s: float, as_json: bool) -> None:
             _watch_live(lambda: gather(workers), interval_s)
 
 
-def _watch_json(gather, interval_s: float) -> None:
+@contextlib.contextmanager
+def _until_interrupted() -> Iterator[threading.Event]:
+    """An event set by Ctrl-C or SIGTERM. The first signal ends the loop between two
+    refreshes (never inside a query or a broadcast, which a KeyboardInterrupt could leave
+    half done and hang on); a second one interrupts at once."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while True:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _watch_json(gather, interval_s: float) -> None:
+    with _until_interrupted() as stop:
+        while not stop.is_set():
             click.echo(json.dumps(gather()))
-            time.sleep(interval_s)
-    except KeyboardInterrupt:
-        pass
+            stop.wait(interval_s)
 
 
 def _watch_live(gather, interval_s: float) -> None:
     from rich.live import Live
 
     out = _console()
-    data = gather()
-    with Live(render(data), console=out, refresh_per_second=4) as live:
-        try:
-            while True:
-                time.sleep(interval_s)
+    with _until_interrupted() as stop:
+        data = gather()
+        with Live(render(data), console=out, refresh_per_second=4) as live:
+            while not stop.wait(interval_s):
                 try:
                     data = gather()
                     live.update(render(data))
                 except PgfleetError as exc:
                     # keep the last view; a server that restarts is back at the next refresh
                     live.update(render(data, problem=str(exc)))
-        except KeyboardInterrupt:
-            pass
 
 
 # ------------------------------------------------------------------------------ rendering

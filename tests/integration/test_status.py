@@ -97,7 +97,12 @@ def test_watch_refreshes_until_interrupted(env, state):
         lines = [json.loads(proc.stdout.readline()) for _ in range(3)]
     finally:
         os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # never leave it running into the next tests
+            proc.communicate()
+            raise
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert len({line["generated_at"] for line in lines}) >= 2
@@ -109,7 +114,12 @@ def test_watch_refreshes_until_interrupted(env, state):
     # off a terminal, rich's Live shows its last view when it stops
     time.sleep(3)
     os.killpg(live.pid, signal.SIGINT)
-    out, err = live.communicate(timeout=30)
+    try:
+        out, err = live.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        live.kill()
+        live.communicate()
+        raise
     assert live.returncode == 0, err
     assert "pgfleet status at" in out and "gpu@" in out and "Traceback" not in err
 

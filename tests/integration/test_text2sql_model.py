@@ -110,8 +110,7 @@ def test_a_tiny_model_trains_on_the_training_queue_and_is_registered(trained, sh
 
 
 #: small and short enough for two shared CPU cores, large enough to learn the templates
-SMALL = {"d_model": 64, "layers": 2, "epochs": 60, "learning_rate": 2e-3, "batch_size": 16,
-         "max_eval": 120, "beams": 2, "seed": 7}
+SMALL = {"d_model": 96, "layers": 2, "max_eval": 120, "beams": 2}
 
 
 @pytest.mark.timeout(900)
@@ -125,7 +124,7 @@ def test_a_small_model_answers_held_out_questions_of_its_templates(env, worker, 
                            (run["version_id"],)).fetchone()[0]
     held = metrics["held_out"]
     assert held["examples"] == 120
-    assert held["execution_accuracy_guided"] >= 0.8, held
+    assert held["execution_accuracy_guided"] >= 0.85, held
     assert metrics["options"]["mask_values"] is True
 
 

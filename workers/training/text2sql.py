@@ -404,7 +404,12 @@ def examples_for(conn: psycopg.Connection, run: Run, options: dict[str, Any]
     run.phase("reading the examples")
     rows, source = load_examples(conn, options)
     train, held = make_pairs(rows, schema=introspect(conn), options=options, conn=conn)
-    return train, held[:options["max_eval"]], {p.shape for p in train}, source
+    if len(held) > options["max_eval"]:
+        # a sample, not the first ones: examples come grouped by template
+        chosen = sorted(random.Random(options["seed"]).sample(range(len(held)),
+                                                              options["max_eval"]))
+        held = [held[i] for i in chosen]
+    return train, held, {p.shape for p in train}, source
 
 
 def save_and_register(conn: psycopg.Connection, settings: Settings, run: Run, seq, *,
