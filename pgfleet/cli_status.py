@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import signal
 import threading
 from collections.abc import Iterator
@@ -34,6 +35,9 @@ def status(watch: bool, interval_s: float, as_json: bool) -> None:
     last heartbeat), A/B splits, recent training runs and failures."""
     from pgfleet import context
     from pgfleet.status import WorkerWatch, collect
+
+    # the event listener's "Connected to redis://..." is not part of the dashboard
+    logging.getLogger("kombu").setLevel(logging.WARNING)
 
     conf = context.settings()
     redis_url = context.urls(conf).redis_url

@@ -9,6 +9,7 @@ from workers.text2sql import check_sql, run_readonly
 from workers.text2sql.policy import denied_function
 
 ACCEPTED = [
+    "SELECT * FROM orders WHERE EXISTS (SELECT FROM customers)",
     "SELECT 1",
     "SELECT 1;",
     "  select id, content from docs where id > 3 order by id limit 10 ;  ",
@@ -36,6 +37,8 @@ NOT_ALLOWED = "is not allowed: only read-only queries may run"
 CALL = "() is not allowed"
 
 REJECTED = [
+    ("SELECT", "The query selects no columns."),
+    ("SELECT FROM orders", "The query selects no columns."),
     ("", "empty"),
     (";", "empty"),
     ("SELECT FROM WHERE (", "could not be parsed"),

@@ -96,6 +96,10 @@ def tree_reasons(root: exp.Expression) -> list[str]:
         return [f"{kind[:1].upper()}{kind[1:]} is not allowed: only a read-only query (SELECT, a UNION, "
                 f"INTERSECT or EXCEPT of selects, or WITH over selects) may run."]
     reasons = []
+    top = _unwrap(root)
+    if isinstance(top, exp.Select) and not top.expressions:
+        # valid SQL (one row of no columns) but never an answer: a model's truncated beam
+        reasons.append("The query selects no columns.")
     for cte in root.find_all(exp.CTE):
         if not isinstance(_unwrap(cte.this), _QUERIES):
             reasons.append(f"The WITH query {cte.alias or '(unnamed)'} is {_kind(cte.this)}; "
