@@ -39,7 +39,7 @@ from workers.errors import PgfleetError
 from workers.settings import Settings
 from workers.training import pairs as pairs_mod
 from workers.training.jobs import _next_version, models_dir, register_version
-from workers.training.runs import Run, save_loss_curve
+from workers.training.runs import Run, optimizer_step, save_loss_curve
 from workers.versions import embedding_version
 
 logger = logging.getLogger(__name__)
@@ -219,15 +219,7 @@ def fit(run: Run, model, loss_fn, examples: list[Any],
                     continue
                 features, labels = make_batch(batch)
                 loss = loss_fn(features, labels)
-                if not torch.isfinite(loss):
-                    raise PgfleetError(f"the loss became {loss.item()} at step {step}; lower "
-                                       "the learning rate")
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-                losses.append(float(loss.item()))
+                losses.append(optimizer_step(loss, params, optimizer, scheduler, step))
                 run.progress(step, total, loss=losses[-1],
                              phase=f"{phase}, epoch {epoch + 1}/{epochs}")
     finally:

@@ -316,3 +316,19 @@ def _run_dir(result: dict[str, Any]):
     from pathlib import Path
 
     return Path(result.get("artifact") or ".")
+
+
+def optimizer_step(loss, params, optimizer, scheduler, step: int) -> float:
+    """One step of a training loop: a clear error when the loss is no longer finite, else
+    backward, gradients clipped at 1.0, the optimizer's and the schedule's step; the loss."""
+    import torch
+
+    if not torch.isfinite(loss):
+        raise PgfleetError(f"the loss became {loss.item()} at step {step}; lower the "
+                           "learning rate")
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+    return float(loss.item())

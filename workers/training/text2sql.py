@@ -34,7 +34,7 @@ import schema as sql_files
 from workers.errors import PgfleetError
 from workers.settings import Settings
 from workers.training.jobs import models_dir
-from workers.training.runs import Run, save_loss_curve
+from workers.training.runs import Run, optimizer_step, save_loss_curve
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ def typed_options(task: str, given: dict[str, Any], spec: dict[str, tuple[type, 
     return options
 
 
-def _check_ranges(task: str, options: dict[str, Any]) -> None:
+def check_shared_ranges(task: str, options: dict[str, Any]) -> None:
+    """The ranges of the options that training and distillation share."""
     for name in ("epochs", "batch_size", "beams", "max_eval", "synth_per_template",
                  "synth_phrasings", "synth_rounds", "max_copies"):
         if options[name] < 1:
@@ -90,7 +91,7 @@ def _check_ranges(task: str, options: dict[str, Any]) -> None:
     for name in ("max_examples", "d_model", "layers"):
         if options[name] < 0:
             raise PgfleetError(f"{task}: {name} must not be negative, not {options[name]}")
-    if options["d_model"] and options["d_model"] % 8:
+    if options["d_model"] % 8:
         raise PgfleetError(f"{task}: d_model must be a multiple of 8, not {options['d_model']}")
     if not 0 < options["learning_rate"] < 1:
         raise PgfleetError(f"{task}: learning_rate must be between 0 and 1")
@@ -98,6 +99,10 @@ def _check_ranges(task: str, options: dict[str, Any]) -> None:
         raise PgfleetError(f"{task}: warmup_ratio must be in [0, 1)")
     if not 0 < options["eval_fraction"] < 1:
         raise PgfleetError(f"{task}: eval_fraction must be between 0 and 1")
+
+
+def _check_ranges(task: str, options: dict[str, Any]) -> None:
+    check_shared_ranges(task, options)
     if not options["name"].strip():
         raise PgfleetError(f"{task}: name must not be empty")
     if options["tokenizer"] not in TOKENIZERS:
@@ -255,15 +260,7 @@ def fit(run: Run, seq, train: list[Pair], options: dict[str, Any], *,
                     loss = distillation_loss(out.logits, taught, features["labels"], loss,
                                              alpha=options["alpha"],
                                              temperature=options["temperature"])
-                if not torch.isfinite(loss):
-                    raise PgfleetError(f"the loss became {loss.item()} at step {step}; lower "
-                                       "the learning rate")
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-                losses.append(float(loss.item()))
+                losses.append(optimizer_step(loss, params, optimizer, scheduler, step))
                 run.progress(step, total, loss=losses[-1],
                              phase=f"training, epoch {epoch + 1}/{epochs}")
     finally:

@@ -27,6 +27,7 @@ from workers.training.text2sql import (
     OPTIONS as TRAIN_OPTIONS,
 )
 from workers.training.text2sql import (
+    check_shared_ranges,
     evaluate,
     examples_for,
     fit,
@@ -53,26 +54,12 @@ def validate_options(given: dict[str, Any]) -> dict[str, Any]:
     if not options["from_version"].strip():
         raise PgfleetError(f"{task}: from_version is required: the text2sql version to "
                            "distill (id, v2 or name@v2)")
-    for name in ("epochs", "batch_size", "beams", "max_eval", "synth_per_template",
-                 "synth_phrasings", "synth_rounds", "max_copies"):
-        if options[name] < 1:
-            raise PgfleetError(f"{task}: {name} must be at least 1, not {options[name]}")
-    for name in ("d_model", "layers", "max_examples"):
-        if options[name] < 0:
-            raise PgfleetError(f"{task}: {name} must not be negative, not {options[name]}")
-    if options["d_model"] % 8:
-        raise PgfleetError(f"{task}: d_model must be a multiple of 8, not {options['d_model']}")
+    check_shared_ranges(task, options)
     if not 0 <= options["alpha"] <= 1:
         raise PgfleetError(f"{task}: alpha must be between 0 and 1, not {options['alpha']}")
     if options["temperature"] <= 0:
         raise PgfleetError(f"{task}: temperature must be positive, not "
                            f"{options['temperature']}")
-    if not 0 < options["learning_rate"] < 1:
-        raise PgfleetError(f"{task}: learning_rate must be between 0 and 1")
-    if not 0 <= options["warmup_ratio"] < 1:
-        raise PgfleetError(f"{task}: warmup_ratio must be in [0, 1)")
-    if not 0 < options["eval_fraction"] < 1:
-        raise PgfleetError(f"{task}: eval_fraction must be between 0 and 1")
     return options
 
 
