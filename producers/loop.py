@@ -13,6 +13,7 @@ from producers.reconcile import (
     drop_retired,
     reap_stale_runs,
     reconcile_missing,
+    republish_lost_runs,
     requeue_stale,
 )
 from workers import db
@@ -56,6 +57,7 @@ class ProducerLoop:
         backlog = broker_backlog(self.redis_url, (QUEUE_GPU, QUEUE_CPU))
         requeue_stale(self.pool, self.settings.requeue_after_s, broker_busy=bool(backlog))
         reap_stale_runs(self.pool, self.settings.training_stale_s)
+        republish_lost_runs(self.pool, self.app, self.redis_url, self.settings.training_stale_s)
 
     def run_forever(self) -> None:
         next_requeue = next_reconcile = 0.0

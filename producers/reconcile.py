@@ -54,6 +54,60 @@ def reap_stale_runs(pool: ConnectionPool, stale_after_s: float) -> list[int]:
         return reap_stale(conn, stale_after_s)
 
 
+def queued_task_ids(redis_url: str, queue: str) -> set[str] | None:
+    """The Celery task ids of the messages ``queue`` holds in Redis (waiting in its lists,
+    one per priority, or delivered and not yet acknowledged); None when Redis cannot say."""
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        raw: list[bytes] = []
+        for key in client.scan_iter(match=f"{queue}*", count=100):
+            if client.type(key) == b"list":
+                raw += client.lrange(key, 0, -1)
+        unacked = [json.loads(v)[0] for v in client.hvals("unacked")]
+    except (redis.RedisError, ValueError) as exc:
+        logger.warning("cannot read the %s queue: %s", queue, exc)
+        return None
+    finally:
+        client.close()
+    ids = set()
+    for message in [json.loads(m) for m in raw] + unacked:
+        task_id = (message.get("headers") or {}).get("id") if isinstance(message, dict) else None
+        if task_id:
+            ids.add(task_id)
+    return ids
+
+
+def republish_lost_runs(pool: ConnectionPool, app, redis_url: str, lost_after_s: float) -> list[int]:
+    """Publish again the training runs still queued after ``lost_after_s`` whose message is
+    no longer in the broker (Redis restarted without its data, a queue purged). The same
+    task id is used; a run is claimed once, so a message that turns up twice trains once."""
+    from workers.queues import QUEUE_TRAINING
+
+    with db.pooled(pool) as conn:
+        rows = conn.execute(schema.query("queued_runs_older_than"),
+                            {"older_than_s": lost_after_s}).fetchall()
+    if not rows:
+        return []
+    present = queued_task_ids(redis_url, QUEUE_TRAINING)
+    if present is None:
+        return []
+    republished = []
+    for run_id, task, arguments, task_id in rows:
+        if task_id in present:
+            continue
+        app.send_task(task, kwargs={"run_id": run_id, **(arguments or {})}, task_id=task_id)
+        republished.append(run_id)
+    if republished:
+        logger.warning("training runs %s were queued for over %.0f s and their messages are no "
+                       "longer in the broker (Redis restarted empty?): published again",
+                       republished, lost_after_s)
+    return republished
+
+
 def broker_backlog(redis_url: str, queues: tuple[str, ...]) -> int | None:
     """Messages waiting in the embedding queues, or None when the broker cannot say."""
     import redis

@@ -531,3 +531,10 @@ GROUP BY version_id, reason;
 SELECT task, status, count(*) AS runs
 FROM training_runs
 GROUP BY task, status;
+
+-- name: queued_runs_older_than
+-- Training runs submitted (they have a task id) and still waiting after this long.
+SELECT id, task, arguments, celery_task_id FROM training_runs
+WHERE status = 'queued' AND celery_task_id IS NOT NULL
+  AND created_at < now() - make_interval(secs => %(older_than_s)s)
+ORDER BY id;
