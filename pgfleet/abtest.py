@@ -163,10 +163,8 @@ def report(conn: psycopg.Connection, name: str, since: dt.timedelta) -> dict[str
             "backfill_pending": backfill_pending(conn, v["id"]),
         })
     comparisons = []
-    serving = sorted((e for e in entries if e["traffic_percent"] > 0),
-                     key=lambda e: -e["traffic_percent"])
-    if serving:
-        control = serving[0]["version"]
+    control = _control(entries)
+    if control is not None:
         for entry in entries:
             candidate = entry["version"]
             if candidate == control or not samples[candidate][0]:
@@ -183,6 +181,13 @@ def report(conn: psycopg.Connection, name: str, since: dt.timedelta) -> dict[str
     return {"name": name, "since_s": since.total_seconds(), "versions": entries,
             "comparisons": comparisons}
 
+
+
+def _control(entries: list[dict[str, Any]]) -> str | None:
+    """The version the others are compared with: the one serving the most traffic."""
+    serving = sorted((e for e in entries if e["traffic_percent"] > 0),
+                     key=lambda e: -e["traffic_percent"])
+    return serving[0]["version"] if serving else None
 
 
 def _text2sql_report(conn: psycopg.Connection, name: str, versions: list[dict],
@@ -216,10 +221,8 @@ def _text2sql_report(conn: psycopg.Connection, name: str, versions: list[dict],
             "execution_accuracy_held_out": held.get("execution_accuracy_guided"),
         })
     comparisons = []
-    serving = sorted((e for e in entries if e["traffic_percent"] > 0),
-                     key=lambda e: -e["traffic_percent"])
-    if serving:
-        control = serving[0]["version"]
+    control = _control(entries)
+    if control is not None:
         for entry in entries:
             candidate = entry["version"]
             if candidate == control or len(latencies[candidate]) < 2 \

@@ -31,7 +31,7 @@ def model_predictor(database_url: str, version: str | None, beams: int,
                     stack: contextlib.ExitStack):
     """``predict(question, db_name, schema_text)`` with a text2sql version, and its label."""
     from workers import db
-    from workers.text2sql.generate import _loaded, choose, find_version
+    from workers.text2sql.generate import cached_model, choose, find_version
     from workers.text2sql.guard import check_sql
     from workers.text2sql.inputs import prepare
     from workers.text2sql.model import generate
@@ -40,7 +40,7 @@ def model_predictor(database_url: str, version: str | None, beams: int,
 
     with db.connect(database_url, autocommit=True) as conn:
         spec = find_version(conn, version)
-    model = _loaded(spec.artifact)
+    model = cached_model(spec.artifact)
     connect = defog.url_factory(database_url)
     conns: dict[str, Any] = {}
     schemas: dict[str, Any] = {}

@@ -143,7 +143,8 @@ def route(conn: psycopg.Connection, ref: str | int | None = None,
 
 
 @functools.lru_cache(maxsize=2)
-def _loaded(artifact: str):
+def cached_model(artifact: str):
+    """The model saved at ``artifact``, loaded once per process (two at most)."""
     from workers.text2sql.model import load
 
     return load(artifact)
@@ -199,7 +200,7 @@ def generate_sql(conn: psycopg.Connection, question: str, *, version: str | int 
     spec = None
     if model is None:
         spec = route(conn, version, key)
-        model = _loaded(spec.artifact)
+        model = cached_model(spec.artifact)
     prepared = prepare(question, introspect(conn), conn,
                        mask_values=getattr(model, "mask_values", False),
                        link_columns=getattr(model, "link_columns", False))

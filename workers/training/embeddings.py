@@ -38,7 +38,7 @@ from workers.engines.registry import resolve_artifact
 from workers.errors import PgfleetError
 from workers.settings import Settings
 from workers.training import pairs as pairs_mod
-from workers.training.jobs import _next_version, models_dir, register_version
+from workers.training.jobs import _next_version, models_dir, register_version, typed_options
 from workers.training.runs import Run, optimizer_step, save_loss_curve
 from workers.versions import embedding_version
 
@@ -68,20 +68,7 @@ DISTILL_OPTIONS: dict[str, tuple[type, Any]] = {
 def validate_options(task: str, given: dict[str, Any],
                      spec: dict[str, tuple[type, Any]]) -> dict[str, Any]:
     """The job's options with defaults filled in, or a clear error for each bad one."""
-    unknown = sorted(set(given) - set(spec))
-    if unknown:
-        raise PgfleetError(f"{task}: unknown option(s) {unknown}; known: {sorted(spec)}")
-    options: dict[str, Any] = {}
-    for name, (kind, default) in spec.items():
-        value = given.get(name, default)
-        if kind is str and isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)  # a version id
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise PgfleetError(f"{task}: option {name} must be {kind.__name__}, "
-                               f"not {type(value).__name__} ({value!r})")
-        options[name] = value
+    options = typed_options(task, given, spec, ids_as_str=True)
     _check_ranges(task, options)
     return options
 

@@ -33,7 +33,7 @@ from psycopg.types.json import Jsonb
 import schema as sql_files
 from workers.errors import PgfleetError
 from workers.settings import Settings
-from workers.training.jobs import models_dir
+from workers.training.jobs import models_dir, typed_options
 from workers.training.runs import Run, optimizer_step, save_loss_curve
 
 logger = logging.getLogger(__name__)
@@ -61,24 +61,6 @@ def validate_options(given: dict[str, Any]) -> dict[str, Any]:
     """The options with defaults filled in, or a clear error naming each bad one."""
     options = typed_options("train_text2sql", given, OPTIONS)
     _check_ranges("train_text2sql", options)
-    return options
-
-
-def typed_options(task: str, given: dict[str, Any], spec: dict[str, tuple[type, Any]]
-                  ) -> dict[str, Any]:
-    """``given`` with defaults from ``spec`` (name -> (type, default)), each of its type."""
-    unknown = sorted(set(given) - set(spec))
-    if unknown:
-        raise PgfleetError(f"{task}: unknown option(s) {unknown}; known: {sorted(spec)}")
-    options: dict[str, Any] = {}
-    for name, (kind, default) in spec.items():
-        value = given.get(name, default)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise PgfleetError(f"{task}: option {name} must be {kind.__name__}, "
-                               f"not {type(value).__name__} ({value!r})")
-        options[name] = value
     return options
 
 

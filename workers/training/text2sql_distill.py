@@ -22,6 +22,7 @@ import psycopg
 
 from workers.errors import PgfleetError
 from workers.settings import Settings
+from workers.training.jobs import typed_options
 from workers.training.runs import Run
 from workers.training.text2sql import (
     OPTIONS as TRAIN_OPTIONS,
@@ -33,7 +34,6 @@ from workers.training.text2sql import (
     fit,
     save_and_register,
     set_max_new_tokens,
-    typed_options,
 )
 
 #: name -> (type, default); the training options that apply, and the teacher's
