@@ -2,16 +2,19 @@
 
 Names carry their units. URLs: ``PGFLEET_DATABASE_URL`` and ``PGFLEET_REDIS_URL`` point at
 your own servers; when they are unset, the commands use the embedded servers that
-``pgfleet up`` started under ``PGFLEET_HOME`` (see :mod:`pgfleet.state`).
+``pgfleet up`` started under ``PGFLEET_HOME``. ``PGFLEET_READER_URL`` is the login that
+guarded (text-to-SQL) queries run as: a role with nothing but ``pgfleet_reader``'s rights
+(the embedded default creates one).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from workers.errors import ConfigurationError
 
@@ -22,6 +25,8 @@ PREFIX = "PGFLEET_"
 class Settings:
     database_url: str | None = None
     redis_url: str | None = None
+    # the session that guarded SQL runs in: a login role with only pgfleet_reader's rights
+    reader_url: str | None = None
     home: Path = Path(".pgfleet")
     # where produced models are written (shared storage when workers run on many machines)
     models_dir: Path | None = None
@@ -101,7 +106,7 @@ class Settings:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigurationError(
                 f"{PREFIX}DEVICE must be auto, cpu, cuda or cuda:N, not {self.device!r}")
-        for name in ("database_url", "redis_url"):
+        for name in ("database_url", "redis_url", "reader_url"):
             url = getattr(self, name)
             if url is not None:
                 check_url(name, url)
@@ -124,6 +129,7 @@ class Settings:
 _SCHEMES = {
     "database_url": ("postgresql", "postgres"),
     "redis_url": ("redis", "rediss", "redis+socket", "unix"),
+    "reader_url": ("postgresql", "postgres"),
 }
 
 
@@ -151,16 +157,38 @@ def _parse(name: str, kind: object, raw: str) -> object:
     return raw
 
 
+#: query parameters and keywords whose value is a secret
+SECRET_KEYS = frozenset({"password", "sslpassword", "pass", "passwd", "pwd", "secret", "token"})
+_KEYWORD_SECRET = re.compile(
+    r"\b(" + "|".join(sorted(SECRET_KEYS)) + r")(\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """The URL with any password replaced, for logs and messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` with every password replaced by ``***``, for logs and messages.
+
+    Passwords are often not percent-encoded, so the userinfo is everything up to the last
+    ``@`` of the URL (a ``/``, ``?`` or ``#`` in a password does not end it), and the value of
+    a ``password=`` (or similar) query parameter is hidden too; a keyword DSN
+    (``host=h password=p``) has its password keyword hidden. When in doubt, more is hidden."""
+    if not isinstance(url, str):
+        return "<not a url>"
+    scheme, sep, rest = url.partition("://")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+        return _KEYWORD_SECRET.sub(r"\1\2***", url)
+    at = rest.rfind("@")
+    if at >= 0:
+        user, colon, _password = rest[:at].partition(":")
+        rest = f"{user}:***@{rest[at + 1:]}" if colon else rest
+    base, qmark, query = rest.partition("?")
+    if qmark:
+        query, hash_, fragment = query.partition("#")
+        params = []
+        for param in query.split("&"):
+            key, eq, _value = param.partition("=")
+            secret = unquote_plus(key).strip().lower() in SECRET_KEYS
+            params.append(f"{key}=***" if eq and secret else param)
+        rest = f"{base}?{'&'.join(params)}{hash_}{fragment}"
+    return f"{scheme}://{rest}"
 
 
 STATE_FILE = "fleet.json"
@@ -171,13 +199,16 @@ class Urls:
     database_url: str
     redis_url: str
     embedded: bool
+    #: the login for guarded SQL (None: not configured; guarded SQL then refuses to run)
+    reader_url: str | None = None
 
 
 def resolve_urls(settings: Settings) -> Urls:
     """The servers to use: the configured URLs, else those of the fleet ``pgfleet up``
     started under ``PGFLEET_HOME``."""
     if settings.database_url and settings.redis_url:
-        return Urls(settings.database_url, settings.redis_url, embedded=False)
+        return Urls(settings.database_url, settings.redis_url, embedded=False,
+                    reader_url=settings.reader_url)
     state = read_state(settings.home)
     if state is None:
         missing = [n for n in ("DATABASE_URL", "REDIS_URL")
@@ -187,7 +218,8 @@ def resolve_urls(settings: Settings) -> Urls:
             f"running under {settings.home.resolve()}: set the URL(s), or start one with "
             "`pgfleet up`")
     return Urls(settings.database_url or state["database_url"],
-                settings.redis_url or state["redis_url"], embedded=True)
+                settings.redis_url or state["redis_url"], embedded=True,
+                reader_url=settings.reader_url or state.get("reader_url"))
 
 
 def read_state(home: Path) -> dict | None:

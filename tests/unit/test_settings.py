@@ -36,6 +36,35 @@ def test_secrets_are_redacted_from_messages():
     assert redact("redis://localhost:6379/0") == "redis://localhost:6379/0"
 
 
+@pytest.mark.parametrize("url, redacted", [
+    ("postgresql://u:hunter2@h:5432/db", "postgresql://u:***@h:5432/db"),
+    # unencoded characters that end a URL's authority, or start its query or fragment
+    ("postgresql://u:pa/ss@h:5432/db", "postgresql://u:***@h:5432/db"),
+    ("postgresql://u:pa?ss@h/db", "postgresql://u:***@h/db"),
+    ("postgresql://u:pa#ss@h/db", "postgresql://u:***@h/db"),
+    ("postgresql://u:p@ss@h/db", "postgresql://u:***@h/db"),
+    ("postgresql://u:%2Fp%40ss@h/db", "postgresql://u:***@h/db"),
+    ("redis://:r3d/is?#@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+    ("rediss://default:s3cret@redis:6380/1", "rediss://default:***@redis:6380/1"),
+    # a password as a query parameter, or a keyword DSN
+    ("postgresql://u@h/db?password=hunter2", "postgresql://u@h/db?password=***"),
+    ("postgresql:///db?host=h&user=u&Password=hunter2&sslmode=require",
+     "postgresql:///db?host=h&user=u&Password=***&sslmode=require"),
+    ("redis://h:6379/0?password=hunter2", "redis://h:6379/0?password=***"),
+    ("postgresql://h/db?sslpassword=hunter2#frag", "postgresql://h/db?sslpassword=***#frag"),
+    ("host=h user=u password=hunter2 dbname=d", "host=h user=u password=*** dbname=d"),
+    ("host=h password='hun ter2' dbname=d", "host=h password=*** dbname=d"),
+])
+def test_redact_hides_passwords_in_odd_places(url, redacted):
+    assert redact(url) == redacted
+
+
+def test_redact_keeps_urls_without_secrets_as_they_are():
+    for url in ("postgresql://u@h:5432/db", "redis+socket:///tmp/redis.sock",
+                "postgresql://h/db?sslmode=require&application_name=a@b"):
+        assert redact(url) == url
+
+
 def test_urls_come_from_env_or_from_a_running_fleet(tmp_path):
     with pytest.raises(ConfigurationError, match="pgfleet up"):
         resolve_urls(Settings(home=tmp_path))
