@@ -64,6 +64,28 @@ def migrate_url(url: str, wait_s: float = 30.0) -> None:
         logger.info("applied migrations: %s", ", ".join(result.applied))
 
 
+READER_ROLE = "pgfleet_reader"
+
+
+def enable_reader_login(admin_url: str, password: str) -> str:
+    """Let ``pgfleet_reader`` log in with ``password`` (SCRAM; only its hash is sent) and
+    return the URL of that login: the session that guarded SQL runs in, whose session user
+    has nothing but the reader's rights. Run after migrating (which creates the role)."""
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    from psycopg import sql
+
+    with db.connect(admin_url, autocommit=True, register=False) as conn:
+        secret = conn.pgconn.encrypt_password(password.encode(), READER_ROLE.encode(),
+                                              b"scram-sha-256").decode()
+        conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(
+            sql.Identifier(READER_ROLE), sql.Literal(secret)))
+    parts = urlsplit(admin_url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(
+        netloc=f"{READER_ROLE}:{quote(password, safe='')}@{host}"))
+
+
 def check_redis(url: str, timeout_s: float = 5.0) -> None:
     """Fail early, in one line, when the broker cannot be reached."""
     import redis

@@ -37,23 +37,29 @@ class Services:
     home: Path
     database_url: str
     redis_url: str
+    #: the login guarded SQL runs as (pgfleet_reader's rights only)
+    reader_url: str
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ, PGFLEET_DATABASE_URL=self.database_url,
-                   PGFLEET_REDIS_URL=self.redis_url, PGFLEET_HOME=str(self.home))
+                   PGFLEET_REDIS_URL=self.redis_url, PGFLEET_READER_URL=self.reader_url,
+                   PGFLEET_HOME=str(self.home))
         env.update(extra)
         return env
 
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory) -> Iterator[Services]:
-    from pgfleet.fleet import migrate_url, servers
+    import secrets
+
+    from pgfleet.fleet import enable_reader_login, migrate_url, servers
     from workers.settings import Settings
 
     home = tmp_path_factory.mktemp("pgfleet-home")
     with servers(Settings(home=home)) as (database_url, redis_url):
         migrate_url(database_url)
-        yield Services(home, database_url, redis_url)
+        reader_url = enable_reader_login(database_url, secrets.token_urlsafe(16))
+        yield Services(home, database_url, redis_url, reader_url)
 
 
 @pytest.fixture
