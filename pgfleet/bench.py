@@ -31,7 +31,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from pgfleet import corpus
-from pgfleet.fleet import migrate_url, servers
+from pgfleet.fleet import prepare_database, servers
 from pgfleet.supervisor import Supervisor, fleet_children
 from workers import ab, db
 from workers.settings import Settings
@@ -398,10 +398,12 @@ def run(config: BenchConfig, conf: Settings) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pgfleet-bench-") as tmp:
         home = Path(tmp)
         conf = Settings(**{**conf.__dict__, "home": home})
-        with servers(conf) as (database_url, redis_url):
-            migrate_url(database_url)
+        with servers(conf) as endpoints:
+            database_url, redis_url = endpoints.database_url, endpoints.redis_url
+            reader_url = prepare_database(endpoints, conf)
             env = dict(os.environ, PGFLEET_DATABASE_URL=database_url, PGFLEET_REDIS_URL=redis_url,
-                       PGFLEET_HOME=str(home), TOKENIZERS_PARALLELISM="false")
+                       PGFLEET_READER_URL=reader_url or "", PGFLEET_HOME=str(home),
+                       TOKENIZERS_PARALLELISM="false")
             env.setdefault("HF_HUB_OFFLINE", "1")
             try:
                 with db.connect(database_url, autocommit=True) as conn:

@@ -74,9 +74,10 @@ def up(demo: bool, demo_docs: int, flower: bool, metrics: bool) -> None:
 
     conf = context.settings()
     on_ready = _demo(conf, demo_docs) if demo else None
-    # the generated Flower password goes to the terminal once, never to a log
+    # the generated Flower password goes to a terminal, never to a file (a log)
     sys.exit(fleet.up(conf, flower=flower, metrics=metrics, on_ready=on_ready,
-                      announce=lambda text: out.print(text, highlight=False, soft_wrap=True)))
+                      announce=lambda text: out.print(text, highlight=False, soft_wrap=True),
+                      show_secrets=sys.stdout.isatty()))
 
 
 def _demo(conf, extra_docs: int):
@@ -174,11 +175,22 @@ def db_migrate() -> None:
 
 
 @db.command("url")
-def db_url() -> None:
-    """Print the database URL in use (embedded or not)."""
+@click.option("--reader", is_flag=True,
+              help="the login guarded (text-to-SQL) queries run as, with pgfleet_reader's "
+                   "rights only")
+def db_url(reader: bool) -> None:
+    """Print the database URL in use (embedded or not), password included: connect any SQL
+    client with it. The embedded server's password is in $PGFLEET_HOME/credentials.json."""
     from pgfleet import context
 
-    click.echo(context.urls().database_url)
+    urls = context.urls()
+    if not reader:
+        click.echo(urls.database_url)
+    elif urls.reader_url:
+        click.echo(urls.reader_url)
+    else:
+        raise ConfigurationError("no reader login: set PGFLEET_READER_URL (the embedded "
+                                 "default makes one at `pgfleet up`)")
 
 
 # ---------------------------------------------------------------------------------- models

@@ -7,15 +7,18 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from pgfleet.credentials import Credentials, _write_private
+from pgfleet.credentials import load_or_create as load_credentials
+from pgfleet.credentials import path_for as credentials_path
 from pgfleet.services import EmbeddedPostgres, EmbeddedRedis, free_port
-from pgfleet.supervisor import Supervisor, fleet_children
+from pgfleet.supervisor import ChildSpec, Supervisor, fleet_children
 from schema.migrate import migrate
 from workers import db
 from workers.errors import BrokerUnavailable, ConfigurationError, DatabaseUnavailable
@@ -24,29 +27,61 @@ from workers.settings import STATE_FILE, Settings, read_state
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class Endpoints:
+    """The servers a fleet uses, and the embedded ones this process started."""
+
+    database_url: str
+    redis_url: str
+    #: the embedded servers started here (to supervise); empty for configured URLs
+    embedded: list = field(default_factory=list)
+    #: the password to give the reader login on the embedded PostgreSQL (None: not ours)
+    reader_password: str | None = None
+
+
 @contextlib.contextmanager
-def servers(conf: Settings) -> Iterator[tuple[str, str]]:
-    """The database and broker URLs: configured ones, or embedded servers started here and
-    stopped on the way out."""
+def servers(conf: Settings, credentials: Credentials | None = None) -> Iterator[Endpoints]:
+    """The database and broker URLs: configured ones, or embedded servers started here with
+    the home's credentials (generated at the first start) and stopped on the way out."""
     started: list[Callable[[], None]] = []
     try:
-        database_url = conf.database_url
-        if not database_url:
-            pg = EmbeddedPostgres(conf.home, conf.pg_port)
-            database_url = pg.start()
+        endpoints = Endpoints(conf.database_url or "", conf.redis_url or "")
+        if not (conf.database_url and conf.redis_url) and credentials is None:
+            credentials = load_credentials(conf.home)
+        if not conf.database_url:
+            assert credentials is not None
+            pg = EmbeddedPostgres(conf.home, conf.pg_port, password=credentials.postgres_password)
+            endpoints.database_url = pg.start()
             started.append(pg.stop)
-        redis_url = conf.redis_url
-        if not redis_url:
-            redis = EmbeddedRedis(conf.home, conf.redis_port)
-            redis_url = redis.start()
+            endpoints.embedded.append(pg)
+            endpoints.reader_password = credentials.reader_password
+        if not conf.redis_url:
+            assert credentials is not None
+            redis = EmbeddedRedis(conf.home, conf.redis_port,
+                                  password=credentials.redis_password)
+            endpoints.redis_url = redis.start()
             started.append(redis.stop)
-        yield database_url, redis_url
+            endpoints.embedded.append(redis)
+        yield endpoints
     finally:
         for stop in reversed(started):
             try:
                 stop()
             except Exception:  # noqa: BLE001 - stop the others anyway
                 logger.exception("stopping an embedded server failed")
+
+
+def prepare_database(endpoints: Endpoints, conf: Settings) -> str | None:
+    """Migrate, and return the reader login's URL: on the embedded PostgreSQL the login is
+    given its password here; elsewhere it is ``PGFLEET_READER_URL`` (None when unset)."""
+    migrate_url(endpoints.database_url)
+    if endpoints.reader_password is not None:
+        return enable_reader_login(endpoints.database_url, endpoints.reader_password)
+    if not conf.reader_url:
+        logger.warning("PGFLEET_READER_URL is not set: text-to-SQL cannot run queries until it "
+                       "names a login with only pgfleet_reader's rights (see docs/reliability.md"
+                       ", Security)")
+    return conf.reader_url
 
 
 def migrate_url(url: str, wait_s: float = 30.0) -> None:
@@ -115,9 +150,12 @@ def _port(port: int, what: str) -> int:
 
 def up(conf: Settings, *, flower: bool = True, metrics: bool = True,
        on_ready: Callable[[Supervisor], Callable[[], None] | None] | None = None,
-       announce: Callable[[str], None] = print) -> int:
-    """Run the fleet until a signal arrives. Returns the exit code."""
+       announce: Callable[[str], None] = print, show_secrets: bool = False) -> int:
+    """Run the fleet until a signal arrives. Returns the exit code. ``announce`` says where
+    things are; a secret is in what it says only with ``show_secrets`` (a terminal, never a
+    file a log may end up in)."""
     conf.home.mkdir(parents=True, exist_ok=True)
+    conf.home.chmod(0o700)
     state = read_state(conf.home)
     if state is not None:
         raise ConfigurationError(
@@ -135,32 +173,30 @@ def up(conf: Settings, *, flower: bool = True, metrics: bool = True,
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     state_path = conf.home / STATE_FILE
+    credentials = load_credentials(conf.home)
     try:
-        with servers(conf) as (database_url, redis_url):
+        with servers(conf, credentials) as endpoints:
             if stop_event.is_set():
                 return 0
+            database_url, redis_url = endpoints.database_url, endpoints.redis_url
             check_redis(redis_url)
-            migrate_url(database_url)
+            reader_url = prepare_database(endpoints, conf)
             flower_port = _port(conf.flower_port, "Flower") if flower else None
             metrics_port = _port(conf.metrics_port, "the metrics endpoint") if metrics else None
-            env = dict(os.environ, PGFLEET_DATABASE_URL=database_url,
-                       PGFLEET_REDIS_URL=redis_url, PGFLEET_HOME=str(conf.home.resolve()),
-                       TOKENIZERS_PARALLELISM="false")
-            if flower and not env.get("PGFLEET_FLOWER_PASSWORD"):
-                env["PGFLEET_FLOWER_PASSWORD"] = secrets.token_urlsafe(16)
-                announce(f"Flower: http://127.0.0.1:{flower_port}  user "
-                         f"{env.get('PGFLEET_FLOWER_USER') or 'admin'}  password "
-                         f"{env['PGFLEET_FLOWER_PASSWORD']}  (generated for this run; set "
-                         "PGFLEET_FLOWER_PASSWORD to choose one)")
-            env.setdefault("HF_HUB_OFFLINE", "1")
+            env = _children_env(conf, endpoints, reader_url)
+            if flower:
+                _announce_flower(env, flower_port, credentials, conf, announce, show_secrets)
             supervisor = Supervisor(fleet_children(flower_port=flower_port,
                                                    metrics_port=metrics_port), env=env,
                                     log_dir=conf.home / "logs",
                                     shutdown_timeout_s=conf.shutdown_timeout_s)
+            for server in endpoints.embedded:
+                supervisor.adopt(ChildSpec(server.name, [], launch=server.restart),
+                                 server.process, server.log)
             _write_state(state_path, {
                 "pid": os.getpid(), "database_url": database_url, "redis_url": redis_url,
-                "flower_port": flower_port, "metrics_port": metrics_port,
-                "embedded": not conf.database_url,
+                "reader_url": reader_url, "flower_port": flower_port,
+                "metrics_port": metrics_port, "embedded": not conf.database_url,
                 "started_at": time.time()})
             try:
                 if stop_event.is_set():
@@ -197,6 +233,39 @@ def up(conf: Settings, *, flower: bool = True, metrics: bool = True,
     return 0
 
 
+def _children_env(conf: Settings, endpoints: Endpoints, reader_url: str | None,
+                  ) -> dict[str, str]:
+    env = dict(os.environ, PGFLEET_DATABASE_URL=endpoints.database_url,
+               PGFLEET_REDIS_URL=endpoints.redis_url, PGFLEET_HOME=str(conf.home.resolve()),
+               TOKENIZERS_PARALLELISM="false")
+    if reader_url:
+        env["PGFLEET_READER_URL"] = reader_url
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    return env
+
+
+def _announce_flower(env: dict[str, str], port: int | None, credentials: Credentials,
+                     conf: Settings, announce: Callable[[str], None], show_secrets: bool) -> None:
+    """Flower always runs behind basic auth: a password chosen with
+    PGFLEET_FLOWER_PASSWORD, else the home's generated one. The generated one is shown on a
+    terminal only; elsewhere the message says which file holds it."""
+    user = env.get("PGFLEET_FLOWER_USER") or "admin"
+    if env.get("PGFLEET_FLOWER_PASSWORD"):
+        announce(f"Flower: http://127.0.0.1:{port}  user {user}  (password: "
+                 "PGFLEET_FLOWER_PASSWORD)")
+        return
+    env["PGFLEET_FLOWER_PASSWORD"] = credentials.flower_password
+    where = credentials_path(conf.home.resolve())
+    if show_secrets:
+        announce(f"Flower: http://127.0.0.1:{port}  user {user}  password "
+                 f"{credentials.flower_password}  (generated, kept in {where}; set "
+                 "PGFLEET_FLOWER_PASSWORD to choose one)")
+    else:
+        announce(f"Flower: http://127.0.0.1:{port}  user {user}  password: "
+                 f"\"flower_password\" in {where} (not printed: this output is not a "
+                 "terminal)")
+
+
 def _redacted(url: str) -> str:
     from workers.settings import redact
 
@@ -229,7 +298,6 @@ def _stop_orphans(state_path: Path) -> None:
 
 
 def _write_state(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2), "utf-8")
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    # it holds the servers' URLs with their passwords: never readable by others, not even
+    # for a moment
+    _write_private(path, json.dumps(state, indent=2), replace=True)

@@ -1,5 +1,10 @@
 """Run the fleet's processes as children: restart one that dies (with backoff, logged), and
-stop them all, cleanly, on one Ctrl-C or SIGTERM."""
+stop them all, cleanly, on one Ctrl-C or SIGTERM.
+
+The embedded servers are children too (:meth:`Supervisor.adopt`): started before the others
+(migrations need them), restarted the same way when they die, with their own start
+function (same data directory, port and password), and stopped last, by whoever started
+them."""
 
 from __future__ import annotations
 
@@ -29,6 +34,13 @@ MAX_BACKOFF_S = 30.0
 class ChildSpec:
     name: str
     argv: list[str]
+    #: a server's own start function, returning its new process (it waits until the server
+    #: is ready); None: the supervisor runs ``argv``
+    launch: Callable[[], subprocess.Popen] | None = None
+
+    @property
+    def server(self) -> bool:
+        return self.launch is not None
 
 
 @dataclass
@@ -83,11 +95,30 @@ class Supervisor:
         self.shutdown_timeout_s = shutdown_timeout_s
         self.stopping = threading.Event()
 
+    def adopt(self, spec: ChildSpec, process: subprocess.Popen, log_path: Path) -> None:
+        """Supervise a server that is already running (started before the others); when it
+        dies it is started again with ``spec.launch``."""
+        if spec.launch is None:
+            raise ValueError(f"{spec.name}: a server needs a launch function")
+        self.children.insert(0, Child(spec, log_path, process=process,
+                                      started_at=time.monotonic()))
+
     def start_all(self) -> None:
         for child in self.children:
-            self._start(child)
+            if child.process is None:
+                self._start(child)
 
-    def _start(self, child: Child) -> None:
+    def _start(self, child: Child) -> bool:
+        if child.spec.launch is not None:
+            try:
+                child.process = child.spec.launch()
+            except Exception as exc:  # noqa: BLE001 - tried again after a backoff
+                logger.error("could not start %s again: %s (see %s)", child.spec.name, exc,
+                             child.log_path)
+                return False
+            child.started_at = time.monotonic()
+            logger.warning("started %s again (pid %s)", child.spec.name, child.process.pid)
+            return True
         log = open(child.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             child.process = subprocess.Popen(
@@ -98,6 +129,7 @@ class Supervisor:
         child.started_at = time.monotonic()
         logger.info("started %s (pid %s), log %s", child.spec.name, child.process.pid,
                     child.log_path)
+        return True
 
     def poll(self) -> None:
         """Restart children that died, with backoff."""
@@ -117,7 +149,9 @@ class Supervisor:
                              child.spec.name, code, ran, child.next_start - now, child.log_path)
             if child.process is None and now >= child.next_start and not self.stopping.is_set():
                 child.restarts += 1
-                self._start(child)
+                if not self._start(child):
+                    child.backoff_s = min(MAX_BACKOFF_S, child.backoff_s * 2)
+                    child.next_start = time.monotonic() + child.backoff_s
 
     def run(self, *, on_tick: Callable[[], None] | None = None, tick_s: float = 0.5) -> None:
         """Supervise until :meth:`stop` is called (by a signal handler, say)."""
@@ -131,9 +165,11 @@ class Supervisor:
         self.stopping.set()
 
     def shutdown(self) -> None:
-        """SIGTERM every child (Celery's warm shutdown), wait, then kill what is left."""
+        """SIGTERM every child (Celery's warm shutdown), wait, then kill what is left. The
+        servers are left running: they stop last, stopped by whoever started them."""
         self.stopping.set()
-        running = [c for c in self.children if c.process is not None and c.process.poll() is None]
+        running = [c for c in self.children if c.process is not None
+                   and c.process.poll() is None and not c.spec.server]
         for child in running:
             try:
                 os.killpg(child.process.pid, signal.SIGTERM)  # type: ignore[union-attr]

@@ -50,16 +50,15 @@ class Services:
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory) -> Iterator[Services]:
-    import secrets
-
-    from pgfleet.fleet import enable_reader_login, migrate_url, servers
+    from pgfleet.fleet import prepare_database, servers
     from workers.settings import Settings
 
     home = tmp_path_factory.mktemp("pgfleet-home")
-    with servers(Settings(home=home)) as (database_url, redis_url):
-        migrate_url(database_url)
-        reader_url = enable_reader_login(database_url, secrets.token_urlsafe(16))
-        yield Services(home, database_url, redis_url, reader_url)
+    conf = Settings(home=home)
+    with servers(conf) as endpoints:
+        reader_url = prepare_database(endpoints, conf)
+        assert reader_url is not None
+        yield Services(home, endpoints.database_url, endpoints.redis_url, reader_url)
 
 
 @pytest.fixture

@@ -57,7 +57,8 @@ class ChaosFleet:
             if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'fleet_login'").fetchone():
                 conn.execute(f"CREATE ROLE fleet_login LOGIN PASSWORD '{WORKER_PASSWORD}' "
                              "IN ROLE pgfleet_worker")
-        self.worker_url = self.admin_url.replace("postgres@", f"fleet_login:{WORKER_PASSWORD}@")
+        host = self.admin_url.rsplit("@", 1)[1]
+        self.worker_url = f"postgresql://fleet_login:{WORKER_PASSWORD}@{host}"
 
     def env(self) -> dict[str, str]:
         return dict(os.environ, PGFLEET_DATABASE_URL=self.worker_url,
@@ -93,11 +94,20 @@ class ChaosFleet:
         assert child.process is not None, f"{name} is not running"
         return psutil.Process(child.process.pid)
 
-    def pool_process(self) -> psutil.Process:
-        worker = self.process("worker-gpu")
-        children = worker.children()
-        assert children, "the worker has no pool process"
-        return children[0]
+    def pool_process(self, other_than: int | None = None, timeout_s: float = 30.0,
+                     ) -> psutil.Process:
+        """The worker's live pool process (a pool process just killed stays listed as a
+        child until the worker reaps it: it is not the one to kill or wait for)."""
+        def live():
+            for child in self.process("worker-gpu").children():
+                try:
+                    if child.pid != other_than and child.status() != psutil.STATUS_ZOMBIE:
+                        return child
+                except psutil.NoSuchProcess:
+                    continue
+            return None
+
+        return wait_until(live, timeout_s, message="a live pool process")
 
     def connect(self):
         from workers import db

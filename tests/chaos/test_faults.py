@@ -40,8 +40,7 @@ def test_sigkill_the_pool_process_mid_batch_three_times(fresh):
             pool = fresh.pool_process()
             pool.send_signal(signal.SIGKILL)
             kills += 1
-            wait_until(lambda: fresh.process("worker-gpu").children(), 30,
-                       message="a new pool process")
+            fresh.pool_process(other_than=pool.pid)  # its replacement
         return kills
 
     _run(fresh, "pool process SIGKILL x3", 10, damage)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 
@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import ROOT, run_cli, wait_until
 from workers import db
+from workers.errors import DatabaseUnavailable
 
 pytestmark = pytest.mark.e2e
 
@@ -56,16 +57,30 @@ def test_up_runs_the_fleet_and_sigterm_stops_every_child(tmp_path):
             wait_until(lambda: conn.execute("SELECT 1 FROM embeddings WHERE doc_id = %s",
                                             (doc_id,)).fetchone(), 120, message="embedded")
 
-        # Flower is up, and refuses requests without the password printed once at start
-        password = re.search(r"password (\S+)", (tmp_path / "up.log").read_text()).group(1)
+        # the servers take passwords only, kept in a file only the owner can read
+        credentials = home / "credentials.json"
+        assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
+        secrets = json.loads(credentials.read_text())
+        assert state["database_url"].startswith(
+            f"postgresql://postgres:{secrets['postgres_password']}@127.0.0.1:")
+        assert run_cli("db", "url", "--reader", env=env).stdout.strip() == state["reader_url"]
+        with pytest.raises(DatabaseUnavailable):
+            db.connect(state["database_url"].replace(secrets["postgres_password"], "guess"))
+
+        # Flower is up, and refuses requests without its password; that password is not in
+        # this output (a file, not a terminal), which says where to find it instead
+        password = secrets["flower_password"]
+        assert "credentials.json" in (tmp_path / "up.log").read_text()
         base = f"http://127.0.0.1:{state['flower_port']}"
         wait_until(lambda: _http(f"{base}/healthcheck")[0] == 200, 60, message="Flower up")
         assert _http(f"{base}/api/workers")[0] == 401
         assert _http(f"{base}/api/workers", auth=("admin", "wrong"))[0] == 401
         code, body = _http(f"{base}/api/workers?refresh=1", auth=("admin", password))
         assert code == 200 and "gpu@" in body, body[:300]
-        assert all(password not in p.read_text(errors="replace")
-                   for p in (home / "logs").glob("*.log"))
+        outputs = [p.read_text(errors="replace") for p in (home / "logs").glob("*.log")]
+        outputs.append((tmp_path / "up.log").read_text(errors="replace"))
+        for secret in secrets.values():
+            assert all(secret not in text for text in outputs), "a secret reached a log"
 
         # the Prometheus endpoint serves the data; beat runs with its file under the home
         metrics = f"http://127.0.0.1:{state['metrics_port']}/metrics"
