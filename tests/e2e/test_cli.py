@@ -277,3 +277,20 @@ def test_failures_verify_and_retry(services, clean, tmp_path):
     clean.execute("DELETE FROM pending_embeddings WHERE doc_id = 1")
     bad = run_cli("verify", "--json", env=env)
     assert bad.returncode == 1 and json.loads(bad.stdout)[0]["stale"] == 1
+
+
+def test_migrate_gives_the_reader_its_login(services, tmp_path):
+    import psycopg
+
+    env = _env(tmp_path, PGFLEET_DATABASE_URL=services.database_url,
+               PGFLEET_REDIS_URL=services.redis_url, PGFLEET_READER_URL=services.reader_url)
+    result = run_cli("db", "migrate", "--reader-login", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "pgfleet_reader may log in" in result.stdout
+    with psycopg.connect(services.reader_url) as reader:
+        assert reader.execute("SELECT session_user").fetchone() == ("pgfleet_reader",)
+    secret = services.reader_url.split(":")[2].split("@")[0]
+    assert secret not in result.stdout + result.stderr
+    wrong = run_cli("db", "migrate", "--reader-login",
+                    env={**env, "PGFLEET_READER_URL": services.database_url})
+    assert wrong.returncode == 2 and "needs PGFLEET_READER_URL with the user" in wrong.stderr

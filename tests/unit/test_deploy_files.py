@@ -115,7 +115,7 @@ def test_every_command_a_service_runs_exists_in_the_project():
         resolve(argv)
         commands.append(argv)
     assert _queues(commands) == set(ALL_QUEUES)
-    assert services["migrate"]["command"] == ["pgfleet", "db", "migrate"]
+    assert services["migrate"]["command"] == ["pgfleet", "db", "migrate", "--reader-login"]
     assert [n for n in FLEET if services[n]["command"][:2] == ["pgfleet", "beat"]] == ["beat"]
 
 
@@ -191,7 +191,8 @@ def test_credentials_come_from_the_env_file_with_a_committed_example():
     references = _variables(text)
     # every variable the file uses is in the example, and the secrets are required
     assert set(references) <= set(example), set(references) - set(example)
-    for secret in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "PGFLEET_FLOWER_PASSWORD"):
+    for secret in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "READER_PASSWORD",
+                   "PGFLEET_FLOWER_PASSWORD"):
         assert references[secret].startswith(":?"), secret
     # no credential is written in the file itself
     for service in services.values():
@@ -204,6 +205,8 @@ def test_credentials_come_from_the_env_file_with_a_committed_example():
         env = services[name]["environment"]
         assert re.search(r":\$\{POSTGRES_PASSWORD[^}]*\}@", env["PGFLEET_DATABASE_URL"])
         assert re.search(r":\$\{REDIS_PASSWORD[^}]*\}@", env["PGFLEET_REDIS_URL"])
+        assert re.search(r"^postgresql://pgfleet_reader:\$\{READER_PASSWORD[^}]*\}@",
+                         env["PGFLEET_READER_URL"])
     assert services["redis"]["environment"]["REDISCLI_AUTH"].startswith("${REDIS_PASSWORD")
     assert "REDISCLI_AUTH" in " ".join(services["redis"]["command"])
     assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
