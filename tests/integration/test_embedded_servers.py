@@ -164,3 +164,30 @@ def test_a_killed_embedded_postgres_is_started_again_with_its_data_and_password(
             assert conn.execute("SELECT n FROM kept").fetchone() == (42,)
     finally:
         server.stop()
+
+
+def test_a_data_directory_made_with_trust_is_secured_before_it_listens(tmp_path):
+    """Homes made by earlier releases (initdb --auth=trust) or whose credentials file was
+    lost: the server takes the current password, and nothing else, from its first start."""
+    import shutil
+
+    from pgfleet.services import EmbeddedPostgres
+
+    first = EmbeddedPostgres(tmp_path, password="0ld-one")
+    first._prepare()
+    hba = first.data / "pg_hba.conf"
+    hba.write_text("host all all 127.0.0.1/32 trust\n")
+    if first._system_user:
+        shutil.chown(hba, first._system_user, first._system_user)
+    first.auth_marker.unlink()
+
+    server = EmbeddedPostgres(tmp_path, password="n3w-one")
+    url = server.start()
+    try:
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+        for password in (None, "0ld-one"):
+            with pytest.raises(psycopg.OperationalError, match="password"):
+                psycopg.connect(_with_password(url, password), connect_timeout=5).close()
+    finally:
+        server.stop()
