@@ -21,7 +21,6 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +38,7 @@ from workers.errors import (
     UnknownModelVersion,
 )
 from workers.settings import Settings
+from workers.writer import Writer, single_items, write_params
 
 logger = logging.getLogger(__name__)
 
@@ -93,32 +93,6 @@ class BatchReport:
             self.latency_ms = sum(p.latency_ms for p in self.parts)
             self.error = next((p.error for p in self.parts if p.error is not None), None)
         return self
-
-
-class Writer:
-    """One background thread that runs writes in order, at most one in flight: submitting
-    waits for the previous write, so a fast encoder cannot pile up batches in memory."""
-
-    def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgfleet-write")
-        self._last: Future[Any] | None = None
-
-    def submit(self, action: Callable[[], Any]) -> Future[Any]:
-        self.drain()
-        self._last = self._executor.submit(action)
-        return self._last
-
-    def after(self, action: Callable[[], Any]) -> None:
-        """Run ``action`` once every write submitted so far is done (without waiting)."""
-        self._executor.submit(action)
-
-    def drain(self, timeout: float | None = None) -> None:
-        if self._last is not None:
-            self._last.exception(timeout)  # errors are handled (and logged) by the action
-
-    def close(self, timeout: float | None = None) -> None:
-        self.drain(timeout)
-        self._executor.shutdown(wait=True)
 
 
 def worker_name() -> str:
@@ -231,7 +205,7 @@ class EmbedPipeline:
             failures.extend(encode_failures)
             report.model_calls = len(plan.texts)
         encode_ms = (time.perf_counter() - encode_started) * 1000.0
-        params = _write_params(spec, plan, encoded)
+        params = write_params(spec, plan, encoded)
         params.update(worker=self.name, batch_size=plan.batch_size,
                       cache_hits=report.cache_hits, model_calls=report.model_calls,
                       latency_ms=(time.perf_counter() - started) * 1000.0)
@@ -314,7 +288,7 @@ class EmbedPipeline:
             logger.warning("writing a batch of %d was refused (%s); writing item by item",
                            len(params["doc_ids"]), exc)
         written, failures = 0, []
-        for item in _single_items(params):
+        for item in single_items(params):
             count, failed = self._write_isolating(item)
             written += count
             failures.extend(failed)
@@ -397,52 +371,3 @@ def _check_vectors(vectors: np.ndarray, count: int, dims: int) -> None:
         raise PgfleetError(f"model returned shape {vectors.shape}, expected {(count, dims)}")
     if not np.isfinite(vectors).all():
         raise PgfleetError("model returned NaN or infinite values")
-
-
-def _single_items(params: dict[str, Any]) -> list[dict[str, Any]]:
-    """One write's parameters per doc, each with its own cache row and hit count."""
-    misses = dict(zip(params["miss_hashes"], params["miss_vectors"], strict=True))
-    hits = dict(zip(params["hit_hashes"], params["hit_counts"], strict=True))
-    items = []
-    for doc_id, digest, vector in zip(params["doc_ids"], params["hashes"], params["vectors"],
-                                      strict=True):
-        item = dict(params, doc_ids=[doc_id], hashes=[digest], vectors=[vector],
-                    miss_hashes=[digest] if digest in misses else [],
-                    miss_vectors=[misses[digest]] if digest in misses else [],
-                    hit_hashes=[digest] if digest in hits else [],
-                    hit_counts=[1] if digest in hits else [], batch_size=1,
-                    cache_hits=1 if digest in hits else 0,
-                    model_calls=1 if digest in misses else 0)
-        items.append(item)
-    return items
-
-
-def _write_params(spec: ModelSpec, plan: BatchPlan, encoded: dict[bytes, np.ndarray],
-                  ) -> dict[str, Any]:
-    doc_ids: list[int] = []
-    hashes: list[bytes] = []
-    vectors: list[np.ndarray] = []
-    for doc_id, (digest, vector) in plan.hits.items():
-        doc_ids.append(doc_id)
-        hashes.append(digest)
-        vectors.append(vector)
-    for digest, docs in plan.docs_by_hash.items():
-        vector = encoded.get(digest)
-        if vector is None:
-            continue
-        for doc_id in docs:
-            doc_ids.append(doc_id)
-            hashes.append(digest)
-            vectors.append(vector)
-    order = sorted(range(len(doc_ids)), key=doc_ids.__getitem__)  # lock rows in one order
-    return {
-        "version_id": spec.version_id,
-        "doc_ids": [doc_ids[i] for i in order],
-        "hashes": [hashes[i] for i in order],
-        "vectors": [vectors[i] for i in order],
-        "miss_hashes": list(encoded),
-        "miss_vectors": list(encoded.values()),
-        "hit_hashes": list(plan.hit_counts),
-        "hit_counts": list(plan.hit_counts.values()),
-    }
-
