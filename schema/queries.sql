@@ -63,7 +63,9 @@ WHERE id = %(version_id)s;
 -- name: fetch_batch
 -- One round trip: marks the docs still pending for this version as started (counting the
 -- attempt, so that a doc whose worker keeps dying is noticed), and returns their current
--- content hash and a cached vector where one exists. Content is returned only for misses.
+-- content hash, the text the model is given (from the first non-blank character, cut to
+-- max_chars: pgfleet_model_text_v1), whether they are blank, and a cached vector where one
+-- exists (content is returned only for misses).
 WITH started AS (
     UPDATE pending_embeddings p
     SET attempts = p.attempts + 1, started_at = now()
@@ -75,12 +77,16 @@ WITH started AS (
 SELECT s.doc_id,
        s.attempts,
        h.hash,
-       CASE WHEN c.embedding IS NULL THEN d.content END AS content,
+       t.text = '' AS blank,
+       CASE WHEN c.embedding IS NULL THEN t.text END AS content,
+       length(t.text) = %(max_chars)s AND octet_length(d.content) > octet_length(t.text) AS cut,
        c.embedding AS cached
 FROM started s
 JOIN docs d ON d.id = s.doc_id
 CROSS JOIN LATERAL (SELECT pgfleet_content_hash_v1(d.content) AS hash) h
-LEFT JOIN model_cache c ON c.version_id = s.version_id AND c.input_hash = h.hash;
+CROSS JOIN LATERAL (SELECT pgfleet_model_text_v1(d.content, %(max_chars)s) AS text) t
+LEFT JOIN model_cache c ON c.version_id = s.version_id AND c.input_hash = h.hash
+ORDER BY s.doc_id;
 
 -- name: write_batch
 -- One statement, one short transaction: vectors for docs whose content still hashes to
@@ -218,8 +224,9 @@ SELECT * FROM unnest(%(contents)s::text[], %(metadata)s::jsonb[]);
 
 -- name: verify
 -- The fleet's promise, checked: per active embedding version, docs whose stored vector is
--- missing or stale (and that are neither pending nor failed), failures on docs that do have
--- content, vectors for docs that no longer exist, and pending work.
+-- missing or stale (and that are neither pending nor failed), failures on docs that are not
+-- blank (pgfleet_is_blank_v1, as the worker decides), vectors for docs that no longer exist,
+-- and pending work.
 SELECT v.id AS version_id, v.name, v.version,
        (SELECT count(*) FROM docs) AS docs,
        (SELECT count(*) FROM docs d
@@ -241,7 +248,7 @@ SELECT v.id AS version_id, v.name, v.version,
        (SELECT count(*) FROM pending_embeddings p WHERE p.version_id = v.id) AS pending,
        (SELECT count(*) FROM embedding_failures f WHERE f.version_id = v.id) AS failed,
        (SELECT count(*) FROM embedding_failures f JOIN docs d ON d.id = f.doc_id
-         WHERE f.version_id = v.id AND btrim(d.content, E' \t\n\r\f\v') <> '') AS failed_with_content
+         WHERE f.version_id = v.id AND NOT pgfleet_is_blank_v1(d.content)) AS failed_with_content
 FROM model_versions v
 WHERE v.kind = 'embedding' AND v.active
 ORDER BY v.id;

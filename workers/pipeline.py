@@ -1,7 +1,8 @@
 """The embedding path for one batch: fetch + cache lookup, encode the misses, one write.
 
-1. one query fetches the docs still pending for the version, their content hash and any
-   cached vector (content is returned only for misses);
+1. one query fetches the docs still pending for the version, their content hash, the text
+   the model is given (cut to ``batching.max_chars`` of the model's window, so that a huge
+   row cannot take the process down) and any cached vector (content only for misses);
 2. identical texts are encoded once, shortest first; a batch whose encode fails is retried
    item by item so that one bad item cannot fail its neighbours;
 3. one statement writes vectors (only for docs whose content still hashes to what was
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +30,14 @@ import numpy as np
 from psycopg_pool import ConnectionPool
 
 from workers import db
-from workers.batching import BatchPlan, backoff_s, chunked, plan_batch
+from workers.batching import (
+    MAX_CHARS_PER_TOKEN,
+    BatchPlan,
+    backoff_s,
+    chunked,
+    max_chars,
+    plan_batch,
+)
 from workers.engines.base import Engine, ModelSpec
 from workers.errors import (
     DatabaseRejected,
@@ -43,6 +52,9 @@ from workers.writer import Writer, single_items, write_params
 logger = logging.getLogger(__name__)
 
 EngineLoader = Callable[[ModelSpec], Engine]
+
+#: the last blank of a text, and the (perhaps partial) word after it
+_LAST_BLANK = re.compile(r"\s\S*\Z")
 
 #: how often a write is tried when the database is briefly unavailable, and the pauses
 WRITE_RETRY_PAUSES_S = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -109,6 +121,8 @@ class EmbedPipeline:
         self.sleep = sleep
         self._specs: dict[int, ModelSpec] = {}
         self._checked: set[int] = set()
+        #: the window (tokens) of each version's loaded engine
+        self._windows: dict[int, int] = {}
         self.writer = Writer()
         self._overlap = False
 
@@ -166,6 +180,7 @@ class EmbedPipeline:
         fetch_ms = (time.perf_counter() - fetch_started) * 1000.0
         if not rows:
             return report  # already done, deleted, in backoff, or never pending: a no-op
+        self._log_cuts(spec, rows)
         # A doc fetched before without finishing was in a batch whose worker died (or it is
         # being retried): it may be what kills the process, so it goes alone, after the rest.
         fresh = [r for r in rows if r["attempts"] <= 1]
@@ -253,8 +268,15 @@ class EmbedPipeline:
 
     def _fetch(self, spec: ModelSpec, doc_ids: list[int]) -> list[dict[str, Any]]:
         with db.pooled(self.pool) as conn:
-            return db.fetch_all(conn, "fetch_batch",
-                                {"version_id": spec.version_id, "doc_ids": doc_ids})
+            return db.fetch_all(conn, "fetch_batch", {
+                "version_id": spec.version_id, "doc_ids": doc_ids,
+                "max_chars": self.max_chars(spec)})
+
+    def max_chars(self, spec: ModelSpec) -> int:
+        """How much of a doc is fetched for this version: enough for the larger of the
+        window the registry records and that of the engine loaded here."""
+        window = max(spec.max_seq_length or 0, self._windows.get(spec.version_id, 0))
+        return max_chars(window or None)
 
     def _write(self, params: dict[str, Any]) -> dict[str, Any]:
         with db.pooled(self.pool) as conn, conn.transaction():
@@ -265,6 +287,7 @@ class EmbedPipeline:
     def engine(self, spec: ModelSpec) -> Engine:
         """The version's engine, refused if its vectors would not match those stored."""
         engine = self.load(spec)
+        self._windows[spec.version_id] = int(engine.max_seq_length)
         if spec.version_id not in self._checked:
             with db.pooled(self.pool) as conn:
                 row = conn.execute("SELECT vector_dims(embedding) FROM embeddings "
@@ -322,17 +345,31 @@ class EmbedPipeline:
                                 for d in plan.docs_by_hash[digest])
         return encoded, failures
 
+    def _log_cuts(self, spec: ModelSpec, rows: list[dict[str, Any]]) -> None:
+        cut = [r["doc_id"] for r in rows if r["cut"]]
+        if cut:
+            logger.info("cut docs %s to their first %d characters at fetch (the model reads "
+                        "at most %s tokens of them)", cut, self.max_chars(spec),
+                        self._windows.get(spec.version_id) or spec.max_seq_length)
+
     def _log_truncation(self, engine: Engine, plan: BatchPlan) -> None:
         limit = engine.max_seq_length
-        # a token covers at least one character, so only long texts can exceed the window
+        # a token covers at least one character, so only long texts can exceed the window;
+        # texts are cut at fetch time, so counting their tokens is bounded too
         long = [(t, h) for t, h in zip(plan.texts, plan.text_hashes, strict=True) if len(t) > limit - 2]
         if not long:
             return
         counts = engine.token_counts([t for t, _ in long])
-        for (_, digest), tokens in zip(long, counts, strict=True):
+        for (text, digest), tokens in zip(long, counts, strict=True):
             if tokens > limit:
                 logger.info("truncated docs %s from %d to %d tokens (the model's window)",
                             plan.docs_by_hash[digest], tokens, limit)
+            if digest in plan.cut and not _cut_after_window(engine, text, limit):
+                logger.warning(
+                    "docs %s reach the cut at %d characters before the model's window of %d "
+                    "tokens is full (long runs of blanks or controls, or very long words): "
+                    "their vector is of those characters only", plan.docs_by_hash[digest],
+                    len(text), limit)
 
     def _record_failure(self, spec: ModelSpec, failure: Failure) -> None:
         with db.pooled(self.pool) as conn, conn.transaction():
@@ -364,6 +401,15 @@ class EmbedPipeline:
                 logger.warning("%s; retrying in %.1f s", exc, pause)
                 self.sleep(pause)
         raise AssertionError("unreachable")
+
+
+def _cut_after_window(engine: Engine, text: str, window: int) -> bool:
+    """Whether a text cut at fetch time fills the model's window before its last (perhaps
+    partial) word, so that the cut changed nothing the model reads. Without any blank, the
+    last ``MAX_CHARS_PER_TOKEN`` characters stand for that word."""
+    last_blank = _LAST_BLANK.search(text)
+    head = text[:last_blank.start()] if last_blank else text[:-MAX_CHARS_PER_TOKEN]
+    return engine.token_counts([head])[0] > window
 
 
 def _check_vectors(vectors: np.ndarray, count: int, dims: int) -> None:

@@ -1,0 +1,127 @@
+"""The embedding path keeps its promise (docs/reliability.md) where it is easiest to break:
+huge docs and what "blank" means.
+The pipeline runs in-process against the real database (the scratch one, which no worker
+consumes), with a fake engine; the fleet tests run the real model."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from pgfleet.verify import verify
+from workers import db
+from workers.pipeline import EmbedPipeline
+from workers.settings import Settings
+from workers.testing import FakeEngine
+
+pytestmark = pytest.mark.integration
+
+
+def sha(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+class Engine(FakeEngine):
+    """FakeEngine with a hook that runs inside ``encode`` (between the fetch and the write)."""
+
+    def __init__(self, spec, *, during_encode=None, **kwargs):
+        super().__init__(spec, **kwargs)
+        self.during_encode = during_encode
+
+    def encode(self, texts):
+        if self.during_encode is not None:
+            self.during_encode(texts)
+        return super().encode(texts)
+
+
+@pytest.fixture
+def make_pipeline(scratch_url):
+    made = []
+
+    def make(*, max_attempts: int = 3, name: str = "test", pool_name: str = "pgfleet-test",
+             timeout_s: float = 10.0, **engine_kwargs):
+        pool = db.open_pool(scratch_url, min_size=1, max_size=2, name=pool_name,
+                            timeout_s=timeout_s)
+        engines: dict[int, Engine] = {}
+
+        def load(spec):
+            return engines.setdefault(spec.version_id, Engine(spec, **engine_kwargs))
+
+        settings = Settings(max_attempts=max_attempts, retry_base_s=0.0, retry_max_s=0.0)
+        pipeline = EmbedPipeline(pool, settings, load, name=name, sleep=lambda s: None)
+        pipeline.engines = engines
+        made.append(pool)
+        return pipeline
+
+    yield make
+    for pool in made:
+        if not pool.closed:
+            pool.close()
+
+
+def insert(conn, *texts: str) -> list[int]:
+    return [r[0] for r in conn.execute(
+        "INSERT INTO docs (content) SELECT unnest(%s::text[]) RETURNING id", (list(texts),))]
+
+
+def vector_hash(conn, doc_id: int) -> bytes | None:
+    row = conn.execute("SELECT content_hash FROM embeddings WHERE doc_id = %s AND version_id = 1",
+                       (doc_id,)).fetchone()
+    return row[0] if row else None
+
+
+def pending(conn, doc_id: int):
+    return conn.execute("SELECT content_hash, attempts FROM pending_embeddings "
+                        "WHERE doc_id = %s AND version_id = 1", (doc_id,)).fetchone()
+
+
+def failure(conn, doc_id: int):
+    return conn.execute("SELECT reason, attempts FROM embedding_failures "
+                        "WHERE doc_id = %s AND version_id = 1", (doc_id,)).fetchone()
+
+
+# 5. a huge doc is cut at fetch time
+
+
+def test_a_huge_doc_is_cut_at_fetch_and_embedded(make_pipeline, scratch, caplog):
+    run = make_pipeline()
+    limit = 100 * 256  # characters a token may cover × the default version's window
+    huge = "word " * 1_000_000  # 5 MB
+    buried = " \u00a0\n" * limit + "the words after a long blank run"
+    ids = insert(scratch, huge, buried)
+    rows = {r["doc_id"]: r for r in run._fetch(run.spec(1), ids)}
+    assert len(rows[ids[0]]["content"]) == limit and rows[ids[0]]["hash"] == sha(huge)
+    assert rows[ids[1]]["content"] == "the words after a long blank run"
+    with caplog.at_level("INFO", logger="workers.pipeline"):
+        run.run(1, ids)
+    assert vector_hash(scratch, ids[0]) == sha(huge)
+    assert vector_hash(scratch, ids[1]) == sha(buried)
+    assert max(len(t) for call in run.engines[1].calls for t in call) <= limit
+    assert f"cut docs [{ids[0]}]" in caplog.text
+
+
+# 6. one definition of blank, for the worker and for verify
+
+
+def test_blank_means_the_same_to_the_worker_and_to_verify_for_every_code_point(scratch):
+    blank_in_sql = {r[0] for r in scratch.execute(
+        "SELECT c FROM generate_series(1, 1114111) c "
+        "WHERE (c < 55296 OR c > 57343) AND pgfleet_is_blank_v1(chr(c))")}
+    assert blank_in_sql == {c for c in range(1, 0x110000) if chr(c).isspace()}
+    every = "".join(chr(c) for c in sorted(blank_in_sql))
+    assert scratch.execute("SELECT pgfleet_is_blank_v1(%s), pgfleet_is_blank_v1(''), "
+                           "pgfleet_is_blank_v1(%s)", (every, every + "x")).fetchone() == (
+        True, True, False)
+
+
+def test_a_doc_of_non_ascii_whitespace_is_empty_for_the_worker_and_for_verify(
+        make_pipeline, scratch):
+    run = make_pipeline()
+    texts = ["\u00a0\u00a0", "\u3000\u2028\u205f", "\x1c\x1f\u0085 ", "\u00a0word\u00a0"]
+    ids = insert(scratch, *texts)
+    run.run(1, ids)
+    assert [failure(scratch, d) for d in ids[:3]] == [("empty content", 1)] * 3
+    assert vector_hash(scratch, ids[3]) == sha(texts[3])
+    [report] = verify(scratch)
+    assert report["failed"] == 3 and report["failed_with_content"] == 0, report
