@@ -90,10 +90,11 @@ ORDER BY s.doc_id;
 
 -- name: write_batch
 -- One statement, one short transaction: vectors for docs whose content still hashes to
--- what was embedded (a doc updated meanwhile is left to its newer job; a doc deleted
--- meanwhile is skipped: if its delete commits during this statement, the foreign key check
--- fails and the caller runs the statement again), their pending rows, cache rows and hit
--- counts, and the log row.
+-- what was embedded, their pending rows, cache rows and hit counts, and the log row.
+-- The docs are locked FOR SHARE first (pgfleet_lock_docs_v1): the hash compared is the
+-- latest committed content's, and no content update or delete of these docs can commit
+-- until this write has, so a doc updated meanwhile is left to its newer job, an older
+-- vector never overwrites a newer one, and a deleted doc is skipped.
 -- Idempotent: writing the same batch twice leaves the same state.
 WITH input AS (
     SELECT * FROM unnest(%(doc_ids)s::bigint[], %(hashes)s::bytea[], %(vectors)b::vector[])
@@ -101,8 +102,9 @@ WITH input AS (
 ), live AS (
     SELECT i.doc_id, i.hash, i.embedding
     FROM input i
-    JOIN docs d ON d.id = i.doc_id
-    WHERE pgfleet_content_hash_v1(d.content) = i.hash
+    JOIN pgfleet_lock_docs_v1(%(doc_ids)s::bigint[]) l
+      ON l.doc_id = i.doc_id AND l.content_hash = i.hash
+    ORDER BY i.doc_id  -- vector rows are locked in one order by every writer
 ), written AS (
     INSERT INTO embeddings (doc_id, version_id, chunk, embedding, content_hash, embedded_at)
     SELECT doc_id, %(version_id)s, 0, embedding, hash, now() FROM live

@@ -5,8 +5,8 @@
    row cannot take the process down) and any cached vector (content only for misses);
 2. identical texts are encoded once, shortest first; a batch whose encode fails is retried
    item by item so that one bad item cannot fail its neighbours;
-3. one statement writes vectors (only for docs whose content still hashes to what was
-   embedded), cache rows, hit counts, the pending-row deletes and the inference log;
+3. one statement writes vectors (only for docs whose content, locked, still hashes to what
+   was embedded), cache rows, hit counts, the pending-row deletes and the inference log;
 4. items that failed are retried with backoff, then recorded in ``embedding_failures``.
 
 In a worker, step 3 runs on a background thread (``run(..., overlap=True)``): the next

@@ -1,15 +1,19 @@
 """The embedding path keeps its promise (docs/reliability.md) where it is easiest to break:
-huge docs and what "blank" means.
+concurrent writes, huge docs and what "blank" means.
 The pipeline runs in-process against the real database (the scratch one, which no worker
 consumes), with a fake engine; the fleet tests run the real model."""
 
 from __future__ import annotations
 
 import hashlib
+import threading
 
+import numpy as np
+import psycopg
 import pytest
 
 from pgfleet.verify import verify
+from tests.conftest import wait_until
 from workers import db
 from workers.pipeline import EmbedPipeline
 from workers.settings import Settings
@@ -79,6 +83,73 @@ def pending(conn, doc_id: int):
 def failure(conn, doc_id: int):
     return conn.execute("SELECT reason, attempts FROM embedding_failures "
                         "WHERE doc_id = %s AND version_id = 1", (doc_id,)).fetchone()
+
+
+# 3. the newer content always wins, whatever the order of concurrent writes
+
+
+def _write_params(doc_id: int, text: str) -> dict:
+    embedding = np.full(384, len(text) / 100, dtype=np.float32)
+    return {"version_id": 1, "doc_ids": [doc_id], "hashes": [sha(text)], "vectors": [embedding],
+            "miss_hashes": [sha(text)], "miss_vectors": [embedding], "hit_hashes": [],
+            "hit_counts": [], "latency_ms": 1.0, "batch_size": 1, "cache_hits": 0,
+            "model_calls": 1, "worker": "test"}
+
+
+def _waiting(conn, application_name: str) -> bool:
+    return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                        "AND wait_event_type = 'Lock'", (application_name,)).fetchone()[0] > 0
+
+
+def test_an_older_vector_never_lands_after_a_newer_content(scratch_url, scratch):
+    [doc] = insert(scratch, "zero")
+    with db.connect(scratch_url) as c, c.transaction():
+        db.fetch_one(c, "write_batch", _write_params(doc, "zero"))
+    scratch.execute("UPDATE docs SET content = 'one' WHERE id = %s", (doc,))
+    errors: list[BaseException] = []
+
+    def in_thread(name: str, action):
+        def run():
+            try:
+                with db.connect(scratch_url, name=name) as c:
+                    c.execute("SET lock_timeout = '20s'")
+                    with c.transaction():
+                        action(c)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
+                errors.append(exc)  # the worker runs such a write again
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    # B: a transaction holding the doc's vector row (a duplicate's write, say)
+    with db.connect(scratch_url, name="holder-b") as b:
+        b.execute("SET lock_timeout = '20s'")
+        b.execute("SELECT 1 FROM embeddings WHERE doc_id = %s FOR UPDATE", (doc,))
+        # A: the write of "one", queued behind B
+        writer = in_thread("writer-a", lambda c: db.fetch_one(c, "write_batch",
+                                                             _write_params(doc, "one")))
+        wait_until(lambda: _waiting(scratch, "writer-a"), 10, message="A waiting for B")
+        # the content changes again (before the fix this committed at once)
+        updater = in_thread("updater", lambda c: c.execute(
+            "UPDATE docs SET content = 'two' WHERE id = %s", (doc,)))
+        wait_until(lambda: _waiting(scratch, "updater") or not updater.is_alive(), 10,
+                   message="the update done or waiting")
+        # B writes the vector of the content it can see
+        try:
+            db.fetch_one(b, "write_batch", _write_params(doc, "two"))
+            b.commit()
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
+            errors.append(exc)
+            b.rollback()
+    writer.join(30)
+    updater.join(30)
+    assert not writer.is_alive() and not updater.is_alive()
+    content = scratch.execute("SELECT content FROM docs WHERE id = %s", (doc,)).fetchone()[0]
+    assert content == "two"
+    queued = pending(scratch, doc)
+    # the vector is the current content's, or a job for the current content is pending
+    assert vector_hash(scratch, doc) == sha("two") or (queued and queued[0] == sha("two")), (
+        vector_hash(scratch, doc), queued, errors)
 
 
 # 5. a huge doc is cut at fetch time
