@@ -61,21 +61,31 @@ FROM model_versions
 WHERE id = %(version_id)s;
 
 -- name: fetch_batch
--- One round trip: marks the docs still pending for this version as started (counting the
--- attempt, so that a doc whose worker keeps dying is noticed), and returns their current
--- content hash, the text the model is given (from the first non-blank character, cut to
--- max_chars: pgfleet_model_text_v1), whether they are blank, and a cached vector where one
--- exists (content is returned only for misses).
+-- One round trip: marks the docs still pending for this version as started by this pool
+-- process, and returns their current content hash, the text the model is given (from the
+-- first non-blank character, cut to max_chars: pgfleet_model_text_v1), whether they are
+-- blank, and a cached vector where one exists (content is returned only for misses).
+-- Fetching spends no attempt. A row that was started before and not finished (its process
+-- may have died of it) or that failed before comes back as a suspect: the worker runs it
+-- alone, after the others, and marks it started only then (start_suspect). A row changed
+-- since this statement's snapshot (a content update, another worker's fetch) is left
+-- alone: its xmin differs at the re-check, and its new state has its own message.
 WITH started AS (
     UPDATE pending_embeddings p
-    SET attempts = p.attempts + 1, started_at = now()
-    WHERE p.version_id = %(version_id)s
-      AND p.doc_id = ANY(%(doc_ids)s)
-      AND p.not_before <= now()
-    RETURNING p.doc_id, p.version_id, p.attempts
+    SET started_at = now(),
+        started_by = CASE WHEN o.started_by IS NOT NULL OR o.attempts > 0
+                          THEN NULL ELSE %(worker)s END
+    FROM pending_embeddings o
+    WHERE o.version_id = %(version_id)s
+      AND o.doc_id = ANY(%(doc_ids)s)
+      AND o.not_before <= now()
+      AND p.doc_id = o.doc_id AND p.version_id = o.version_id
+      AND p.xmin = o.xmin
+    RETURNING p.doc_id, p.attempts, o.started_by IS NOT NULL OR o.attempts > 0 AS suspect
 )
 SELECT s.doc_id,
        s.attempts,
+       s.suspect,
        h.hash,
        t.text = '' AS blank,
        CASE WHEN c.embedding IS NULL THEN t.text END AS content,
@@ -85,8 +95,15 @@ FROM started s
 JOIN docs d ON d.id = s.doc_id
 CROSS JOIN LATERAL (SELECT pgfleet_content_hash_v1(d.content) AS hash) h
 CROSS JOIN LATERAL (SELECT pgfleet_model_text_v1(d.content, %(max_chars)s) AS text) t
-LEFT JOIN model_cache c ON c.version_id = s.version_id AND c.input_hash = h.hash
+LEFT JOIN model_cache c ON c.version_id = %(version_id)s AND c.input_hash = h.hash
 ORDER BY s.doc_id;
+
+-- name: start_suspect
+-- A suspect is about to run alone in this pool process: if it dies now, this doc is why.
+UPDATE pending_embeddings
+SET started_at = now(), started_by = %(worker)s
+WHERE doc_id = %(doc_id)s AND version_id = %(version_id)s AND content_hash = %(hash)s
+RETURNING attempts;
 
 -- name: write_batch
 -- One statement, one short transaction: vectors for docs whose content still hashes to
@@ -151,27 +168,29 @@ SELECT (SELECT count(*) FROM written) AS written,
        (SELECT count(*) FROM logged) AS logged;
 
 -- name: record_failure
--- An item failed. Below the attempt limit it is retried after a backoff (the producer picks
--- it up again once not_before passes); at the limit its pending row is removed and the
--- failure stays recorded. Only applies while the doc still has the content that failed.
--- Attempts were counted when the batch was fetched.
+-- An item failed, which spends an attempt. Below the attempt limit it is retried after a
+-- backoff (the producer picks it up again once not_before passes); at the limit its pending
+-- row is removed and the failure stays recorded, with the hash of the content that failed.
+-- Only applies while the doc still has the content that failed.
 WITH target AS (
-    SELECT p.doc_id, p.version_id, greatest(p.attempts, 1) AS attempts
+    SELECT p.doc_id, p.version_id, p.attempts + 1 AS attempts
     FROM pending_embeddings p
     WHERE p.doc_id = %(doc_id)s AND p.version_id = %(version_id)s
       AND p.content_hash = %(hash)s
     FOR UPDATE
 ), failure AS (
-    INSERT INTO embedding_failures (doc_id, version_id, reason, attempts, last_error)
-    SELECT doc_id, version_id, %(reason)s, attempts, %(error)s FROM target
+    INSERT INTO embedding_failures (doc_id, version_id, reason, attempts, last_error,
+                                    content_hash)
+    SELECT doc_id, version_id, %(reason)s, attempts, %(error)s, %(hash)s FROM target
     ON CONFLICT (doc_id, version_id) DO UPDATE
         SET reason = EXCLUDED.reason, attempts = EXCLUDED.attempts,
-            last_error = EXCLUDED.last_error, last_failed_at = now()
+            last_error = EXCLUDED.last_error, last_failed_at = now(),
+            content_hash = EXCLUDED.content_hash
     RETURNING attempts
 ), retried AS (
     UPDATE pending_embeddings p
-    SET enqueued_at = NULL, started_at = NULL, last_error = %(error)s,
-        not_before = now() + make_interval(secs => %(retry_in_s)s)
+    SET attempts = t.attempts, enqueued_at = NULL, started_at = NULL, started_by = NULL,
+        last_error = %(error)s, not_before = now() + make_interval(secs => %(retry_in_s)s)
     FROM target t
     WHERE p.doc_id = t.doc_id AND p.version_id = t.version_id
       AND t.attempts < %(max_attempts)s AND NOT %(permanent)s
@@ -186,6 +205,50 @@ WITH target AS (
 SELECT (SELECT attempts FROM failure) AS attempts,
        (SELECT count(*) FROM retried) AS retried,
        (SELECT count(*) FROM given_up) AS given_up;
+
+-- name: record_deaths
+-- A pool process died running a batch (the worker's main process saw it): each (version,
+-- doc) of that batch that this process had started and not finished spends an attempt. At
+-- the limit it is recorded as failed ("worker died") with the hash of its content and its
+-- pending row removed; below it, the row is a suspect when it comes back (run alone, after
+-- the others). Docs the process had not started, had
+-- finished, or whose content changed since (the trigger cleared started_by) spend nothing.
+-- The pairs must be distinct.
+WITH target AS (
+    SELECT p.doc_id, p.version_id, p.content_hash, p.attempts + 1 AS attempts
+    FROM pending_embeddings p
+    JOIN unnest(%(version_ids)s::integer[], %(doc_ids)s::bigint[]) AS u(version_id, doc_id)
+      ON p.version_id = u.version_id AND p.doc_id = u.doc_id
+    WHERE p.started_by = %(worker)s
+    FOR UPDATE OF p
+), counted AS (
+    UPDATE pending_embeddings p
+    SET attempts = t.attempts, started_at = NULL, started_by = NULL, last_error = %(error)s
+    FROM target t
+    WHERE p.doc_id = t.doc_id AND p.version_id = t.version_id
+      AND t.attempts < %(max_attempts)s
+    RETURNING p.doc_id
+), given_up AS (
+    DELETE FROM pending_embeddings p
+    USING target t
+    WHERE p.doc_id = t.doc_id AND p.version_id = t.version_id
+      AND t.attempts >= %(max_attempts)s
+    RETURNING p.doc_id, p.version_id
+), failure AS (
+    INSERT INTO embedding_failures (doc_id, version_id, reason, attempts, last_error,
+                                    content_hash)
+    SELECT doc_id, version_id, 'worker died', attempts, %(error)s, content_hash
+    FROM target WHERE attempts >= %(max_attempts)s
+    ON CONFLICT (doc_id, version_id) DO UPDATE
+        SET reason = EXCLUDED.reason, attempts = EXCLUDED.attempts,
+            last_error = EXCLUDED.last_error, last_failed_at = now(),
+            content_hash = EXCLUDED.content_hash
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM target) AS counted,
+       (SELECT count(*) FROM given_up) AS given_up,
+       (SELECT array_agg(doc_id ORDER BY doc_id) FROM given_up) AS given_up_ids,
+       (SELECT count(*) FROM failure) AS failures;
 
 -- name: search
 -- Nearest docs for one version; the expression matches that version's HNSW index.
@@ -275,7 +338,7 @@ WITH cleared AS (
     FROM cleared c JOIN docs d ON d.id = c.doc_id
     ON CONFLICT (doc_id, version_id) DO UPDATE
         SET attempts = 0, not_before = now(), enqueued_at = NULL, started_at = NULL,
-            last_error = NULL, content_hash = EXCLUDED.content_hash
+            started_by = NULL, last_error = NULL, content_hash = EXCLUDED.content_hash
     RETURNING 1
 )
 SELECT count(*) AS queued, pg_notify('pgfleet_pending', '') IS NULL AS notified FROM queued;

@@ -9,6 +9,12 @@
    was embedded), cache rows, hit counts, the pending-row deletes and the inference log;
 4. items that failed are retried with backoff, then recorded in ``embedding_failures``.
 
+Attempts count failures and deaths only. A fetch marks the rows it starts with this pool
+process's name (``started_by``); if the process dies, the worker's main process counts an
+attempt for those rows (:mod:`workers.deaths`). A row fetched again after such a start, or
+after a failure, is a suspect: it runs alone, after the others, once the writes before it
+are done, so that a doc that kills the process is the only one its deaths count against.
+
 In a worker, step 3 runs on a background thread (``run(..., overlap=True)``): the next
 batch's fetch and encode overlap this batch's write, with at most one write in flight. The
 pending rows are deleted only by the write itself, so a process that dies with a write in
@@ -18,9 +24,7 @@ flight leaves them pending, and the producer republishes them (``requeue_after_s
 from __future__ import annotations
 
 import logging
-import os
 import re
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +42,7 @@ from workers.batching import (
     max_chars,
     plan_batch,
 )
+from workers.deaths import process_name
 from workers.engines.base import Engine, ModelSpec
 from workers.errors import (
     DatabaseRejected,
@@ -108,7 +113,8 @@ class BatchReport:
 
 
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This pool process's name, ``host:pid``, as ``started_by`` records it."""
+    return process_name()
 
 
 class EmbedPipeline:
@@ -181,21 +187,17 @@ class EmbedPipeline:
         if not rows:
             return report  # already done, deleted, in backoff, or never pending: a no-op
         self._log_cuts(spec, rows)
-        # A doc fetched before without finishing was in a batch whose worker died (or it is
-        # being retried): it may be what kills the process, so it goes alone, after the rest.
-        fresh = [r for r in rows if r["attempts"] <= 1]
-        suspects = [r for r in rows if r["attempts"] > 1]
+        # A doc started before without finishing was in a batch whose process died, or it
+        # failed before: it may be what kills the process, so it goes alone, after the rest.
+        fresh = [r for r in rows if not r["suspect"]]
+        suspects = [r for r in rows if r["suspect"]]
         if fresh:
             report.add(self._process(spec, fresh, started=fetch_started, fetch_ms=fetch_ms))
         for row in suspects:
-            if row["attempts"] > self.settings.max_attempts:
-                failure = Failure(row["doc_id"], bytes(row["hash"]), "worker died",
-                                  f"the worker process died {row['attempts'] - 1} times while "
-                                  "embedding this doc", permanent=True)
-                self._record_failure(spec, failure)
-                report.add(BatchReport(spec.version_id, failures=[failure]))
-                continue
-            report.add(self._process(spec, [row]))
+            # the writes before it finish first: if it kills the process, only it is counted
+            self.writer.drain()
+            if self._with_retry(lambda row=row: self._start_suspect(spec, row)):
+                report.add(self._process(spec, [row]))
         report.requested = len(doc_ids)
         report.fetched = len(rows)
         report.fetched_ids = {r["doc_id"] for r in rows}
@@ -269,8 +271,16 @@ class EmbedPipeline:
     def _fetch(self, spec: ModelSpec, doc_ids: list[int]) -> list[dict[str, Any]]:
         with db.pooled(self.pool) as conn:
             return db.fetch_all(conn, "fetch_batch", {
-                "version_id": spec.version_id, "doc_ids": doc_ids,
+                "version_id": spec.version_id, "doc_ids": doc_ids, "worker": self.name,
                 "max_chars": self.max_chars(spec)})
+
+    def _start_suspect(self, spec: ModelSpec, row: dict[str, Any]) -> bool:
+        """Mark a suspect as started by this process; False if it is no longer pending with
+        that content (done meanwhile, or changed)."""
+        with db.pooled(self.pool) as conn:
+            return db.fetch_one(conn, "start_suspect", {
+                "doc_id": row["doc_id"], "version_id": spec.version_id,
+                "hash": bytes(row["hash"]), "worker": self.name}) is not None
 
     def max_chars(self, spec: ModelSpec) -> int:
         """How much of a doc is fetched for this version: enough for the larger of the
@@ -376,7 +386,7 @@ class EmbedPipeline:
             attempts_row = conn.execute(
                 "SELECT attempts FROM pending_embeddings WHERE doc_id = %s AND version_id = %s",
                 (failure.doc_id, spec.version_id)).fetchone()
-            attempt = max(1, attempts_row[0] if attempts_row else 1)
+            attempt = (attempts_row[0] if attempts_row else 0) + 1  # this failure spends one
             retry_in_s = backoff_s(attempt, base_s=self.settings.retry_base_s,
                                    max_s=self.settings.retry_max_s)
             row = db.fetch_one(conn, "record_failure", {

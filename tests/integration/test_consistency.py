@@ -1,5 +1,5 @@
 """The embedding path keeps its promise (docs/reliability.md) where it is easiest to break:
-concurrent writes, huge docs and what "blank" means.
+attempts, concurrent writes, huge docs and what "blank" means.
 The pipeline runs in-process against the real database (the scratch one, which no worker
 consumes), with a fake engine; the fleet tests run the real model."""
 
@@ -85,6 +85,85 @@ def failure(conn, doc_id: int):
                         "WHERE doc_id = %s AND version_id = 1", (doc_id,)).fetchone()
 
 
+# 2. attempts count failures and deaths, not fetches
+
+
+def test_a_doc_fetched_more_often_than_max_attempts_is_still_embedded(make_pipeline, scratch):
+    run = make_pipeline(max_attempts=3)
+    [doc] = insert(scratch, "delivered many times, never finished")
+    spec = run.spec(1)
+    for _ in range(10):  # redeliveries, republishing, database errors before the write
+        assert [r["doc_id"] for r in run._fetch(spec, [doc])] == [doc]
+    run.run(1, [doc])
+    assert failure(scratch, doc) is None
+    assert vector_hash(scratch, doc) == sha("delivered many times, never finished")
+
+
+def test_a_database_outage_between_fetch_and_write_spends_no_attempt(
+        make_pipeline, scratch, conn):
+    def outage(_texts):
+        conn.execute("ALTER DATABASE pgfleet_scratch ALLOW_CONNECTIONS false")
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE datname = 'pgfleet_scratch' AND application_name = 'outage-test'")
+
+    [doc] = insert(scratch, "written after the database came back")
+    down = make_pipeline(max_attempts=1, pool_name="outage-test", timeout_s=0.5,
+                         during_encode=outage)
+    try:
+        report = down.run(1, [doc])
+    finally:
+        conn.execute("ALTER DATABASE pgfleet_scratch ALLOW_CONNECTIONS true")
+    down.pool.close()
+    assert report.error is not None and report.written == 0  # left pending
+    assert pending(scratch, doc) is not None and failure(scratch, doc) is None
+    again = make_pipeline(max_attempts=1)
+    again.run(1, [doc])
+    assert failure(scratch, doc) is None
+    assert vector_hash(scratch, doc) == sha("written after the database came back")
+
+
+class Died(BaseException):
+    """Stands for the pool process dying in the middle of an encode."""
+
+
+def test_only_the_docs_a_dead_process_had_started_spend_an_attempt(make_pipeline, scratch):
+    from workers.deaths import record_deaths
+
+    def die(texts):
+        if any("KILLER" in t for t in texts):
+            raise Died
+
+    def main_process_saw_death(worker: str, items) -> dict:
+        # what the worker's main process does when a pool process died running a batch
+        with db.connect(run.pool.conninfo, autocommit=True) as main:
+            return record_deaths(main, worker=worker, items=items, max_attempts=3,
+                                 error="the worker process running its batch died")
+
+    run = make_pipeline(max_attempts=3, name="host:4242", during_encode=die)
+    bystander, killer = insert(scratch, "a bystander", "the KILLER doc")
+    batch = [(1, bystander), (1, killer)]
+
+    with pytest.raises(Died):  # both encoded together: both were started by the dead process
+        run.run(1, [bystander, killer])
+    assert main_process_saw_death("host:4242", batch) == {"counted": 2, "given_up": 0}
+    assert pending(scratch, bystander)[1] == 1 and pending(scratch, killer)[1] == 1
+
+    with pytest.raises(Died):  # now each goes alone: the bystander is embedded first
+        run.run(1, [bystander, killer])
+    assert vector_hash(scratch, bystander) == sha("a bystander")
+    assert main_process_saw_death("host:1", batch)["counted"] == 0  # another process died
+    assert main_process_saw_death("host:4242", batch) == {"counted": 1, "given_up": 0}
+
+    with pytest.raises(Died):
+        run.run(1, [killer])
+    assert main_process_saw_death("host:4242", batch) == {"counted": 1, "given_up": 1}
+    assert failure(scratch, killer) == ("worker died", 3)
+    assert pending(scratch, killer) is None
+    assert failure(scratch, bystander) is None
+    [report] = verify(scratch)
+    assert report["stale"] == 0 and report["missing"] == 0 and report["pending"] == 0, report
+
+
 # 3. the newer content always wins, whatever the order of concurrent writes
 
 
@@ -150,6 +229,27 @@ def test_an_older_vector_never_lands_after_a_newer_content(scratch_url, scratch)
     # the vector is the current content's, or a job for the current content is pending
     assert vector_hash(scratch, doc) == sha("two") or (queued and queued[0] == sha("two")), (
         vector_hash(scratch, doc), queued, errors)
+
+
+def test_a_fetch_racing_a_content_update_leaves_the_row_to_its_new_message(
+        make_pipeline, scratch_url, scratch):
+    run = make_pipeline()
+    [doc] = insert(scratch, "before")
+    fetched: list = []
+    with db.connect(scratch_url) as updater:
+        # the update's trigger rewrites the pending row; it commits while the fetch waits
+        updater.execute("UPDATE docs SET content = 'after' WHERE id = %s", (doc,))
+        fetch = threading.Thread(target=lambda: fetched.append(run._fetch(run.spec(1), [doc])))
+        fetch.start()
+        wait_until(lambda: _waiting(scratch, "pgfleet-test"), 10, message="the fetch waiting")
+        updater.commit()
+    fetch.join(30)
+    [rows] = fetched
+    # the fetch saw the old content in its snapshot: it must not claim the row with it
+    assert all(r["hash"] == sha("after") for r in rows), rows
+    assert pending(scratch, doc)[0] == sha("after")
+    run.run(1, [doc])
+    assert vector_hash(scratch, doc) == sha("after") and pending(scratch, doc) is None
 
 
 # 5. a huge doc is cut at fetch time
