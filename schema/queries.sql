@@ -169,9 +169,12 @@ SELECT (SELECT count(*) FROM written) AS written,
 
 -- name: record_failure
 -- An item failed, which spends an attempt. Below the attempt limit it is retried after a
--- backoff (the producer picks it up again once not_before passes); at the limit its pending
--- row is removed and the failure stays recorded, with the hash of the content that failed.
--- Only applies while the doc still has the content that failed.
+-- backoff (the producer picks it up again once not_before passes); at the limit, or for a
+-- permanent failure, its pending row is removed, the failure stays recorded with the hash of
+-- the content that failed, and the doc's vector of any other content is removed (search must
+-- not keep returning what the doc no longer says). Only applies while the doc still has the
+-- content that failed (its pending row names it: a content update rewrites the row, and
+-- waits for this lock).
 WITH target AS (
     SELECT p.doc_id, p.version_id, p.attempts + 1 AS attempts
     FROM pending_embeddings p
@@ -201,17 +204,25 @@ WITH target AS (
     WHERE p.doc_id = t.doc_id AND p.version_id = t.version_id
       AND (t.attempts >= %(max_attempts)s OR %(permanent)s)
     RETURNING p.doc_id
+), unvectored AS (
+    DELETE FROM embeddings e
+    USING target t
+    WHERE e.doc_id = t.doc_id AND e.version_id = t.version_id
+      AND e.content_hash <> %(hash)s
+      AND (t.attempts >= %(max_attempts)s OR %(permanent)s)
+    RETURNING 1
 )
 SELECT (SELECT attempts FROM failure) AS attempts,
        (SELECT count(*) FROM retried) AS retried,
-       (SELECT count(*) FROM given_up) AS given_up;
+       (SELECT count(*) FROM given_up) AS given_up,
+       (SELECT count(*) FROM unvectored) AS unvectored;
 
 -- name: record_deaths
 -- A pool process died running a batch (the worker's main process saw it): each (version,
 -- doc) of that batch that this process had started and not finished spends an attempt. At
--- the limit it is recorded as failed ("worker died") with the hash of its content and its
--- pending row removed; below it, the row is a suspect when it comes back (run alone, after
--- the others). Docs the process had not started, had
+-- the limit it is recorded as failed ("worker died") with the hash of its content, its
+-- pending row and any vector of other content removed; below it, the row is a suspect when
+-- it comes back (run alone, after the others). Docs the process had not started, had
 -- finished, or whose content changed since (the trigger cleared started_by) spend nothing.
 -- The pairs must be distinct.
 WITH target AS (
@@ -244,11 +255,18 @@ WITH target AS (
             last_error = EXCLUDED.last_error, last_failed_at = now(),
             content_hash = EXCLUDED.content_hash
     RETURNING 1
+), unvectored AS (
+    DELETE FROM embeddings e
+    USING target t
+    WHERE e.doc_id = t.doc_id AND e.version_id = t.version_id
+      AND e.content_hash <> t.content_hash AND t.attempts >= %(max_attempts)s
+    RETURNING 1
 )
 SELECT (SELECT count(*) FROM target) AS counted,
        (SELECT count(*) FROM given_up) AS given_up,
        (SELECT array_agg(doc_id ORDER BY doc_id) FROM given_up) AS given_up_ids,
-       (SELECT count(*) FROM failure) AS failures;
+       (SELECT count(*) FROM failure) AS failures,
+       (SELECT count(*) FROM unvectored) AS unvectored;
 
 -- name: search
 -- Nearest docs for one version; the expression matches that version's HNSW index.

@@ -7,7 +7,8 @@
    item by item so that one bad item cannot fail its neighbours;
 3. one statement writes vectors (only for docs whose content, locked, still hashes to what
    was embedded), cache rows, hit counts, the pending-row deletes and the inference log;
-4. items that failed are retried with backoff, then recorded in ``embedding_failures``.
+4. items that failed are retried with backoff, then recorded in ``embedding_failures``
+   (a permanent failure also removes the doc's vector of older content).
 
 Attempts count failures and deaths only. A fetch marks the rows it starts with this pool
 process's name (``started_by``); if the process dies, the worker's main process counts an

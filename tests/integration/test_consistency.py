@@ -1,5 +1,5 @@
 """The embedding path keeps its promise (docs/reliability.md) where it is easiest to break:
-attempts, concurrent writes, huge docs and what "blank" means.
+permanent failures, attempts, concurrent writes, huge docs and what "blank" means.
 The pipeline runs in-process against the real database (the scratch one, which no worker
 consumes), with a fake engine; the fleet tests run the real model."""
 
@@ -85,6 +85,24 @@ def failure(conn, doc_id: int):
                         "WHERE doc_id = %s AND version_id = 1", (doc_id,)).fetchone()
 
 
+# 1. a permanent failure for the current content removes the older vector
+
+
+def test_a_doc_that_fails_for_good_loses_the_vector_of_its_older_content(make_pipeline, scratch):
+    run = make_pipeline(poison="POISON")
+    [doc] = insert(scratch, "an ordinary doc")
+    run.run(1, [doc])
+    assert vector_hash(scratch, doc) == sha("an ordinary doc")
+    scratch.execute("UPDATE docs SET content = 'now a POISON pill' WHERE id = %s", (doc,))
+    for _ in range(3):  # max_attempts; the backoff is 0 here
+        run.run(1, [doc])
+    assert failure(scratch, doc) == ("model error", 3)
+    assert pending(scratch, doc) is None
+    assert vector_hash(scratch, doc) is None  # search no longer returns the old content
+    [report] = verify(scratch)
+    assert report["stale"] == 0 and report["missing"] == 0, report
+
+
 # 2. attempts count failures and deaths, not fetches
 
 
@@ -141,6 +159,11 @@ def test_only_the_docs_a_dead_process_had_started_spend_an_attempt(make_pipeline
 
     run = make_pipeline(max_attempts=3, name="host:4242", during_encode=die)
     bystander, killer = insert(scratch, "a bystander", "the KILLER doc")
+    scratch.execute("UPDATE docs SET content = 'the KILLER doc, changed' WHERE id = %s", (killer,))
+    # a vector of the killer's older content
+    scratch.execute("INSERT INTO embeddings (doc_id, version_id, embedding, content_hash) "
+                    "VALUES (%s, 1, array_fill(0.1, ARRAY[384])::vector, %s)",
+                    (killer, sha("the KILLER doc")))
     batch = [(1, bystander), (1, killer)]
 
     with pytest.raises(Died):  # both encoded together: both were started by the dead process
@@ -159,6 +182,7 @@ def test_only_the_docs_a_dead_process_had_started_spend_an_attempt(make_pipeline
     assert main_process_saw_death("host:4242", batch) == {"counted": 1, "given_up": 1}
     assert failure(scratch, killer) == ("worker died", 3)
     assert pending(scratch, killer) is None
+    assert vector_hash(scratch, killer) is None  # the older content is not searchable
     assert failure(scratch, bystander) is None
     [report] = verify(scratch)
     assert report["stale"] == 0 and report["missing"] == 0 and report["pending"] == 0, report
