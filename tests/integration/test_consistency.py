@@ -1,5 +1,6 @@
 """The embedding path keeps its promise (docs/reliability.md) where it is easiest to break:
-permanent failures, attempts, concurrent writes, huge docs and what "blank" means.
+permanent failures, attempts, concurrent writes, writes that skip the triggers, huge docs
+and what "blank" means.
 The pipeline runs in-process against the real database (the scratch one, which no worker
 consumes), with a fake engine; the fleet tests run the real model."""
 
@@ -274,6 +275,69 @@ def test_a_fetch_racing_a_content_update_leaves_the_row_to_its_new_message(
     assert pending(scratch, doc)[0] == sha("after")
     run.run(1, [doc])
     assert vector_hash(scratch, doc) == sha("after") and pending(scratch, doc) is None
+
+
+# 4. writes that skip the triggers
+
+
+def test_a_change_made_with_triggers_off_is_embedded_and_settles(make_pipeline, scratch):
+    run = make_pipeline()
+    [doc] = insert(scratch, "queued content")
+    with scratch.transaction():  # the pending row now names content the doc no longer has
+        scratch.execute("SET LOCAL session_replication_role = replica")
+        scratch.execute("UPDATE docs SET content = 'replicated content' WHERE id = %s", (doc,))
+    run.run(1, [doc])
+    assert vector_hash(scratch, doc) == sha("replicated content")
+    assert pending(scratch, doc) is None  # not republished forever
+
+
+def test_a_blank_change_made_with_triggers_off_is_recorded(make_pipeline, scratch):
+    run = make_pipeline()
+    [doc] = insert(scratch, "queued content")
+    with scratch.transaction():
+        scratch.execute("SET LOCAL session_replication_role = replica")
+        scratch.execute("UPDATE docs SET content = '  ' WHERE id = %s", (doc,))
+    run.run(1, [doc])
+    assert failure(scratch, doc) == ("empty content", 1)
+    assert pending(scratch, doc) is None
+
+
+def test_the_reconciler_repairs_what_writes_with_triggers_off_left(make_pipeline, scratch_url,
+                                                                  scratch):
+    from producers.reconcile import reconcile_missing, repair
+
+    run = make_pipeline()
+    kept, deleted, emptied, pending_deleted = insert(
+        scratch, "changed with triggers off", "deleted with triggers off", "   ",
+        "deleted while pending")
+    run.run(1, [kept, deleted, emptied])
+    assert failure(scratch, emptied) == ("empty content", 1)
+    with scratch.transaction():
+        scratch.execute("SET LOCAL session_replication_role = replica")
+        scratch.execute("UPDATE docs SET content = 'new words' WHERE id = %s", (kept,))
+        scratch.execute("UPDATE docs SET content = 'no longer empty' WHERE id = %s", (emptied,))
+        scratch.execute("DELETE FROM docs WHERE id = ANY(%s)", ([deleted, pending_deleted],))
+        scratch.execute("INSERT INTO docs (content) VALUES ('inserted with triggers off')")
+    [report] = verify(scratch)
+    assert report["orphaned"] == 1 and report["stale"] == 1, report
+    pool = db.open_pool(scratch_url, min_size=1, max_size=1)
+    try:
+        repaired = repair(pool)
+        assert repaired["vectors"] == 1 and repaired["pending"] == 1
+        assert repaired["failures"] == 1  # recorded for content the doc no longer has
+        assert reconcile_missing(pool) == 3  # the stale, the no longer empty, the inserted
+        assert repair(pool) == {"vectors": 0, "pending": 0, "failures": 0, "superseded": 0}
+    finally:
+        pool.close()
+    ids = [r[0] for r in scratch.execute("SELECT doc_id FROM pending_embeddings")]
+    run.run(1, ids)
+    [report] = verify(scratch)
+    assert all(report[k] == 0 for k in ("missing", "stale", "orphaned", "duplicated",
+                                         "pending", "failed")), report
+    for table in ("embeddings", "pending_embeddings", "embedding_failures"):
+        assert scratch.execute(f"SELECT count(*) FROM {table} "  # noqa: S608
+                               "WHERE doc_id = ANY(%s)", ([deleted, pending_deleted],)
+                               ).fetchone()[0] == 0
 
 
 # 5. a huge doc is cut at fetch time

@@ -260,3 +260,31 @@ def test_a_doc_emptied_after_embedding_loses_its_vector(fleet, clean):
                          ).fetchall()
     assert doc not in [h[0] for h in hits]
 
+
+def test_writes_made_with_triggers_off_are_repaired_by_the_reconciler(fleet, clean):
+    from pgfleet.verify import consistent, verify
+
+    changed, deleted, twice = insert(clean, "the original words of a doc", "a doc soon deleted",
+                                     "a doc changed twice")
+    wait_embedded(clean, [changed, deleted, twice])
+    wait_until(lambda: settled(clean))
+    fleet.producer.stop()
+    try:
+        with clean.transaction():
+            # a change the trigger queues, then one it does not see (replication, a restore)
+            clean.execute("UPDATE docs SET content = 'changed once' WHERE id = %s", (twice,))
+            clean.execute("SET LOCAL session_replication_role = replica")
+            clean.execute("UPDATE docs SET content = 'changed with triggers off' "
+                          "WHERE id = ANY(%s)", ([changed, twice],))
+            clean.execute("DELETE FROM docs WHERE id = %s", (deleted,))
+            [added] = [r[0] for r in clean.execute(
+                "INSERT INTO docs (content) VALUES ('inserted with triggers off') RETURNING id")]
+        assert verify(clean)[0]["orphaned"] == 1
+    finally:
+        fleet.producer.start()  # it reconciles when it starts
+    current = {changed: "changed with triggers off", twice: "changed with triggers off",
+               added: "inserted with triggers off"}
+    wait_embedded(clean, list(current), content=current)
+    wait_until(lambda: settled(clean), 30, message="nothing pending")
+    report = verify(clean)
+    assert consistent(report), report
