@@ -13,6 +13,7 @@ from producers.reconcile import (
     drop_retired,
     reap_stale_runs,
     reconcile_missing,
+    repair,
     republish_lost_runs,
     requeue_stale,
 )
@@ -48,8 +49,12 @@ class ProducerLoop:
     def stop(self) -> None:
         self._stop.set()
 
-    def run_once(self) -> Published:
+    def reconcile(self) -> None:
+        repair(self.pool)
         reconcile_missing(self.pool)
+
+    def run_once(self) -> Published:
+        self.reconcile()
         self._requeue()
         return self.dispatcher.drain()
 
@@ -65,7 +70,7 @@ class ProducerLoop:
             now = time.monotonic()
             try:
                 if now >= next_reconcile:
-                    reconcile_missing(self.pool)
+                    self.reconcile()
                     drop_retired(self.pool, self.settings.retire_grace_s)
                     next_reconcile = now + self.settings.reconcile_interval_s
                 if now >= next_requeue:

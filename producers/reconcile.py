@@ -24,14 +24,39 @@ def requeue_stale(pool: ConnectionPool, older_than_s: float, *, broker_busy: boo
     return count
 
 
+def repair(pool: ConnectionPool) -> dict[str, int]:
+    """What writes made with triggers off leave behind (replication, ``pg_restore
+    --disable-triggers``, ``session_replication_role = replica``): rows of deleted docs
+    (vectors, pending rows, failures: the foreign keys' cascades did not run), failures of
+    content a doc no longer has (so that ``reconcile_missing`` queues it again), and vectors
+    of older content on docs that failed for good. Run before ``reconcile_missing``."""
+    with db.pooled(pool) as conn, conn.transaction():
+        orphans = db.fetch_one(conn, "reconcile_orphans")
+        failures = db.fetch_one(conn, "reconcile_failures")
+    assert orphans is not None and failures is not None
+    repaired = {"vectors": int(orphans["vectors"]), "pending": int(orphans["pending"]),
+                "failures": int(orphans["failures"]) + int(failures["failures"]),
+                "superseded": int(failures["superseded"])}
+    if any(repaired.values()):
+        logger.warning(
+            "repaired what writes with triggers off left (replication, a restore?): removed "
+            "%(vectors)d vectors and %(pending)d pending rows of deleted docs, cleared "
+            "%(failures)d failures of deleted docs or of content they no longer have, and "
+            "removed %(superseded)d vectors of content replaced by content that failed",
+            repaired)
+    return repaired
+
+
 def reconcile_missing(pool: ConnectionPool, version_id: int | None = None) -> int:
-    """Docs with no current vector, pending row or failure for an active version."""
+    """Docs with no vector of their current content (none, or one of older content), and no
+    pending row or failure, for an active version."""
     with db.pooled(pool) as conn, conn.transaction():
         count = conn.execute(schema.query("reconcile_missing"),
                              {"version_id": version_id}).rowcount
     if count:
-        logger.warning("queued %d docs that had no vector and no pending work (a version "
-                       "activated, or docs loaded with triggers off?)", count)
+        logger.warning("queued %d docs that had no vector of their current content and no "
+                       "pending work (a version activated, or docs loaded or changed with "
+                       "triggers off?)", count)
     return count
 
 

@@ -30,9 +30,11 @@ WHERE enqueued_at < now() - make_interval(secs => %(older_than_s)s)
        OR enqueued_at < now() - make_interval(secs => %(older_than_s)s * 10));
 
 -- name: reconcile_missing
--- Docs with no vector, no pending row and no recorded failure for an active version
--- (loaded with triggers disabled, restored from a backup, a version just activated):
--- queue them as backfill, behind live changes.
+-- Docs with no vector of their current content (none at all, or one of older content), no
+-- pending row and no recorded failure for an active version (loaded or changed with
+-- triggers disabled, restored from a backup, a version just activated): queue them as
+-- backfill, behind live changes. Run after reconcile_failures, which clears failures of
+-- content a doc no longer has.
 INSERT INTO pending_embeddings (doc_id, version_id, content_hash, priority)
 SELECT d.id, v.id, pgfleet_content_hash_v1(d.content), 1
 FROM docs d
@@ -48,6 +50,53 @@ WHERE v.kind = 'embedding' AND v.active
                   WHERE f.doc_id = d.id AND f.version_id = v.id)
 ON CONFLICT DO NOTHING;
 
+-- name: reconcile_orphans
+-- Rows of docs that no longer exist. A delete made with triggers off (session_replication_role
+-- = replica, pg_restore --disable-triggers, a logical replication apply) skips the foreign
+-- keys' cascades, leaving vectors that search would return, pending rows republished forever
+-- and failures. A doc committed after this statement's snapshot is not seen, and nor are its
+-- rows.
+WITH vectors AS (
+    DELETE FROM embeddings e
+    WHERE NOT EXISTS (SELECT 1 FROM docs d WHERE d.id = e.doc_id)
+    RETURNING 1
+), pending AS (
+    DELETE FROM pending_embeddings p
+    WHERE NOT EXISTS (SELECT 1 FROM docs d WHERE d.id = p.doc_id)
+    RETURNING 1
+), failures AS (
+    DELETE FROM embedding_failures f
+    WHERE NOT EXISTS (SELECT 1 FROM docs d WHERE d.id = f.doc_id)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM vectors) AS vectors,
+       (SELECT count(*) FROM pending) AS pending,
+       (SELECT count(*) FROM failures) AS failures;
+
+-- name: reconcile_failures
+-- Failures recorded for content a doc no longer has (it changed with triggers off, which
+-- leaves the failure in place) are cleared, so that reconcile_missing queues the doc again;
+-- a failure of unknown content (NULL hash) is kept. Vectors of older content on docs whose
+-- current content failed for good, with no job pending, are removed (left by versions before
+-- record_failure removed them): search must not return what a doc no longer says.
+WITH outdated AS (
+    DELETE FROM embedding_failures f
+    USING docs d
+    WHERE d.id = f.doc_id AND f.content_hash <> pgfleet_content_hash_v1(d.content)
+    RETURNING 1
+), superseded AS (
+    DELETE FROM embeddings e
+    USING embedding_failures f, docs d
+    WHERE e.doc_id = f.doc_id AND e.version_id = f.version_id AND d.id = f.doc_id
+      AND f.content_hash = pgfleet_content_hash_v1(d.content)
+      AND e.content_hash <> f.content_hash
+      AND NOT EXISTS (SELECT 1 FROM pending_embeddings p
+                      WHERE p.doc_id = e.doc_id AND p.version_id = e.version_id)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM outdated) AS failures,
+       (SELECT count(*) FROM superseded) AS superseded;
+
 -- name: model_versions
 SELECT id, name, version, kind, format, artifact, dimensions, max_seq_length, status,
        traffic_percent, active
@@ -61,33 +110,68 @@ FROM model_versions
 WHERE id = %(version_id)s;
 
 -- name: fetch_batch
--- One round trip: marks the docs still pending for this version as started (counting the
--- attempt, so that a doc whose worker keeps dying is noticed), and returns their current
--- content hash and a cached vector where one exists. Content is returned only for misses.
+-- One round trip: marks the docs still pending for this version as started by this pool
+-- process, and returns their current content hash, the text the model is given (from the
+-- first non-blank character, cut to max_chars: pgfleet_model_text_v1), whether they are
+-- blank, and a cached vector where one exists (content is returned only for misses).
+-- Fetching spends no attempt. A row that was started before and not finished (its process
+-- may have died of it) or that failed before comes back as a suspect: the worker runs it
+-- alone, after the others, and marks it started only then (start_suspect).
+-- The pending row takes the hash of the content fetched: a change made with triggers off
+-- left it naming older content, and then it is a new job (no attempts, no suspect). A row
+-- changed since this statement's snapshot (a content update, another worker's fetch) is
+-- left alone: its xmin differs at the re-check, and its new state has its own message.
 WITH started AS (
     UPDATE pending_embeddings p
-    SET attempts = p.attempts + 1, started_at = now()
-    WHERE p.version_id = %(version_id)s
-      AND p.doc_id = ANY(%(doc_ids)s)
-      AND p.not_before <= now()
-    RETURNING p.doc_id, p.version_id, p.attempts
+    SET content_hash = h.hash,
+        attempts = CASE WHEN o.content_hash = h.hash THEN p.attempts ELSE 0 END,
+        started_at = now(),
+        started_by = CASE WHEN o.content_hash = h.hash
+                               AND (o.started_by IS NOT NULL OR o.attempts > 0)
+                          THEN NULL ELSE %(worker)s END
+    FROM pending_embeddings o
+    JOIN docs d ON d.id = o.doc_id
+    CROSS JOIN LATERAL (SELECT pgfleet_content_hash_v1(d.content) AS hash) h
+    WHERE o.version_id = %(version_id)s
+      AND o.doc_id = ANY(%(doc_ids)s)
+      AND o.not_before <= now()
+      AND p.doc_id = o.doc_id AND p.version_id = o.version_id
+      AND p.xmin = o.xmin
+    RETURNING p.doc_id, p.attempts, h.hash,
+              o.content_hash = h.hash AND (o.started_by IS NOT NULL OR o.attempts > 0)
+                  AS suspect
 )
 SELECT s.doc_id,
        s.attempts,
-       h.hash,
-       CASE WHEN c.embedding IS NULL THEN d.content END AS content,
+       s.suspect,
+       s.hash,
+       t.text = '' AS blank,
+       CASE WHEN c.embedding IS NULL THEN t.text END AS content,
+       length(t.text) = %(max_chars)s AND octet_length(d.content) > octet_length(t.text) AS cut,
        c.embedding AS cached
 FROM started s
 JOIN docs d ON d.id = s.doc_id
-CROSS JOIN LATERAL (SELECT pgfleet_content_hash_v1(d.content) AS hash) h
-LEFT JOIN model_cache c ON c.version_id = s.version_id AND c.input_hash = h.hash;
+CROSS JOIN LATERAL (SELECT pgfleet_model_text_v1(d.content, %(max_chars)s) AS text) t
+LEFT JOIN model_cache c ON c.version_id = %(version_id)s AND c.input_hash = s.hash
+ORDER BY s.doc_id;
+
+-- name: start_suspect
+-- A suspect is about to run alone in this pool process: if it dies now, this doc is why.
+UPDATE pending_embeddings
+SET started_at = now(), started_by = %(worker)s
+WHERE doc_id = %(doc_id)s AND version_id = %(version_id)s AND content_hash = %(hash)s
+RETURNING attempts;
 
 -- name: write_batch
 -- One statement, one short transaction: vectors for docs whose content still hashes to
--- what was embedded (a doc updated meanwhile is left to its newer job; a doc deleted
--- meanwhile is skipped: if its delete commits during this statement, the foreign key check
--- fails and the caller runs the statement again), their pending rows, cache rows and hit
--- counts, and the log row.
+-- what was embedded, their pending rows, cache rows and hit counts, and the log row.
+-- The docs are locked FOR SHARE first (pgfleet_lock_docs_v1): the hash compared is the
+-- latest committed content's, and no content update or delete of these docs can commit
+-- until this write has, so a doc updated meanwhile is left to its newer job, an older
+-- vector never overwrites a newer one, and a deleted doc is skipped.
+-- The pending row of every doc written is removed whatever hash it names: the vector is of
+-- the doc's current (locked) content, and a pending row naming another was left by a change
+-- made with triggers off.
 -- Idempotent: writing the same batch twice leaves the same state.
 WITH input AS (
     SELECT * FROM unnest(%(doc_ids)s::bigint[], %(hashes)s::bytea[], %(vectors)b::vector[])
@@ -95,8 +179,9 @@ WITH input AS (
 ), live AS (
     SELECT i.doc_id, i.hash, i.embedding
     FROM input i
-    JOIN docs d ON d.id = i.doc_id
-    WHERE pgfleet_content_hash_v1(d.content) = i.hash
+    JOIN pgfleet_lock_docs_v1(%(doc_ids)s::bigint[]) l
+      ON l.doc_id = i.doc_id AND l.content_hash = i.hash
+    ORDER BY i.doc_id  -- vector rows are locked in one order by every writer
 ), written AS (
     INSERT INTO embeddings (doc_id, version_id, chunk, embedding, content_hash, embedded_at)
     SELECT doc_id, %(version_id)s, 0, embedding, hash, now() FROM live
@@ -109,7 +194,6 @@ WITH input AS (
     DELETE FROM pending_embeddings p
     USING written w
     WHERE p.doc_id = w.doc_id AND p.version_id = %(version_id)s
-      AND p.content_hash = w.content_hash
     RETURNING p.doc_id
 ), cleared AS (
     DELETE FROM embedding_failures f
@@ -143,27 +227,34 @@ SELECT (SELECT count(*) FROM written) AS written,
        (SELECT count(*) FROM logged) AS logged;
 
 -- name: record_failure
--- An item failed. Below the attempt limit it is retried after a backoff (the producer picks
--- it up again once not_before passes); at the limit its pending row is removed and the
--- failure stays recorded. Only applies while the doc still has the content that failed.
--- Attempts were counted when the batch was fetched.
+-- An item failed, which spends an attempt. Below the attempt limit it is retried after a
+-- backoff (the producer picks it up again once not_before passes); at the limit, or for a
+-- permanent failure, its pending row is removed, the failure stays recorded with the hash of
+-- the content that failed, and the doc's vector of any other content is removed (search must
+-- not keep returning what the doc no longer says). Only applies while the doc still has the
+-- content that failed: its pending row names it (a content update rewrites the row, and
+-- waits for this lock) and so does the doc.
 WITH target AS (
-    SELECT p.doc_id, p.version_id, greatest(p.attempts, 1) AS attempts
+    SELECT p.doc_id, p.version_id, p.attempts + 1 AS attempts
     FROM pending_embeddings p
+    JOIN docs d ON d.id = p.doc_id
     WHERE p.doc_id = %(doc_id)s AND p.version_id = %(version_id)s
       AND p.content_hash = %(hash)s
-    FOR UPDATE
+      AND pgfleet_content_hash_v1(d.content) = %(hash)s
+    FOR UPDATE OF p
 ), failure AS (
-    INSERT INTO embedding_failures (doc_id, version_id, reason, attempts, last_error)
-    SELECT doc_id, version_id, %(reason)s, attempts, %(error)s FROM target
+    INSERT INTO embedding_failures (doc_id, version_id, reason, attempts, last_error,
+                                    content_hash)
+    SELECT doc_id, version_id, %(reason)s, attempts, %(error)s, %(hash)s FROM target
     ON CONFLICT (doc_id, version_id) DO UPDATE
         SET reason = EXCLUDED.reason, attempts = EXCLUDED.attempts,
-            last_error = EXCLUDED.last_error, last_failed_at = now()
+            last_error = EXCLUDED.last_error, last_failed_at = now(),
+            content_hash = EXCLUDED.content_hash
     RETURNING attempts
 ), retried AS (
     UPDATE pending_embeddings p
-    SET enqueued_at = NULL, started_at = NULL, last_error = %(error)s,
-        not_before = now() + make_interval(secs => %(retry_in_s)s)
+    SET attempts = t.attempts, enqueued_at = NULL, started_at = NULL, started_by = NULL,
+        last_error = %(error)s, not_before = now() + make_interval(secs => %(retry_in_s)s)
     FROM target t
     WHERE p.doc_id = t.doc_id AND p.version_id = t.version_id
       AND t.attempts < %(max_attempts)s AND NOT %(permanent)s
@@ -174,10 +265,69 @@ WITH target AS (
     WHERE p.doc_id = t.doc_id AND p.version_id = t.version_id
       AND (t.attempts >= %(max_attempts)s OR %(permanent)s)
     RETURNING p.doc_id
+), unvectored AS (
+    DELETE FROM embeddings e
+    USING target t
+    WHERE e.doc_id = t.doc_id AND e.version_id = t.version_id
+      AND e.content_hash <> %(hash)s
+      AND (t.attempts >= %(max_attempts)s OR %(permanent)s)
+    RETURNING 1
 )
 SELECT (SELECT attempts FROM failure) AS attempts,
        (SELECT count(*) FROM retried) AS retried,
-       (SELECT count(*) FROM given_up) AS given_up;
+       (SELECT count(*) FROM given_up) AS given_up,
+       (SELECT count(*) FROM unvectored) AS unvectored;
+
+-- name: record_deaths
+-- A pool process died running a batch (the worker's main process saw it): each (version,
+-- doc) of that batch that this process had started and not finished spends an attempt. At
+-- the limit it is recorded as failed ("worker died") with the hash of its content, its
+-- pending row and any vector of other content removed; below it, the row is a suspect when
+-- it comes back (run alone, after the others). Docs the process had not started, had
+-- finished, or whose content changed since (the trigger cleared started_by) spend nothing.
+-- The pairs must be distinct.
+WITH target AS (
+    SELECT p.doc_id, p.version_id, p.content_hash, p.attempts + 1 AS attempts
+    FROM pending_embeddings p
+    JOIN unnest(%(version_ids)s::integer[], %(doc_ids)s::bigint[]) AS u(version_id, doc_id)
+      ON p.version_id = u.version_id AND p.doc_id = u.doc_id
+    WHERE p.started_by = %(worker)s
+    FOR UPDATE OF p
+), counted AS (
+    UPDATE pending_embeddings p
+    SET attempts = t.attempts, started_at = NULL, started_by = NULL, last_error = %(error)s
+    FROM target t
+    WHERE p.doc_id = t.doc_id AND p.version_id = t.version_id
+      AND t.attempts < %(max_attempts)s
+    RETURNING p.doc_id
+), given_up AS (
+    DELETE FROM pending_embeddings p
+    USING target t
+    WHERE p.doc_id = t.doc_id AND p.version_id = t.version_id
+      AND t.attempts >= %(max_attempts)s
+    RETURNING p.doc_id, p.version_id
+), failure AS (
+    INSERT INTO embedding_failures (doc_id, version_id, reason, attempts, last_error,
+                                    content_hash)
+    SELECT doc_id, version_id, 'worker died', attempts, %(error)s, content_hash
+    FROM target WHERE attempts >= %(max_attempts)s
+    ON CONFLICT (doc_id, version_id) DO UPDATE
+        SET reason = EXCLUDED.reason, attempts = EXCLUDED.attempts,
+            last_error = EXCLUDED.last_error, last_failed_at = now(),
+            content_hash = EXCLUDED.content_hash
+    RETURNING 1
+), unvectored AS (
+    DELETE FROM embeddings e
+    USING target t
+    WHERE e.doc_id = t.doc_id AND e.version_id = t.version_id
+      AND e.content_hash <> t.content_hash AND t.attempts >= %(max_attempts)s
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM target) AS counted,
+       (SELECT count(*) FROM given_up) AS given_up,
+       (SELECT array_agg(doc_id ORDER BY doc_id) FROM given_up) AS given_up_ids,
+       (SELECT count(*) FROM failure) AS failures,
+       (SELECT count(*) FROM unvectored) AS unvectored;
 
 -- name: search
 -- Nearest docs for one version; the expression matches that version's HNSW index.
@@ -218,8 +368,9 @@ SELECT * FROM unnest(%(contents)s::text[], %(metadata)s::jsonb[]);
 
 -- name: verify
 -- The fleet's promise, checked: per active embedding version, docs whose stored vector is
--- missing or stale (and that are neither pending nor failed), failures on docs that do have
--- content, vectors for docs that no longer exist, and pending work.
+-- missing or stale (and that are neither pending nor failed for their current content),
+-- failures on docs that are not blank (pgfleet_is_blank_v1, as the worker decides), vectors
+-- for docs that no longer exist, and pending work.
 SELECT v.id AS version_id, v.name, v.version,
        (SELECT count(*) FROM docs) AS docs,
        (SELECT count(*) FROM docs d
@@ -228,7 +379,10 @@ SELECT v.id AS version_id, v.name, v.version,
            AND NOT EXISTS (SELECT 1 FROM pending_embeddings p WHERE p.doc_id = d.id
                              AND p.version_id = v.id)
            AND NOT EXISTS (SELECT 1 FROM embedding_failures f WHERE f.doc_id = d.id
-                             AND f.version_id = v.id)) AS missing,
+                             AND f.version_id = v.id
+                             AND (f.content_hash IS NULL
+                                  OR f.content_hash = pgfleet_content_hash_v1(d.content)))
+       ) AS missing,
        (SELECT count(*) FROM embeddings e JOIN docs d ON d.id = e.doc_id
          WHERE e.version_id = v.id
            AND e.content_hash <> pgfleet_content_hash_v1(d.content)
@@ -241,7 +395,7 @@ SELECT v.id AS version_id, v.name, v.version,
        (SELECT count(*) FROM pending_embeddings p WHERE p.version_id = v.id) AS pending,
        (SELECT count(*) FROM embedding_failures f WHERE f.version_id = v.id) AS failed,
        (SELECT count(*) FROM embedding_failures f JOIN docs d ON d.id = f.doc_id
-         WHERE f.version_id = v.id AND btrim(d.content, E' \t\n\r\f\v') <> '') AS failed_with_content
+         WHERE f.version_id = v.id AND NOT pgfleet_is_blank_v1(d.content)) AS failed_with_content
 FROM model_versions v
 WHERE v.kind = 'embedding' AND v.active
 ORDER BY v.id;
@@ -266,7 +420,7 @@ WITH cleared AS (
     FROM cleared c JOIN docs d ON d.id = c.doc_id
     ON CONFLICT (doc_id, version_id) DO UPDATE
         SET attempts = 0, not_before = now(), enqueued_at = NULL, started_at = NULL,
-            last_error = NULL, content_hash = EXCLUDED.content_hash
+            started_by = NULL, last_error = NULL, content_hash = EXCLUDED.content_hash
     RETURNING 1
 )
 SELECT count(*) AS queued, pg_notify('pgfleet_pending', '') IS NULL AS notified FROM queued;

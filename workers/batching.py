@@ -17,6 +17,23 @@ from workers.errors import InvalidTaskArguments
 #: more ids than this in one message is refused: messages carry ids, but not unbounded lists
 MAX_IDS_PER_MESSAGE = 10_000
 
+#: the most characters one token of a model's window is taken to cover: WordPiece gives every
+#: word of up to 100 characters (its max_input_chars_per_word) at least one token per 100
+#: characters, and a longer word one [UNK]. A doc is cut at fetch time to this many
+#: characters per token of the window (from its first non-blank character), so that memory
+#: stays bounded whatever a row holds; text with long runs of blanks or controls between its
+#: words, or of words over 100 characters, can reach the cut before the window is full, and
+#: the worker logs those.
+MAX_CHARS_PER_TOKEN = 100
+
+#: the window assumed for a version that records none (the largest of the BERT family)
+DEFAULT_WINDOW_TOKENS = 512
+
+
+def max_chars(window_tokens: int | None) -> int:
+    """Characters of a doc fetched for a model that reads ``window_tokens`` tokens."""
+    return MAX_CHARS_PER_TOKEN * (window_tokens or DEFAULT_WINDOW_TOKENS)
+
 
 def validate_embed_args(args: Sequence[Any], kwargs: dict[str, Any] | None = None,
                         ) -> tuple[int, list[int]]:
@@ -71,6 +88,8 @@ class BatchPlan:
     docs_by_hash: dict[bytes, list[int]] = field(default_factory=dict)
     #: (doc_id, hash) of docs with nothing to embed
     empty: list[tuple[int, bytes]] = field(default_factory=list)
+    #: hashes of the texts that were cut at fetch time (see ``MAX_CHARS_PER_TOKEN``)
+    cut: set[bytes] = field(default_factory=set)
 
     @property
     def batch_size(self) -> int:
@@ -78,24 +97,27 @@ class BatchPlan:
 
 
 def plan_batch(rows: Iterable[dict[str, Any]]) -> BatchPlan:
-    """Split fetched rows into cache hits, distinct texts to encode, and empty docs.
+    """Split fetched rows into empty docs, cache hits and distinct texts to encode.
 
-    Each row has ``doc_id``, ``hash``, ``content`` (None on a cache hit) and ``cached``.
+    Each row has ``doc_id``, ``hash``, ``blank`` (decided by the database, with the one
+    definition ``verify`` uses too: ``pgfleet_is_blank_v1``), ``content`` (None on a cache
+    hit), ``cached`` and optionally ``cut``.
     """
     plan = BatchPlan()
     pending_texts: dict[bytes, str] = {}
     for row in rows:
         doc_id, digest = row["doc_id"], bytes(row["hash"])
+        if row["blank"]:
+            plan.empty.append((doc_id, digest))
+            continue
         if row["cached"] is not None:
             plan.hits[doc_id] = (digest, as_array(row["cached"]))
             plan.hit_counts[digest] = plan.hit_counts.get(digest, 0) + 1
             continue
-        content = row["content"]
-        if content is None or not content.strip():
-            plan.empty.append((doc_id, digest))
-            continue
         plan.docs_by_hash.setdefault(digest, []).append(doc_id)
-        pending_texts.setdefault(digest, content)
+        pending_texts.setdefault(digest, row["content"])
+        if row.get("cut"):
+            plan.cut.add(digest)
     for digest, text in sorted(pending_texts.items(), key=lambda item: len(item[1])):
         plan.texts.append(text)
         plan.text_hashes.append(digest)

@@ -1,12 +1,20 @@
 """The embedding path for one batch: fetch + cache lookup, encode the misses, one write.
 
-1. one query fetches the docs still pending for the version, their content hash and any
-   cached vector (content is returned only for misses);
+1. one query fetches the docs still pending for the version, their content hash, the text
+   the model is given (cut to ``batching.max_chars`` of the model's window, so that a huge
+   row cannot take the process down) and any cached vector (content only for misses);
 2. identical texts are encoded once, shortest first; a batch whose encode fails is retried
    item by item so that one bad item cannot fail its neighbours;
-3. one statement writes vectors (only for docs whose content still hashes to what was
-   embedded), cache rows, hit counts, the pending-row deletes and the inference log;
-4. items that failed are retried with backoff, then recorded in ``embedding_failures``.
+3. one statement writes vectors (only for docs whose content, locked, still hashes to what
+   was embedded), cache rows, hit counts, the pending-row deletes and the inference log;
+4. items that failed are retried with backoff, then recorded in ``embedding_failures``
+   (a permanent failure also removes the doc's vector of older content).
+
+Attempts count failures and deaths only. A fetch marks the rows it starts with this pool
+process's name (``started_by``); if the process dies, the worker's main process counts an
+attempt for those rows (:mod:`workers.deaths`). A row fetched again after such a start, or
+after a failure, is a suspect: it runs alone, after the others, once the writes before it
+are done, so that a doc that kills the process is the only one its deaths count against.
 
 In a worker, step 3 runs on a background thread (``run(..., overlap=True)``): the next
 batch's fetch and encode overlap this batch's write, with at most one write in flight. The
@@ -17,11 +25,9 @@ flight leaves them pending, and the producer republishes them (``requeue_after_s
 from __future__ import annotations
 
 import logging
-import os
-import socket
+import re
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +35,15 @@ import numpy as np
 from psycopg_pool import ConnectionPool
 
 from workers import db
-from workers.batching import BatchPlan, backoff_s, chunked, plan_batch
+from workers.batching import (
+    MAX_CHARS_PER_TOKEN,
+    BatchPlan,
+    backoff_s,
+    chunked,
+    max_chars,
+    plan_batch,
+)
+from workers.deaths import process_name
 from workers.engines.base import Engine, ModelSpec
 from workers.errors import (
     DatabaseRejected,
@@ -39,10 +53,14 @@ from workers.errors import (
     UnknownModelVersion,
 )
 from workers.settings import Settings
+from workers.writer import Writer, single_items, write_params
 
 logger = logging.getLogger(__name__)
 
 EngineLoader = Callable[[ModelSpec], Engine]
+
+#: the last blank of a text, and the (perhaps partial) word after it
+_LAST_BLANK = re.compile(r"\s\S*\Z")
 
 #: how often a write is tried when the database is briefly unavailable, and the pauses
 WRITE_RETRY_PAUSES_S = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -95,34 +113,9 @@ class BatchReport:
         return self
 
 
-class Writer:
-    """One background thread that runs writes in order, at most one in flight: submitting
-    waits for the previous write, so a fast encoder cannot pile up batches in memory."""
-
-    def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgfleet-write")
-        self._last: Future[Any] | None = None
-
-    def submit(self, action: Callable[[], Any]) -> Future[Any]:
-        self.drain()
-        self._last = self._executor.submit(action)
-        return self._last
-
-    def after(self, action: Callable[[], Any]) -> None:
-        """Run ``action`` once every write submitted so far is done (without waiting)."""
-        self._executor.submit(action)
-
-    def drain(self, timeout: float | None = None) -> None:
-        if self._last is not None:
-            self._last.exception(timeout)  # errors are handled (and logged) by the action
-
-    def close(self, timeout: float | None = None) -> None:
-        self.drain(timeout)
-        self._executor.shutdown(wait=True)
-
-
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This pool process's name, ``host:pid``, as ``started_by`` records it."""
+    return process_name()
 
 
 class EmbedPipeline:
@@ -135,6 +128,8 @@ class EmbedPipeline:
         self.sleep = sleep
         self._specs: dict[int, ModelSpec] = {}
         self._checked: set[int] = set()
+        #: the window (tokens) of each version's loaded engine
+        self._windows: dict[int, int] = {}
         self.writer = Writer()
         self._overlap = False
 
@@ -192,21 +187,18 @@ class EmbedPipeline:
         fetch_ms = (time.perf_counter() - fetch_started) * 1000.0
         if not rows:
             return report  # already done, deleted, in backoff, or never pending: a no-op
-        # A doc fetched before without finishing was in a batch whose worker died (or it is
-        # being retried): it may be what kills the process, so it goes alone, after the rest.
-        fresh = [r for r in rows if r["attempts"] <= 1]
-        suspects = [r for r in rows if r["attempts"] > 1]
+        self._log_cuts(spec, rows)
+        # A doc started before without finishing was in a batch whose process died, or it
+        # failed before: it may be what kills the process, so it goes alone, after the rest.
+        fresh = [r for r in rows if not r["suspect"]]
+        suspects = [r for r in rows if r["suspect"]]
         if fresh:
             report.add(self._process(spec, fresh, started=fetch_started, fetch_ms=fetch_ms))
         for row in suspects:
-            if row["attempts"] > self.settings.max_attempts:
-                failure = Failure(row["doc_id"], bytes(row["hash"]), "worker died",
-                                  f"the worker process died {row['attempts'] - 1} times while "
-                                  "embedding this doc", permanent=True)
-                self._record_failure(spec, failure)
-                report.add(BatchReport(spec.version_id, failures=[failure]))
-                continue
-            report.add(self._process(spec, [row]))
+            # the writes before it finish first: if it kills the process, only it is counted
+            self.writer.drain()
+            if self._with_retry(lambda row=row: self._start_suspect(spec, row)):
+                report.add(self._process(spec, [row]))
         report.requested = len(doc_ids)
         report.fetched = len(rows)
         report.fetched_ids = {r["doc_id"] for r in rows}
@@ -231,7 +223,7 @@ class EmbedPipeline:
             failures.extend(encode_failures)
             report.model_calls = len(plan.texts)
         encode_ms = (time.perf_counter() - encode_started) * 1000.0
-        params = _write_params(spec, plan, encoded)
+        params = write_params(spec, plan, encoded)
         params.update(worker=self.name, batch_size=plan.batch_size,
                       cache_hits=report.cache_hits, model_calls=report.model_calls,
                       latency_ms=(time.perf_counter() - started) * 1000.0)
@@ -279,8 +271,23 @@ class EmbedPipeline:
 
     def _fetch(self, spec: ModelSpec, doc_ids: list[int]) -> list[dict[str, Any]]:
         with db.pooled(self.pool) as conn:
-            return db.fetch_all(conn, "fetch_batch",
-                                {"version_id": spec.version_id, "doc_ids": doc_ids})
+            return db.fetch_all(conn, "fetch_batch", {
+                "version_id": spec.version_id, "doc_ids": doc_ids, "worker": self.name,
+                "max_chars": self.max_chars(spec)})
+
+    def _start_suspect(self, spec: ModelSpec, row: dict[str, Any]) -> bool:
+        """Mark a suspect as started by this process; False if it is no longer pending with
+        that content (done meanwhile, or changed)."""
+        with db.pooled(self.pool) as conn:
+            return db.fetch_one(conn, "start_suspect", {
+                "doc_id": row["doc_id"], "version_id": spec.version_id,
+                "hash": bytes(row["hash"]), "worker": self.name}) is not None
+
+    def max_chars(self, spec: ModelSpec) -> int:
+        """How much of a doc is fetched for this version: enough for the larger of the
+        window the registry records and that of the engine loaded here."""
+        window = max(spec.max_seq_length or 0, self._windows.get(spec.version_id, 0))
+        return max_chars(window or None)
 
     def _write(self, params: dict[str, Any]) -> dict[str, Any]:
         with db.pooled(self.pool) as conn, conn.transaction():
@@ -291,6 +298,7 @@ class EmbedPipeline:
     def engine(self, spec: ModelSpec) -> Engine:
         """The version's engine, refused if its vectors would not match those stored."""
         engine = self.load(spec)
+        self._windows[spec.version_id] = int(engine.max_seq_length)
         if spec.version_id not in self._checked:
             with db.pooled(self.pool) as conn:
                 row = conn.execute("SELECT vector_dims(embedding) FROM embeddings "
@@ -314,7 +322,7 @@ class EmbedPipeline:
             logger.warning("writing a batch of %d was refused (%s); writing item by item",
                            len(params["doc_ids"]), exc)
         written, failures = 0, []
-        for item in _single_items(params):
+        for item in single_items(params):
             count, failed = self._write_isolating(item)
             written += count
             failures.extend(failed)
@@ -348,24 +356,38 @@ class EmbedPipeline:
                                 for d in plan.docs_by_hash[digest])
         return encoded, failures
 
+    def _log_cuts(self, spec: ModelSpec, rows: list[dict[str, Any]]) -> None:
+        cut = [r["doc_id"] for r in rows if r["cut"]]
+        if cut:
+            logger.info("cut docs %s to their first %d characters at fetch (the model reads "
+                        "at most %s tokens of them)", cut, self.max_chars(spec),
+                        self._windows.get(spec.version_id) or spec.max_seq_length)
+
     def _log_truncation(self, engine: Engine, plan: BatchPlan) -> None:
         limit = engine.max_seq_length
-        # a token covers at least one character, so only long texts can exceed the window
+        # a token covers at least one character, so only long texts can exceed the window;
+        # texts are cut at fetch time, so counting their tokens is bounded too
         long = [(t, h) for t, h in zip(plan.texts, plan.text_hashes, strict=True) if len(t) > limit - 2]
         if not long:
             return
         counts = engine.token_counts([t for t, _ in long])
-        for (_, digest), tokens in zip(long, counts, strict=True):
+        for (text, digest), tokens in zip(long, counts, strict=True):
             if tokens > limit:
                 logger.info("truncated docs %s from %d to %d tokens (the model's window)",
                             plan.docs_by_hash[digest], tokens, limit)
+            if digest in plan.cut and not _cut_after_window(engine, text, limit):
+                logger.warning(
+                    "docs %s reach the cut at %d characters before the model's window of %d "
+                    "tokens is full (long runs of blanks or controls, or very long words): "
+                    "their vector is of those characters only", plan.docs_by_hash[digest],
+                    len(text), limit)
 
     def _record_failure(self, spec: ModelSpec, failure: Failure) -> None:
         with db.pooled(self.pool) as conn, conn.transaction():
             attempts_row = conn.execute(
                 "SELECT attempts FROM pending_embeddings WHERE doc_id = %s AND version_id = %s",
                 (failure.doc_id, spec.version_id)).fetchone()
-            attempt = max(1, attempts_row[0] if attempts_row else 1)
+            attempt = (attempts_row[0] if attempts_row else 0) + 1  # this failure spends one
             retry_in_s = backoff_s(attempt, base_s=self.settings.retry_base_s,
                                    max_s=self.settings.retry_max_s)
             row = db.fetch_one(conn, "record_failure", {
@@ -392,57 +414,17 @@ class EmbedPipeline:
         raise AssertionError("unreachable")
 
 
+def _cut_after_window(engine: Engine, text: str, window: int) -> bool:
+    """Whether a text cut at fetch time fills the model's window before its last (perhaps
+    partial) word, so that the cut changed nothing the model reads. Without any blank, the
+    last ``MAX_CHARS_PER_TOKEN`` characters stand for that word."""
+    last_blank = _LAST_BLANK.search(text)
+    head = text[:last_blank.start()] if last_blank else text[:-MAX_CHARS_PER_TOKEN]
+    return engine.token_counts([head])[0] > window
+
+
 def _check_vectors(vectors: np.ndarray, count: int, dims: int) -> None:
     if vectors.shape != (count, dims):
         raise PgfleetError(f"model returned shape {vectors.shape}, expected {(count, dims)}")
     if not np.isfinite(vectors).all():
         raise PgfleetError("model returned NaN or infinite values")
-
-
-def _single_items(params: dict[str, Any]) -> list[dict[str, Any]]:
-    """One write's parameters per doc, each with its own cache row and hit count."""
-    misses = dict(zip(params["miss_hashes"], params["miss_vectors"], strict=True))
-    hits = dict(zip(params["hit_hashes"], params["hit_counts"], strict=True))
-    items = []
-    for doc_id, digest, vector in zip(params["doc_ids"], params["hashes"], params["vectors"],
-                                      strict=True):
-        item = dict(params, doc_ids=[doc_id], hashes=[digest], vectors=[vector],
-                    miss_hashes=[digest] if digest in misses else [],
-                    miss_vectors=[misses[digest]] if digest in misses else [],
-                    hit_hashes=[digest] if digest in hits else [],
-                    hit_counts=[1] if digest in hits else [], batch_size=1,
-                    cache_hits=1 if digest in hits else 0,
-                    model_calls=1 if digest in misses else 0)
-        items.append(item)
-    return items
-
-
-def _write_params(spec: ModelSpec, plan: BatchPlan, encoded: dict[bytes, np.ndarray],
-                  ) -> dict[str, Any]:
-    doc_ids: list[int] = []
-    hashes: list[bytes] = []
-    vectors: list[np.ndarray] = []
-    for doc_id, (digest, vector) in plan.hits.items():
-        doc_ids.append(doc_id)
-        hashes.append(digest)
-        vectors.append(vector)
-    for digest, docs in plan.docs_by_hash.items():
-        vector = encoded.get(digest)
-        if vector is None:
-            continue
-        for doc_id in docs:
-            doc_ids.append(doc_id)
-            hashes.append(digest)
-            vectors.append(vector)
-    order = sorted(range(len(doc_ids)), key=doc_ids.__getitem__)  # lock rows in one order
-    return {
-        "version_id": spec.version_id,
-        "doc_ids": [doc_ids[i] for i in order],
-        "hashes": [hashes[i] for i in order],
-        "vectors": [vectors[i] for i in order],
-        "miss_hashes": list(encoded),
-        "miss_vectors": list(encoded.values()),
-        "hit_hashes": list(plan.hit_counts),
-        "hit_counts": list(plan.hit_counts.values()),
-    }
-

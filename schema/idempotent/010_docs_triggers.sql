@@ -13,7 +13,8 @@ BEGIN
 END
 $$;
 
--- Inserts: one pending row per (doc, active embedding version), then one wake-up.
+-- Inserts: one pending row per (doc, active embedding version), then one wake-up. A pending
+-- row that is queued again is a new job: its attempts and who started it are forgotten.
 CREATE OR REPLACE FUNCTION pgfleet_docs_inserted_v1() RETURNS trigger
     LANGUAGE plpgsql AS $$
 BEGIN
@@ -25,7 +26,8 @@ BEGIN
     ON CONFLICT (doc_id, version_id) DO UPDATE
         SET content_hash = EXCLUDED.content_hash,
             queued_at = now(), enqueued_at = NULL, priority = 0,
-            attempts = 0, not_before = now(), last_error = NULL;
+            attempts = 0, not_before = now(), last_error = NULL,
+            started_at = NULL, started_by = NULL;
     IF FOUND THEN
         PERFORM pg_notify('pgfleet_pending', '');
     END IF;
@@ -49,7 +51,8 @@ BEGIN
     ON CONFLICT (doc_id, version_id) DO UPDATE
         SET content_hash = EXCLUDED.content_hash,
             queued_at = now(), enqueued_at = NULL, priority = 0,
-            attempts = 0, not_before = now(), last_error = NULL;
+            attempts = 0, not_before = now(), last_error = NULL,
+            started_at = NULL, started_by = NULL;
     IF FOUND THEN
         -- a recorded failure was about the old content
         DELETE FROM embedding_failures f

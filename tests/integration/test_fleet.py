@@ -239,3 +239,52 @@ def test_two_producers_at_once_publish_each_doc_once(fleet, clean, tmp_path):
     assert "published" in second.log()  # the second producer did take part
     docs = clean.execute("SELECT sum(batch_size) FROM inference_logs").fetchone()[0]
     assert docs == len(ids)  # nothing embedded twice
+
+
+def test_a_doc_emptied_after_embedding_loses_its_vector(fleet, clean):
+    from pgfleet.search import search_sql
+    from pgfleet.verify import consistent, verify
+
+    [doc] = insert(clean, "a doc about lighthouses that is about to be emptied")
+    wait_embedded(clean, [doc])
+    old_vector = vector_row(clean, doc)[0]
+    clean.execute("UPDATE docs SET content = '   ' WHERE id = %s", (doc,))
+    wait_until(lambda: clean.execute("SELECT reason FROM embedding_failures WHERE doc_id = %s",
+                                     (doc,)).fetchone() == ("empty content",), 30,
+               message="the emptied doc recorded")
+    wait_until(lambda: settled(clean))
+    assert vector_row(clean, doc) is None
+    report = verify(clean)
+    assert consistent(report) and report[0]["failed_with_content"] == 0, report
+    hits = clean.execute(search_sql(384), {"query": old_vector, "version_id": 1, "k": 5}
+                         ).fetchall()
+    assert doc not in [h[0] for h in hits]
+
+
+def test_writes_made_with_triggers_off_are_repaired_by_the_reconciler(fleet, clean):
+    from pgfleet.verify import consistent, verify
+
+    changed, deleted, twice = insert(clean, "the original words of a doc", "a doc soon deleted",
+                                     "a doc changed twice")
+    wait_embedded(clean, [changed, deleted, twice])
+    wait_until(lambda: settled(clean))
+    fleet.producer.stop()
+    try:
+        with clean.transaction():
+            # a change the trigger queues, then one it does not see (replication, a restore)
+            clean.execute("UPDATE docs SET content = 'changed once' WHERE id = %s", (twice,))
+            clean.execute("SET LOCAL session_replication_role = replica")
+            clean.execute("UPDATE docs SET content = 'changed with triggers off' "
+                          "WHERE id = ANY(%s)", ([changed, twice],))
+            clean.execute("DELETE FROM docs WHERE id = %s", (deleted,))
+            [added] = [r[0] for r in clean.execute(
+                "INSERT INTO docs (content) VALUES ('inserted with triggers off') RETURNING id")]
+        assert verify(clean)[0]["orphaned"] == 1
+    finally:
+        fleet.producer.start()  # it reconciles when it starts
+    current = {changed: "changed with triggers off", twice: "changed with triggers off",
+               added: "inserted with triggers off"}
+    wait_embedded(clean, list(current), content=current)
+    wait_until(lambda: settled(clean), 30, message="nothing pending")
+    report = verify(clean)
+    assert consistent(report), report

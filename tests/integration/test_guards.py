@@ -82,3 +82,20 @@ def test_the_worker_role_can_do_its_own_work(worker_role, clean):
     worker_role.execute("INSERT INTO inference_logs (version_id, task, latency_ms, batch_size) "
                         "VALUES (1, 'probe', 1, 1)")
     worker_role.execute("DELETE FROM inference_logs WHERE task = 'probe'")
+
+
+def test_the_worker_role_locks_docs_only_through_the_write_lock(worker_role, clean):
+    import hashlib
+
+    [doc_id] = [r[0] for r in clean.execute(
+        "INSERT INTO docs (content) VALUES ('locked while written') RETURNING id")]
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        worker_role.execute("SELECT 1 FROM docs FOR SHARE")
+    with worker_role.transaction():
+        rows = worker_role.execute("SELECT doc_id, content_hash FROM pgfleet_lock_docs_v1(%s)",
+                                   ([doc_id, 987654321],)).fetchall()
+        assert rows == [(doc_id, hashlib.sha256(b"locked while written").digest())]
+        # held until the write commits: a content update waits
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            clean.execute("SELECT 1 FROM docs WHERE id = %s FOR NO KEY UPDATE NOWAIT",
+                          (doc_id,))

@@ -76,12 +76,20 @@ def test_a_write_poison_item_is_isolated(pipeline, scratch):
 
 
 def test_a_doc_whose_worker_keeps_dying_is_recorded(pipeline, scratch):
+    from workers.deaths import record_deaths
+
     run, _ = pipeline
     [doc] = _insert(scratch, ["kills the worker, say"])
-    # three fetches that never finished: the worker died each time
-    scratch.execute("UPDATE pending_embeddings SET attempts = 3, started_at = now()")
-    run.run(1, [doc])
+    # two deaths counted already; a third pool process started it, and died too
+    scratch.execute("UPDATE pending_embeddings SET attempts = 2, started_at = now(), "
+                    "started_by = 'host:99'")
+    with db.connect(run.pool.conninfo, autocommit=True) as main:
+        counted = record_deaths(main, worker="host:99", items=[(1, doc)], max_attempts=3,
+                                error="the worker process running its batch died")
+    assert counted == {"counted": 1, "given_up": 1}
     reason, attempts = scratch.execute(
         "SELECT reason, attempts FROM embedding_failures").fetchone()
-    assert reason == "worker died" and attempts == 4
+    assert reason == "worker died" and attempts == 3
     assert _pending(scratch) == []
+    run.run(1, [doc])  # its message, republished, is a no-op
+    assert scratch.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 0

@@ -48,28 +48,32 @@ def test_chunked():
     assert list(chunked([], 3)) == []
 
 
-def _row(doc_id, digest, content=None, cached=None):
-    return {"doc_id": doc_id, "hash": digest, "content": content, "cached": cached}
+def _row(doc_id, digest, content=None, cached=None, blank=False, cut=False):
+    return {"doc_id": doc_id, "hash": digest, "content": content, "cached": cached,
+            "blank": blank, "cut": cut}
 
 
 def test_plan_batch_splits_hits_misses_and_empties():
     vec = np.ones(3, dtype=np.float32)
     plan = plan_batch([
-        _row(1, b"a", "a much longer text here"),
+        _row(1, b"a", "a much longer text here", cut=True),
         _row(2, b"b", "short"),
         _row(3, b"a", "a much longer text here"),  # same content as doc 1: encoded once
         _row(4, b"c", cached=vec),
         _row(5, b"c", cached=vec),
-        _row(6, b"e", "   \n\t"),
-        _row(7, b"f", ""),
+        _row(6, b"e", "", blank=True),  # the database says which docs are blank
+        _row(7, b"f", "", blank=True),
+        _row(8, b"e", cached=vec, blank=True),  # blank, whatever the cache holds
+        _row(9, b"g", "\u00a0 not blank to the database, so not to the plan"),
     ])
-    assert plan.texts == ["short", "a much longer text here"]  # shortest first
-    assert plan.text_hashes == [b"b", b"a"]
-    assert plan.docs_by_hash == {b"a": [1, 3], b"b": [2]}
+    assert plan.texts[:2] == ["short", "a much longer text here"]  # shortest first
+    assert plan.text_hashes == [b"b", b"a", b"g"]
+    assert plan.docs_by_hash == {b"a": [1, 3], b"b": [2], b"g": [9]}
     assert set(plan.hits) == {4, 5}
     assert plan.hit_counts == {b"c": 2}
-    assert plan.empty == [(6, b"e"), (7, b"f")]
-    assert plan.batch_size == 7
+    assert plan.empty == [(6, b"e"), (7, b"f"), (8, b"e")]
+    assert plan.cut == {b"a"}
+    assert plan.batch_size == 9
 
 
 def test_backoff_is_capped_exponential_with_jitter():
@@ -141,3 +145,11 @@ def test_fidelity_of_identical_and_perturbed_vectors():
     assert same["cosine_mean"] == pytest.approx(1.0) and same["top10_overlap"] == 1.0
     noisy = fidelity(a, a + rng.standard_normal(a.shape).astype(np.float32))
     assert noisy["cosine_mean"] < 0.9 and noisy["top10_overlap"] < 1.0
+
+
+def test_the_content_cut_is_the_window_times_the_characters_a_token_covers():
+    from workers.batching import MAX_CHARS_PER_TOKEN, max_chars
+
+    assert MAX_CHARS_PER_TOKEN == 100
+    assert max_chars(256) == 25_600
+    assert max_chars(None) == max_chars(512)  # a version whose window is not recorded

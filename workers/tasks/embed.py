@@ -6,8 +6,9 @@ or ``PGFLEET_BATCH_MAX_WAIT_MS`` has passed, whichever comes first.
 
 Each message gets a result (in the result backend, for ``celery -A workers result ID``): a
 summary, or a clear error for malformed arguments, an unknown model version or unknown doc
-ids. A batch whose pool process dies is republished at once and acknowledged; the docs it
-held are then embedded one at a time, so that one doc that kills the process cannot take
+ids. A batch whose pool process dies is republished at once and acknowledged, after the
+death is counted against the docs that process had started (:mod:`workers.deaths`); those
+docs are then embedded one at a time, so that one doc that kills the process cannot take
 its neighbours with it (see :mod:`workers.pipeline`).
 
 celery-batches sends no task events for the messages it buffers: this module sends them
@@ -27,7 +28,7 @@ from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 from kombu.utils.uuid import uuid
 
-from workers import events, lifecycle
+from workers import deaths, events, lifecycle
 from workers.app import app
 from workers.batching import validate_embed_args
 from workers.errors import InvalidTaskArguments, PgfleetError, UnknownModelVersion
@@ -46,8 +47,9 @@ class DocBatches(Batches):
       alone counts messages, and a message can carry many ids);
     * re-arms its flush timer when the consumer restarts after a broker reconnect (otherwise
       partial batches would never flush again: celery-batches issue #107);
-    * acknowledges a batch whose pool process died, after republishing its messages
-      (otherwise they hold prefetch slots until the visibility timeout).
+    * acknowledges a batch whose pool process died, after counting the death against the
+      docs that process had started and republishing its messages (otherwise they hold
+      prefetch slots until the visibility timeout).
     """
 
     abstract = True
@@ -76,15 +78,21 @@ class DocBatches(Batches):
 
     def flush(self, requests):
         serializable = ([SimpleRequest.from_request(r) for r in requests],)
+        #: the pool's result, which learns the pid of the process that runs the batch
+        job: dict[str, Any] = {}
 
         def on_return(_result: Any) -> None:
             for request in requests:
                 request.acknowledge()
 
         def on_lost(exc_info: Any) -> None:
+            error = getattr(exc_info, "exception", exc_info)
             logger.error("the pool process running a batch of %d messages died (%s); "
-                         "republishing them", len(requests), getattr(exc_info, "exception",
-                                                                      exc_info))
+                         "republishing them", len(requests), error)
+            # counted before republishing: a new fetch of these docs must see them as suspects
+            deaths.count_death(_settings, getattr(job.get("result"), "_worker_pid", None),
+                               [(r.args, r.kwargs) for r in requests],
+                               f"the worker process running its batch died: {error}")
             for request in requests:
                 why = "the worker process running its batch died"
                 try:
@@ -98,8 +106,10 @@ class DocBatches(Batches):
                 _send_from_main(request, events.failed(request.id, why))
                 request.acknowledge()
 
-        return self._pool.apply_async(apply_batches_task, (self, serializable, 0, None),
-                                      callback=on_return, error_callback=on_lost)
+        job["result"] = self._pool.apply_async(
+            apply_batches_task, (self, serializable, 0, None), callback=on_return,
+            error_callback=on_lost)
+        return job["result"]
 
 
 def _send_from_main(request: Any, event: events.Event) -> None:
