@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 
+from producers.broker import BrokerWatch
 from producers.dispatcher import Dispatcher, Published
 from producers.listener import Listener
 from producers.reconcile import (
@@ -43,6 +44,7 @@ class ProducerLoop:
             self.pool, self.app, ids_per_message=settings.ids_per_message,
             claim_limit=settings.claim_limit,
             backlog=lambda: broker_backlog(self.redis_url, (QUEUE_GPU, QUEUE_CPU)))
+        self.broker = BrokerWatch(self.redis_url)
         self._stop = threading.Event()
         logger.info("producer for %s, broker %s", redact(urls.database_url), redact(urls.redis_url))
 
@@ -64,11 +66,18 @@ class ProducerLoop:
         reap_stale_runs(self.pool, self.settings.training_stale_s)
         republish_lost_runs(self.pool, self.app, self.redis_url, self.settings.training_stale_s)
 
+    def _republish_all(self) -> None:
+        """The broker lost its data: everything published and unfinished is gone."""
+        requeue_stale(self.pool, 0.0)
+        republish_lost_runs(self.pool, self.app, self.redis_url, 0.0)
+
     def run_forever(self) -> None:
         next_requeue = next_reconcile = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
             try:
+                if self.broker.lost_everything():
+                    self._republish_all()
                 if now >= next_reconcile:
                     self.reconcile()
                     drop_retired(self.pool, self.settings.retire_grace_s)
@@ -86,5 +95,6 @@ class ProducerLoop:
         self.close()
 
     def close(self) -> None:
+        self.broker.close()
         self.listener.close()
         self.pool.close(timeout=5)
