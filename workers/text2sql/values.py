@@ -8,8 +8,8 @@ are taken out before the model reads the question and put back into the SQL it w
 BRIDGE, Lin et al., 2020):
 
 * **Values of the database.** Every run of up to :data:`MAX_NGRAM` words of the question is
-  looked up in the text columns of the tables it may be about (``lower(col) = ANY(...)``, as
-  the reader role, read-only, with a timeout). A match becomes ``@0`` and the model is told
+  looked up in the text columns of the tables it may be about (``lower(col) = ANY(...)``, in
+  the reader session, read-only, with a timeout). A match becomes ``@0`` and the model is told
   where it was found: ``@0 : customers.name``. The database's spelling is kept, so "PARIS"
   in the question becomes ``'Paris'`` in the SQL.
 * **Quoted text, dates and numbers** anywhere in the question (``'...'``, ``2024-03-01``,
@@ -32,11 +32,14 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING
 
-import psycopg
 from psycopg import sql
 
 from workers.text2sql.schema_text import Schema
+
+if TYPE_CHECKING:
+    from workers.text2sql.readonly import Reader
 
 #: the longest run of words looked up as a value of the database
 MAX_NGRAM = 6
@@ -298,11 +301,11 @@ def _fill_token(token: str, values: Sequence[Value], *, escapes: bool) -> str:
 
 
 # ------------------------------------------------------------------------- the database
-def database_values(conn: psycopg.Connection, schema: Schema, tables: Iterable[str],
+def database_values(reader: Reader, schema: Schema, tables: Iterable[str],
                     question: str, *, timeout_ms: int = LOOKUP_TIMEOUT_MS) -> dict[str, Value]:
     """The runs of words of ``question`` that are values of a text column of ``tables``
     (lower-cased text -> :class:`Value` with the database's spelling and every column that
-    holds it). Looked up read-only as the reader role; ``conn`` must be in autocommit."""
+    holds it). Looked up read-only in ``reader``, a session of the reader login."""
     from workers.text2sql.readonly import reader_transaction
 
     candidates = sorted({text.lower() for _, _, text in spans(" ".join(question.split()))
@@ -313,7 +316,7 @@ def database_values(conn: psycopg.Connection, schema: Schema, tables: Iterable[s
     if not candidates or not columns:
         return {}
     found: dict[str, tuple[str, list[str]]] = {}
-    with reader_transaction(conn, timeout_ms=timeout_ms):
+    with reader_transaction(reader, timeout_ms=timeout_ms) as conn:
         for table, column in columns:
             query = sql.SQL("SELECT DISTINCT {col} FROM {tbl} WHERE lower({col}) = ANY(%s) "
                             "LIMIT 100").format(col=sql.Identifier(column.name),
