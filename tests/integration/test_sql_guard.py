@@ -407,6 +407,21 @@ def test_the_migration_keeps_the_settings_an_administrator_chose(gconn):
     assert "temp_file_limit=1GB" in config and f"work_mem={readonly.WORK_MEM}" in config
 
 
+# ------------------------------------------------------------------------- the allow-list
+def test_every_allowed_function_is_a_built_in_and_only_two_are_volatile(gconn):
+    from workers.text2sql.allow_list import ALLOWED_FUNCTIONS
+
+    rows = gconn.execute(
+        "SELECT name, count(p.oid), bool_or(p.provolatile = 'v'), bool_or(p.prosecdef) "
+        "FROM unnest(%s::text[]) AS name LEFT JOIN pg_proc p ON p.proname = name "
+        "AND p.pronamespace = 'pg_catalog'::regnamespace GROUP BY name",
+        (sorted(ALLOWED_FUNCTIONS),)).fetchall()
+    assert [name for name, found, _, _ in rows if not found] == []
+    assert sorted(name for name, _, volatile, _ in rows if volatile) == [
+        "clock_timestamp", "random"]  # they read the clock and the generator, nothing else
+    assert not any(definer for *_, definer in rows)
+
+
 # ------------------------------------------------------------------------- the rest
 def test_a_reader_in_a_transaction_is_refused(reader):
     reader.conn.execute("BEGIN")

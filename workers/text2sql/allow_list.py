@@ -20,7 +20,7 @@ ALLOWED_FUNCTIONS = frozenset({
     "every", "bit_and", "bit_or", "stddev", "stddev_pop", "stddev_samp", "variance",
     "var_pop", "var_samp", "corr", "covar_pop", "covar_samp", "regr_slope",
     "regr_intercept", "regr_r2", "regr_count", "percentile_cont", "percentile_disc", "mode",
-    "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg", "grouping",
+    "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg",
     # window functions
     "row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile", "lag", "lead",
     "first_value", "last_value", "nth_value",
@@ -73,7 +73,7 @@ SYNTAX = frozenset({
     "values", "lateral", "using", "on", "as", "join", "having", "union", "intersect", "except",
     "distinct", "when", "then", "else", "case", "like", "ilike", "between", "is", "limit",
     "offset", "array", "row", "cast", "trim", "coalesce", "nullif", "greatest", "least", "to",
-    "escape",
+    "escape", "grouping",
 })
 #: keyword constructs that are one only after a given word: (word, the words before it)
 CONTEXT_SYNTAX = {
