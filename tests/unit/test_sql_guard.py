@@ -280,6 +280,10 @@ def test_run_readonly_refuses_before_touching_the_connection():
     ("SELECT * FROM f() AS (a INT), ts_stat('x')", "ts_stat() is not allowed"),
     ("SELECT filter(1), over(2), materialized(3)", "filter() is not allowed"),
     ("SELECT x FROM t WHERE y = U&'\\0061'", "U&'...' strings are not allowed"),
+    ("SELECT escape('x'), 1", "escape() is not allowed"),
+    ("SELECT join('x'), like(1), a = is(2)", "join() is not allowed"),
+    ("SELECT 1, like(1)", "like() is not allowed"),
+    ("SELECT * FROM t WHERE (is(1))", "is() is not allowed"),
 ])
 def test_the_token_scan_alone_finds_calls_in_the_sql_that_runs(text, reason):
     # the second check, on its own: what the tree check might have read differently
@@ -293,6 +297,8 @@ def test_the_token_scan_alone_finds_calls_in_the_sql_that_runs(text, reason):
     "SELECT CAST(x AS DECIMAL(10, 2)), COUNT(*) FILTER(WHERE x > 1), "
     "PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY x), SUM(x) OVER (PARTITION BY y) FROM t",
     "SELECT 'ts_stat(1)', x IN (1, 2), EXISTS(SELECT 1), ARRAY(SELECT 1), ROW(1, 2) FROM t",
+    "SELECT * FROM a JOIN (SELECT 1) AS b ON TRUE LEFT JOIN (SELECT 2) AS c ON TRUE "
+    "WHERE x LIKE ('a%') AND y NOT ILIKE ('b') AND z IS (NULL)",
 ])
 def test_the_token_scan_lets_keyword_constructs_and_alias_columns_through(text):
     assert policy.call_reasons(text) == []

@@ -67,18 +67,22 @@ ALLOWED_FUNCTIONS = frozenset({
 })
 
 #: keyword constructs written with a parenthesis: never a call of a function by that name
-#: (PostgreSQL reserves these words, or the grammar makes them a construct)
+#: (PostgreSQL reserves these words, or lets them name columns but never functions)
 SYNTAX = frozenset({
     "select", "from", "where", "and", "or", "not", "in", "exists", "any", "all", "some",
-    "values", "lateral", "using", "on", "as", "join", "having", "union", "intersect", "except",
-    "distinct", "when", "then", "else", "case", "like", "ilike", "between", "is", "limit",
-    "offset", "array", "row", "cast", "trim", "coalesce", "nullif", "greatest", "least", "to",
-    "escape", "grouping",
+    "values", "lateral", "using", "on", "as", "having", "union", "intersect", "except",
+    "distinct", "when", "then", "else", "case", "between", "limit", "offset", "array", "row",
+    "cast", "trim", "coalesce", "nullif", "greatest", "least", "to", "grouping",
 })
 #: keyword constructs that are one only after a given word: (word, the words before it)
 CONTEXT_SYNTAX = {
     "over": {")"}, "filter": {")"}, "group": {"within"}, "materialized": {"as", "not"},
 }
+#: words that may also name a function, and are a keyword construct only after an operand
+#: (``a JOIN (...)``, ``x LIKE (...)``, ``x IS (...)``), never where an expression begins
+INFIX_SYNTAX = frozenset({"join", "like", "ilike", "is"})
+#: the keywords after which an infix word is still one (``NOT LIKE``, ``LEFT JOIN``)
+INFIX_AFTER = frozenset({"not", "left", "right", "inner", "outer", "full", "cross", "natural"})
 
 #: the types a value may be cast to: plain value types, whose input functions only parse.
 #: Not the reg* types (their input looks names up in the catalog), not user-defined types.

@@ -35,6 +35,8 @@ from workers.text2sql.allow_list import (
     ALLOWED_TYPE_NAMES,
     ALLOWED_TYPES,
     CONTEXT_SYNTAX,
+    INFIX_AFTER,
+    INFIX_SYNTAX,
     SYNTAX,
 )
 
@@ -171,7 +173,21 @@ def _word_call_reason(tokens: list[Token], at: int, openers: dict[int, int]) -> 
     if name in CONTEXT_SYNTAX and before is not None \
             and before.text.lower() in CONTEXT_SYNTAX[name]:
         return None
+    if name in INFIX_SYNTAX and _after_operand(before):
+        return None
     return _call_reason(name)
+
+
+def _after_operand(token: Token | None) -> bool:
+    """Whether ``token`` ends an operand (a name, a literal, a closing parenthesis), or is
+    a keyword an infix word may follow: where a function call cannot begin."""
+    if token is None:
+        return False
+    if token.token_type in (TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.IDENTIFIER,
+                            TokenType.VAR, TokenType.NUMBER) \
+            or token.token_type.name.endswith("STRING"):
+        return True
+    return token.text.lower() in INFIX_AFTER
 
 
 def _is_word(token: Token) -> bool:
@@ -253,8 +269,9 @@ def _function_reason(node: exp.Func) -> str | None:
     if name is None:
         return None  # written as a keyword construct or an operator, not as a call
     lowered = name.lower()
-    if lowered in ALLOWED_FUNCTIONS or lowered in SYNTAX or lowered in CONTEXT_SYNTAX:
-        return None
+    if lowered in ALLOWED_FUNCTIONS or lowered in SYNTAX or lowered in CONTEXT_SYNTAX \
+            or lowered in INFIX_SYNTAX:
+        return None  # a construct: the token scan checks where it stands
     if not isinstance(node, exp.Anonymous) and any(
             n.lower() in ALLOWED_FUNCTIONS for n in node.sql_names()):
         return None
