@@ -36,6 +36,7 @@ ACCEPTED = [
     "CAST(created_at AS date), now() - interval '3 days', age(created_at) FROM docs",
     "SELECT id FROM docs WHERE id = ANY (ARRAY[1, 2]) AND EXISTS (SELECT 1) "
     "AND content ILIKE '%x%' AND created_at BETWEEN '2024-01-01' AND now()",
+    "WITH pg_like AS (SELECT 1 AS n) SELECT n FROM pg_like",
     "SELECT 'ts_stat(1); set_config(x)' AS quoted, \"ts_stat\".word FROM docs AS \"ts_stat\"(word)",
     "SELECT 'delete from docs; drop table docs' AS data",
     "SELECT 'pg_sleep(10)' AS s, $$nextval('x')$$ AS t",
@@ -124,6 +125,11 @@ REJECTED = [
     ("SELECT version(), current_database()", "version" + CALL),
     ("SELECT * FROM docs TABLESAMPLE SYSTEM (10)", "system" + CALL),
     ("SELECT id FROM docs GROUP BY ROLLUP (id)", "rollup" + CALL),
+    ("SELECT rolname FROM pg_roles", "Reading pg_roles is not allowed"),
+    ("SELECT * FROM pg_catalog.pg_authid", "Reading pg_catalog.pg_authid is not allowed"),
+    ("SELECT query FROM docs, pg_stat_activity", "Reading pg_stat_activity is not allowed"),
+    ("SELECT * FROM information_schema.tables", "Reading information_schema.tables"),
+    ("SELECT * FROM pg_toast.pg_toast_2619", "Reading pg_toast.pg_toast_2619"),
 ]
 
 #: the audit's query: ts_stat runs SQL given as text, and inside it set_config('role', ...)

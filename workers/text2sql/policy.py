@@ -43,6 +43,7 @@ from workers.text2sql.allow_list import (
 DIALECT = "postgres"
 MAX_SQL_CHARS = 100_000
 
+_SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 _LITERALS = frozenset({TokenType.NUMBER, TokenType.PARAMETER, TokenType.PLACEHOLDER})
 _WITH = frozenset({"with", "recursive"})
 _CALL_HELP = ("only built-in functions on the allow-list may be called (aggregates, window, "
@@ -125,8 +126,9 @@ def tree_reasons(root: exp.Expression) -> list[str]:
         if not isinstance(_unwrap(cte.this), _QUERIES):
             reasons.append(f"The WITH query {cte.alias or '(unnamed)'} is {_kind(cte.this)}; "
                            f"only SELECT queries may appear in WITH.")
+    ctes = {cte.alias_or_name.lower() for cte in root.find_all(exp.CTE)}
     for node in root.walk():
-        reason = _node_reason(node)
+        reason = _table_reason(node, ctes) if isinstance(node, exp.Table) else _node_reason(node)
         if reason:
             reasons.append(reason)
     return reasons
@@ -245,6 +247,20 @@ def _node_reason(node: exp.Expression) -> str | None:
         if isinstance(node, kind):
             return f"{word} is not allowed: only read-only queries may run."
     return None
+
+
+def _table_reason(node: exp.Table, ctes: set[str]) -> str | None:
+    """A table of the system catalog (``pg_roles``, ``pg_catalog.*``,
+    ``information_schema.*``): readable by any role, but never what a question is about."""
+    if not isinstance(node.this, exp.Identifier):
+        return None  # a function in FROM: checked as a function
+    schema, name = node.db.lower(), node.name.lower()
+    system = schema in _SYSTEM_SCHEMAS or schema.startswith("pg_") or (
+        not schema and name.startswith("pg_") and name not in ctes)
+    if not system:
+        return None
+    return (f"Reading {node.sql(dialect=DIALECT)} is not allowed: it is part of the system "
+            f"catalog, not of the data questions are about.")
 
 
 def _function_reason(node: exp.Func) -> str | None:
