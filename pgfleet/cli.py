@@ -608,9 +608,9 @@ def bench_text2sql(version: str | None, beams: int, limit: int | None, reference
     databases are loaded on the fleet's PostgreSQL server as defog_NAME."""
     from pgfleet import bench_text2sql, context
 
-    url = context.urls().database_url
-    report = bench_text2sql.run(url, version=version, beams=beams, limit=limit,
-                                reference=reference)
+    urls = context.urls()
+    report = bench_text2sql.run(urls.database_url, reader_url=urls.reader_url, version=version,
+                                beams=beams, limit=limit, reference=reference)
     if out_path is not None:
         out_path.write_text(json.dumps(report, indent=1, default=str), "utf-8")
     if as_json:

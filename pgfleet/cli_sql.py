@@ -12,7 +12,8 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from workers.errors import QueryTimeout, SqlRejected
+from workers.errors import QueryTimeout, ResultTooLarge, SqlRejected
+from workers.text2sql.readonly import DEFAULT_MAX_BYTES
 
 
 def _console():
@@ -32,7 +33,7 @@ RUN_GENERATED = "\x00generated"
 @click.option("--run", "run_text", metavar="[SQL]", default=None, is_flag=False,
               flag_value=RUN_GENERATED,
               help="after QUESTION: run the generated SQL; with SQL: check it, then run it "
-                   "(read-only, as pgfleet_reader)")
+                   "(read-only, in a session of the pgfleet_reader login)")
 @click.option("--version", "version", default=None,
               help="the text2sql version to answer QUESTION (id, v2, name@v2; default: the "
                    "A/B split of the active text2sql model)")
@@ -44,10 +45,13 @@ RUN_GENERATED = "\x00generated"
               help="cancel the query (or its EXPLAIN) after this long")
 @click.option("--max-rows", type=click.IntRange(min=1), default=1000, show_default=True,
               help="rows to fetch at most; more are reported as truncated")
+@click.option("--max-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_BYTES,
+              show_default=True,
+              help="the most the result may hold (its rows as text); a larger one is refused")
 @click.option("--json", "as_json", is_flag=True)
 def sql(question: str | None, check_text: str | None, run_text: str | None,
         version: str | None, key: str | None, beams: int, timeout_ms: int, max_rows: int,
-        as_json: bool) -> None:
+        max_bytes: int, as_json: bool) -> None:
     """SQL for QUESTION, or check or run SQL written by hand, exactly as generated SQL is.
 
     \b
@@ -57,10 +61,11 @@ def sql(question: str | None, check_text: str | None, run_text: str | None,
     pgfleet sql --run "SELECT ..."                   check SQL, then run it
 
     For a question the model proposes --beams candidates and the first that passes the
-    guard (one statement, read-only allow-list, EXPLAIN) is used; the answer says which beam
-    and why the others were rejected. Exit status 0 when the SQL passes (and ran), 1 when it
-    is rejected or no candidate passed. Queries run as the role pgfleet_reader: grant it
-    SELECT on your own tables to query them.
+    guard (one statement, the allow-list of functions, EXPLAIN) is used; the answer says
+    which beam and why the others were rejected. Exit status 0 when the SQL passes (and
+    ran), 1 when it is rejected or no candidate passed. Queries run in a session of the login
+    pgfleet_reader (PGFLEET_READER_URL), read-only: grant it SELECT on your own tables to
+    query them. A result is at most --max-rows rows and --max-bytes bytes.
     """
     # sqlglot says on stderr when it falls back to a generic command; the reasons say more
     logging.getLogger("sqlglot").setLevel(logging.ERROR)
@@ -68,8 +73,8 @@ def sql(question: str | None, check_text: str | None, run_text: str | None,
         if check_text is not None or run_text not in (None, RUN_GENERATED):
             raise click.UsageError("give a QUESTION, or SQL with --check or --run, not both "
                                    "(put --run after the question to run its SQL)")
-        _answer(question, version, key, beams, run_text is not None, timeout_ms, max_rows,
-                as_json)
+        _answer(question, version, key, beams, run_text is not None, timeout_ms,
+                (max_rows, max_bytes), as_json)
         return
     if run_text == RUN_GENERATED:
         raise click.UsageError("--run needs SQL, or a QUESTION before it")
@@ -78,15 +83,22 @@ def sql(question: str | None, check_text: str | None, run_text: str | None,
     if check_text is not None:
         _check(check_text, timeout_ms, as_json)
     else:
-        _run(run_text or "", timeout_ms, max_rows, as_json)
+        _run(run_text or "", timeout_ms, (max_rows, max_bytes), as_json)
+
+
+def _reader():
+    """A session of the reader login: where guarded SQL runs."""
+    from pgfleet import context
+    from workers.text2sql.readonly import connect_reader
+
+    return connect_reader(context.urls().reader_url)
 
 
 def _check(text: str, timeout_ms: int, as_json: bool) -> None:
-    from pgfleet import context
     from workers.text2sql import check_sql
 
-    with context.connection(autocommit=True) as conn:
-        verdict = check_sql(text, conn, timeout_ms=timeout_ms)
+    with _reader() as reader:
+        verdict = check_sql(text, reader, timeout_ms=timeout_ms)
     if as_json:
         click.echo(json.dumps({"ok": verdict.ok, "reasons": verdict.reasons, "sql": verdict.sql}))
     elif verdict.ok:
@@ -98,12 +110,13 @@ def _check(text: str, timeout_ms: int, as_json: bool) -> None:
 
 
 def _answer(question: str, version: str | None, key: str | None, beams: int, run: bool,
-            timeout_ms: int, max_rows: int, as_json: bool) -> None:
+            timeout_ms: int, caps: tuple[int, int], as_json: bool) -> None:
     from pgfleet import context
     from workers.text2sql.generate import generate_sql
 
-    with context.connection(autocommit=True) as conn:
-        answer = generate_sql(conn, question, version=version, beams=beams, key=key)
+    with context.connection(autocommit=True) as conn, _reader() as reader:
+        answer = generate_sql(conn, question, reader=reader, version=version, beams=beams,
+                              key=key)
     payload = answer.as_dict()
     if not answer.ok:
         if as_json:
@@ -124,21 +137,24 @@ def _answer(question: str, version: str | None, key: str | None, beams: int, run
             out.print(f"[dim]  beam {rejected['beam']} rejected: "
                       f"{'; '.join(rejected['reasons'])}[/dim]", highlight=False)
     if run:
-        _run(answer.sql or "", timeout_ms, max_rows, as_json, extra=payload if as_json else None)
+        _run(answer.sql or "", timeout_ms, caps, as_json, extra=payload if as_json else None)
     elif as_json:
         click.echo(json.dumps(payload, default=str))
 
 
-def _run(text: str, timeout_ms: int, max_rows: int, as_json: bool,
+def _run(text: str, timeout_ms: int, caps: tuple[int, int], as_json: bool,
          extra: dict[str, Any] | None = None) -> None:
-    from pgfleet import context
     from workers.text2sql import run_readonly
 
+    max_rows, max_bytes = caps
     try:
-        with context.connection(autocommit=True) as conn:
-            result = run_readonly(conn, text, timeout_ms=timeout_ms, row_cap=max_rows)
+        with _reader() as reader:
+            result = run_readonly(reader, text, timeout_ms=timeout_ms, row_cap=max_rows,
+                                  max_bytes=max_bytes)
     except (SqlRejected, QueryTimeout) as exc:
         reasons = exc.reasons if isinstance(exc, SqlRejected) else [str(exc)]
+        if isinstance(exc, ResultTooLarge):
+            reasons = [*reasons, "Raise the bound with --max-bytes, or narrow the query."]
         if as_json:
             click.echo(json.dumps({**(extra or {}), "ok": False, "reasons": reasons},
                                   default=str))
@@ -148,7 +164,7 @@ def _run(text: str, timeout_ms: int, max_rows: int, as_json: bool,
     if as_json:
         click.echo(json.dumps({**(extra or {}), "ok": True, "columns": result.columns,
                                "rows": [list(r) for r in result.rows],
-                               "truncated": result.truncated,
+                               "truncated": result.truncated, "bytes": result.bytes,
                                "elapsed_ms": round(result.elapsed_ms, 1)}, default=str))
         return
     _, out = _console()

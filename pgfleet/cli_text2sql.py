@@ -38,23 +38,17 @@ def load(path: Path, skip_bad: bool, as_json: bool) -> None:
     """Load examples from a CSV (header question,sql[,db_name]) or JSONL file.
 
     Every bad row is reported with its line, and so is every SQL that does not pass the
-    guard on the live schema (read-only allow-list, then EXPLAIN as pgfleet_reader). By
-    default nothing is loaded when any row is bad."""
-    from psycopg.conninfo import make_conninfo
-
+    guard on the live schema (the allow-list, then EXPLAIN in a session of the pgfleet_reader
+    login). By default nothing is loaded when any row is bad."""
     from pgfleet import context
-    from workers import db
     from workers.text2sql.examples import load_file
+    from workers.text2sql.readonly import connect_reader
 
     _quiet_sqlglot()
     console, out = _console()
-    url = context.urls().database_url
-
-    def connect(name: str):
-        return db.connect(make_conninfo(url, dbname=name), autocommit=True, register=False)
-
-    with context.connection(autocommit=True) as conn:
-        report = load_file(conn, path, skip_bad=skip_bad, connect=connect)
+    with context.connection(autocommit=True) as conn, \
+            connect_reader(context.urls().reader_url) as reader:
+        report = load_file(conn, path, reader=reader, skip_bad=skip_bad)
     problems = [str(p) for p in report.problems]
     for problem in problems:
         console.print(f"[red]{path}:[/red] {problem}", highlight=False, soft_wrap=True)
@@ -95,14 +89,16 @@ def synth(per_template: int, phrasings: int, seed: int, schemas: tuple[str, ...]
     be able to read the tables). See docs/text2sql.md for what such examples can teach."""
     from pgfleet import context
     from workers.text2sql.examples import insert_examples
+    from workers.text2sql.readonly import connect_reader
     from workers.text2sql.schema_text import introspect
     from workers.text2sql.synth import synthesize
 
     _quiet_sqlglot()
     console, out = _console()
-    with context.connection(autocommit=True) as conn:
+    with context.connection(autocommit=True) as conn, \
+            connect_reader(context.urls().reader_url) as reader:
         found = introspect(conn, list(schemas))
-        result = synthesize(conn, schema=found, seed=seed, per_template=per_template,
+        result = synthesize(conn, reader, schema=found, seed=seed, per_template=per_template,
                             phrasings=phrasings)
         stored = 0 if dry_run else insert_examples(conn, result.examples)
     summary = {"tables": len(found.tables), "examples": len(result.examples), "stored": stored,

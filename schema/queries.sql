@@ -439,7 +439,8 @@ USING model_versions v
 WHERE p.version_id = v.id AND NOT v.active;
 
 -- name: text2sql_begin_read_only
--- Text-to-SQL: every checked query runs in a transaction like this one, always rolled back.
+-- Text-to-SQL: every checked query runs in a transaction like this one, always rolled back,
+-- in a session of the reader login.
 BEGIN READ ONLY;
 
 -- name: text2sql_read_only
@@ -447,14 +448,41 @@ SET TRANSACTION READ ONLY;
 
 -- name: text2sql_limits
 -- set_config(..., true) is SET LOCAL with bound values: the limits end with the transaction.
+-- Strings are read as the checker reads them: backslashes are plain characters.
 SELECT set_config('statement_timeout', %(statement_timeout)s, true),
-       set_config('lock_timeout', %(lock_timeout)s, true);
-
--- name: text2sql_become_reader
-SET LOCAL ROLE pgfleet_reader;
+       set_config('lock_timeout', %(lock_timeout)s, true),
+       set_config('work_mem', %(work_mem)s, true),
+       set_config('standard_conforming_strings', 'on', true);
 
 -- name: text2sql_whoami
-SELECT current_user, current_setting('transaction_read_only');
+SELECT session_user::text, current_user::text, current_setting('transaction_read_only');
+
+-- name: text2sql_reader_session
+-- Who a reader session is: guarded SQL runs only as a login with the reader's rights and no
+-- more (no superuser or other attribute, no role besides the reader).
+SELECT session_user::text, current_database()::text, r.rolsuper, r.rolcreaterole,
+       r.rolcreatedb, r.rolreplication, r.rolbypassrls, reader.oid IS NOT NULL,
+       COALESCE(pg_has_role(session_user, reader.oid, 'USAGE'), false),
+       ARRAY(SELECT m.rolname::text FROM pg_roles m
+             WHERE pg_has_role(session_user, m.oid, 'MEMBER')
+               AND m.rolname <> session_user AND m.rolname <> %(reader)s
+             ORDER BY 1),
+       current_setting('temp_file_limit')
+FROM pg_roles r LEFT JOIN pg_roles reader ON reader.rolname = %(reader)s
+WHERE r.rolname = session_user;
+
+-- name: text2sql_result_bound
+-- The schema of the function that bounds a guarded result in bytes (NULL: not installed).
+SELECT n.nspname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE p.oid = to_regprocedure('pgfleet_result_bytes_v1(bigint, bigint)');
+
+-- name: text2sql_bounded_result
+-- A template ({query} is the checked SQL, {bound} the function above, {max_bytes} a literal):
+-- the query's rows, in its order, each one's size as text added to a running total that
+-- stops the query past max_bytes. The newlines keep a trailing comment inside the query.
+SELECT pgfleet_q.* FROM (
+{query}
+) AS pgfleet_q WHERE {bound}(octet_length(CAST(pgfleet_q.* AS text)), {max_bytes});
 
 -- name: text2sql_insert_examples
 -- Examples already stored (same question, SQL and database) are skipped.

@@ -47,6 +47,10 @@ class Services:
         env.update(extra)
         return env
 
+    def reader_url_for(self, database_url: str) -> str:
+        """The reader's login on the database of ``database_url`` (same server)."""
+        return self.reader_url.rsplit("/", 1)[0] + "/" + database_url.rsplit("/", 1)[1]
+
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory) -> Iterator[Services]:

@@ -57,5 +57,16 @@ class SqlRejected(PermanentError):
         super().__init__("query rejected: " + " ".join(self.reasons))
 
 
+class ResultTooLarge(SqlRejected):
+    """A guarded query's result grew past its bound in bytes and was stopped there (never
+    truncated: a part of a result could read as a whole one)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        super().__init__([f"The result was stopped at its bound: more than {max_bytes} bytes. "
+                          f"Ask for fewer rows or columns (a LIMIT, an aggregate), or allow "
+                          f"more bytes."])
+
+
 class QueryTimeout(PermanentError):
     """A read-only query ran past its statement or lock timeout and was cancelled."""

@@ -198,6 +198,7 @@ def shop_env(fleet, tmp_path_factory):
     with db.connect(url, autocommit=True) as conn:
         conn.execute(SHOP)
     return fleet.services.env(PGFLEET_DATABASE_URL=url,
+                              PGFLEET_READER_URL=fleet.services.reader_url_for(url),
                               PGFLEET_HOME=str(tmp_path_factory.mktemp("flower-shop-home")),
                               PGFLEET_TRAINING_HEARTBEAT_S="0.5", HF_HUB_OFFLINE="1")
 

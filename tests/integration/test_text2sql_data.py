@@ -11,20 +11,23 @@ import pytest
 
 from tests.conftest import create_database, run_cli
 from workers import db
-from workers.text2sql import check_sql
+from workers.errors import ConfigurationError
+from workers.text2sql import check_sql, connect_reader
 from workers.text2sql.defog import (
     Question,
     default_dir,
     read_questions,
+    reader_factory,
     run_benchmark,
     score,
     url_factory,
 )
-from workers.text2sql.examples import Example, check_examples
+from workers.text2sql.examples import Example, check_examples, load_file
 from workers.text2sql.schema_text import introspect, model_input, serialize
 from workers.text2sql.scoring import expand_gold
 from workers.text2sql.synth import synthesize
 from workers.text2sql.synth_templates import TEMPLATES
+from workers.text2sql.values import database_values
 
 pytestmark = pytest.mark.integration
 
@@ -70,9 +73,17 @@ def shop(shop_url):
         yield conn
 
 
+@pytest.fixture
+def reader(services, shop_url):
+    """A session of the reader login on the shop: where guarded SQL runs."""
+    with connect_reader(services.reader_url_for(shop_url)) as session:
+        yield session
+
+
 @pytest.fixture(scope="module")
 def env(services, shop_url):
-    return services.env(PGFLEET_DATABASE_URL=shop_url)
+    return services.env(PGFLEET_DATABASE_URL=shop_url,
+                        PGFLEET_READER_URL=services.reader_url_for(shop_url))
 
 
 # ------------------------------------------------------------------------- loading files
@@ -103,17 +114,44 @@ def test_a_bad_sql_row_is_reported_by_line_and_nothing_loaded(env, shop, tmp_pat
     assert (again["loaded"], again["already_stored"]) == (0, 2)
 
 
-def test_examples_for_another_schema_are_checked_there(shop):
+@pytest.fixture(scope="module")
+def other_url(services):
+    return create_database(services, "pgfleet_t2s_other")
+
+
+def test_examples_for_another_schema_or_database_are_checked_there(reader, other_url):
     examples = [Example("old totals", "SELECT total FROM old_orders", "archive", line=1),
                 Example("old totals", "SELECT total FROM old_orders", None, line=2),
-                Example("q", "SELECT 1", "no_such_place", line=3)]
-    problems = [str(p) for p in check_examples(shop, examples)]
+                Example("q", "SELECT 1", "no_such_place", line=3),
+                Example("docs", "SELECT count(*) FROM docs", "pgfleet_t2s_other", line=4)]
+    problems = [str(p) for p in check_examples(reader, examples)]
     assert problems[0].startswith("line 2: the SQL does not pass the guard: PostgreSQL "
                                   'rejected it: relation "old_orders" does not exist')
     assert problems[1] == ("line 3: db_name 'no_such_place' is neither a schema of this "
                            "database nor a database on this server")
     assert len(problems) == 2
-    assert shop.execute("SHOW search_path").fetchone()[0] == '"$user", public'
+    assert reader.conn.execute("SHOW search_path").fetchone()[0] == '"$user", public'
+
+
+def test_guarded_work_refuses_the_fleets_connection_and_another_database(
+        services, shop, reader, other_url, tmp_path):
+    from workers.text2sql.inputs import relevant_tables
+
+    schema = introspect(shop)
+    question = "customers in paris"
+    found = database_values(reader, schema, relevant_tables(question, schema), question)
+    assert found["paris"].text == "Paris" and found["paris"].columns == ("customers.city",)
+    with pytest.raises(ConfigurationError, match="connect_reader"):
+        database_values(shop, schema, ["customers"], question)  # the fleet's connection
+    with pytest.raises(ConfigurationError, match="connect_reader"):
+        check_examples(shop, [Example("q", "SELECT 1", None, line=1)])
+    path = tmp_path / "one.csv"
+    path.write_text("question,sql\nhow many?,SELECT count(*) FROM customers\n", "utf-8")
+    with connect_reader(services.reader_url_for(other_url)) as elsewhere:
+        with pytest.raises(ConfigurationError, match="pgfleet_t2s_other"):
+            load_file(shop, path, reader=elsewhere)
+        with pytest.raises(ConfigurationError, match="pgfleet_t2s_other"):
+            synthesize(shop, elsewhere, seed=1, per_template=1)
 
 
 def _stored(conn, source: str) -> list[str]:
@@ -138,13 +176,13 @@ def test_the_live_schema_leaves_out_pgfleets_own_tables(shop):
 
 
 # ------------------------------------------------------------------------- synthesis
-def test_synth_covers_every_template_with_sql_that_passes_the_guard(shop):
-    result = synthesize(shop, seed=7)
+def test_synth_covers_every_template_with_sql_that_passes_the_guard(shop, reader):
+    result = synthesize(shop, reader, seed=7)
     assert set(result.counts) == set(TEMPLATES), result.reasons
     assert not result.dropped, result.reasons
     assert 300 <= len(result.examples) <= 3000
     for sql_text in {e.sql for e in result.examples}:
-        verdict = check_sql(sql_text, shop)
+        verdict = check_sql(sql_text, reader)
         assert verdict.ok, (sql_text, verdict.reasons)
     assert all(e.source == f"synth:{e.template}" for e in result.examples)
     # a value with a quote in it is written as an SQL literal
@@ -154,10 +192,10 @@ def test_synth_covers_every_template_with_sql_that_passes_the_guard(shop):
            "customers.id" in joins
 
 
-def test_synth_is_deterministic_for_a_seed(shop):
-    first = synthesize(shop, seed=3, per_template=20)
-    second = synthesize(shop, seed=3, per_template=20)
-    other = synthesize(shop, seed=4, per_template=20)
+def test_synth_is_deterministic_for_a_seed(shop, reader):
+    first = synthesize(shop, reader, seed=3, per_template=20)
+    second = synthesize(shop, reader, seed=3, per_template=20)
+    other = synthesize(shop, reader, seed=4, per_template=20)
     assert [(e.question, e.sql) for e in first.examples] == \
         [(e.question, e.sql) for e in second.examples]
     assert [(e.question, e.sql) for e in first.examples] != \
@@ -188,7 +226,8 @@ def test_defog_gold_scores_everything_and_select_1_almost_nothing(services):
     gold = {(q.prompt, q.db_name): expand_gold(q.query)[0] for q in read_questions(path)}
     cache: dict = {}
     started = time.monotonic()
-    report = run_benchmark(services.database_url, lambda q, d, s: gold[(q, d)], gold_cache=cache)
+    report = run_benchmark(services.database_url, lambda q, d, s: gold[(q, d)],
+                           reader_url=services.reader_url, gold_cache=cache)
     assert (report.correct, report.scored, report.excluded) == (210, 210, [])
     assert set(report.by_category) == {"date_functions", "group_by", "order_by", "ratio",
                                        "table_join", "instruct"}
@@ -200,7 +239,8 @@ def test_defog_gold_scores_everything_and_select_1_almost_nothing(services):
         seen.append(schema_text)
         return "SELECT 1"
 
-    report = run_benchmark(services.database_url, select_1, gold_cache=cache)
+    report = run_benchmark(services.database_url, select_1, reader_url=services.reader_url,
+                           gold_cache=cache)
     assert report.scored == 210 and report.correct <= 10, [r.question for r in report.rows
                                                           if r.correct]
     assert any(s.startswith("consumer_div.") for s in seen)  # ewallet's schema is named
@@ -225,7 +265,8 @@ def test_a_question_whose_gold_cannot_run_is_excluded_with_the_reason(services):
             raise RuntimeError("model fell over")
         return "SELECT count(*) AS n FROM restaurant"
 
-    report = score(url_factory(services.database_url), predict, questions=questions,
+    report = score(url_factory(services.database_url), predict,
+                   reader_factory=reader_factory(services.reader_url), questions=questions,
                    databases_dir=default_dir() / "databases")
     assert (report.scored, report.correct) == (2, 1)
     assert [e["number"] for e in report.excluded] == [2]

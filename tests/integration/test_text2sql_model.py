@@ -40,9 +40,18 @@ def shop(shop_url):
         yield conn
 
 
+@pytest.fixture
+def reader(services, shop_url):
+    from workers.text2sql import connect_reader
+
+    with connect_reader(services.reader_url_for(shop_url)) as session:
+        yield session
+
+
 @pytest.fixture(scope="module")
 def env(services, shop_url, tmp_path_factory):
     return services.env(PGFLEET_DATABASE_URL=shop_url,
+                        PGFLEET_READER_URL=services.reader_url_for(shop_url),
                         PGFLEET_HOME=str(tmp_path_factory.mktemp("t2s-home")),
                         PGFLEET_TRAINING_HEARTBEAT_S="0.5", HF_HUB_OFFLINE="1")
 
@@ -128,14 +137,15 @@ def test_a_small_model_answers_held_out_questions_of_its_templates(env, worker, 
     assert metrics["options"]["mask_values"] is True
 
 
-def test_garbage_beams_give_no_sql_and_every_reason(trained, shop, env):
+def test_garbage_beams_give_no_sql_and_every_reason(trained, shop, reader, env):
     from workers.text2sql import model
     from workers.text2sql.generate import NO_CANDIDATE, generate_sql
 
     untrained = model.build(config={"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1,
                                     "num_decoder_layers": 1, "num_heads": 2}, seed=3)
     untrained.model.generation_config.max_new_tokens = 24
-    answer = generate_sql(shop, "how many orders are paid?", model=untrained, beams=3)
+    answer = generate_sql(shop, "how many orders are paid?", reader=reader, model=untrained,
+                          beams=3)
     assert answer.sql is None and answer.beam is None
     assert answer.why == f"{NO_CANDIDATE}: all 3 beam(s) were rejected"
     assert [r["beam"] for r in answer.rejected] == [0, 1, 2]
@@ -153,12 +163,12 @@ def test_garbage_beams_give_no_sql_and_every_reason(trained, shop, env):
     if out["ok"]:
         from workers.text2sql.guard import check_sql
 
-        assert result.returncode == 0 and check_sql(out["sql"], shop).ok
+        assert result.returncode == 0 and check_sql(out["sql"], reader).ok
     else:
         assert result.returncode == 1 and out["sql"] is None and len(out["rejected"]) == 2
 
 
-def test_hostile_candidates_are_all_rejected_and_the_safe_one_chosen(shop):
+def test_hostile_candidates_are_all_rejected_and_the_safe_one_chosen(shop, reader):
     from workers.text2sql.generate import choose
     from workers.text2sql.guard import check_sql
 
@@ -170,9 +180,11 @@ def test_hostile_candidates_are_all_rejected_and_the_safe_one_chosen(shop):
         "SELECT pg_read_file('/etc/passwd')",
         "SELECT count(*) FROM orders; SELECT 1",
         "SELECT nope FROM orders",
+        "SELECT * FROM ts_stat('SELECT to_tsvector(rolname) FROM pg_authid')",
+        "SELECT pg_catalog.lower(status) FROM orders",
     ]
     choice = choose([*hostile, "SELECT count(*) FROM orders WHERE status = 'paid'"],
-                    lambda sql: check_sql(sql, shop))
+                    lambda sql: check_sql(sql, reader))
     assert choice.beam == len(hostile) and choice.sql.upper().startswith("SELECT COUNT(*)")
     assert [r.beam for r in choice.rejected] == list(range(len(hostile)))
     assert all(r.reasons for r in choice.rejected)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from workers.errors import SqlRejected
-from workers.text2sql import check_sql, run_readonly
-from workers.text2sql.policy import denied_function
+from workers.text2sql import check_sql, policy, run_readonly
 
 ACCEPTED = [
     "SELECT * FROM orders WHERE EXISTS (SELECT FROM customers)",
@@ -21,7 +20,24 @@ ACCEPTED = [
     "SELECT id, row_number() OVER (PARTITION BY metadata->>'kind' ORDER BY created_at) FROM docs",
     "SELECT * FROM docs WHERE id IN (SELECT id FROM docs WHERE content ILIKE '%a%')",
     "SELECT (SELECT max(id) FROM docs) AS top, exists(SELECT 1 FROM docs) AS any_docs",
-    "SELECT currval('docs_id_seq')",
+    "SELECT date_trunc('month', created_at)::date AS m, count(*) FILTER (WHERE id > 2), "
+    "round(avg(id)::numeric(10, 2), 2), coalesce(sum(id), 0), nullif(count(*), 0) "
+    "FROM docs GROUP BY 1 ORDER BY 1 DESC NULLS LAST",
+    "SELECT lag(id) OVER (ORDER BY id), percentile_cont(0.5) WITHIN GROUP (ORDER BY id) "
+    "OVER (), extract(year FROM created_at), to_char(created_at, 'YYYY-MM') FROM docs",
+    "SELECT g.n, s.x FROM generate_series(1, 3) AS g(n) CROSS JOIN LATERAL "
+    "(SELECT g.n * 2) AS s(x)",
+    "WITH a(x) AS (SELECT 1), b(y) AS MATERIALIZED (SELECT 2), c AS NOT MATERIALIZED "
+    "(SELECT 3) SELECT x, y FROM a, b, c",
+    "SELECT lower(content), upper(left(content, 3)), length(content), position('a' IN content), "
+    "substring(content FROM 1 FOR 2), trim(content), split_part(content, ' ', 1), "
+    "regexp_replace(content, '[0-9]', '', 'g'), concat_ws('-', id, content) FROM docs",
+    "SELECT metadata ->> 'kind', jsonb_array_length(metadata -> 'tags'), "
+    "CAST(created_at AS date), now() - interval '3 days', age(created_at) FROM docs",
+    "SELECT id FROM docs WHERE id = ANY (ARRAY[1, 2]) AND EXISTS (SELECT 1) "
+    "AND content ILIKE '%x%' AND created_at BETWEEN '2024-01-01' AND now()",
+    "WITH pg_like AS (SELECT 1 AS n) SELECT n FROM pg_like",
+    "SELECT 'ts_stat(1); set_config(x)' AS quoted, \"ts_stat\".word FROM docs AS \"ts_stat\"(word)",
     "SELECT 'delete from docs; drop table docs' AS data",
     "SELECT 'pg_sleep(10)' AS s, $$nextval('x')$$ AS t",
     "SELECT * FROM docs WHERE content = 'COMMIT; DELETE FROM docs'",
@@ -104,6 +120,78 @@ REJECTED = [
     ("PREPARE p AS DELETE FROM docs", "PREPARE " + WRITES),
     ("CALL p()", "CALL " + WRITES),
     ("VALUES (1)", "VALUES " + WRITES),
+    ("SELECT currval('docs_id_seq')", "currval" + CALL),
+    ("SELECT current_setting('data_directory')", "current_setting" + CALL),
+    ("SELECT version(), current_database()", "version" + CALL),
+    ("SELECT * FROM docs TABLESAMPLE SYSTEM (10)", "system" + CALL),
+    ("SELECT id FROM docs GROUP BY ROLLUP (id)", "rollup" + CALL),
+    ("SELECT rolname FROM pg_roles", "Reading pg_roles is not allowed"),
+    ("SELECT * FROM pg_catalog.pg_authid", "Reading pg_catalog.pg_authid is not allowed"),
+    ("SELECT query FROM docs, pg_stat_activity", "Reading pg_stat_activity is not allowed"),
+    ("SELECT * FROM information_schema.tables", "Reading information_schema.tables"),
+    ("SELECT * FROM pg_toast.pg_toast_2619", "Reading pg_toast.pg_toast_2619"),
+]
+
+#: the audit's query: ts_stat runs SQL given as text, and inside it set_config('role', ...)
+#: undoes SET ROLE; the privileged session it reached listed pg_authid
+AUDIT = ("SELECT b.word FROM ts_stat('SELECT array_to_tsvector(ARRAY[set_config(''role'',"
+         "''none'',true)])') a\nCROSS JOIN LATERAL ts_stat('SELECT array_to_tsvector("
+         "array_agg(rolname)) FROM pg_authid WHERE '||(a.nentry>0)::text) b")
+
+#: ways around a deny-list: functions that run SQL text, signal or lock, and spellings of a
+#: name that a list of names does not see. (SQL, what one of the reasons must say)
+BYPASSES = [
+    (AUDIT, "ts_stat() is not allowed"),
+    ("SELECT * FROM ts_stat('SELECT to_tsvector(rolname) FROM pg_authid')",
+     "ts_stat() is not allowed"),
+    ("SELECT ts_rewrite('a & b'::tsquery, 'SELECT rolname::tsquery, ''x'' FROM pg_roles')",
+     "ts_rewrite() is not allowed"),
+    ("SELECT query_to_xml('SELECT rolname FROM pg_authid', true, true, '')",
+     "query_to_xml() is not allowed"),
+    ("SELECT table_to_xml('pg_authid', true, true, '')", "table_to_xml() is not allowed"),
+    ("SELECT query_to_xmlschema('SELECT 1', true, true, '')",
+     "query_to_xmlschema() is not allowed"),
+    ("SELECT cursor_to_xml('c', 1, true, true, '')", "cursor_to_xml() is not allowed"),
+    ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
+     "pg_terminate_backend() is not allowed"),
+    ("SELECT pg_cancel_backend(1)", "pg_cancel_backend() is not allowed"),
+    ("SELECT pg_advisory_lock(1)", "pg_advisory_lock() is not allowed"),
+    ("SELECT pg_advisory_lock_shared(1)", "pg_advisory_lock_shared() is not allowed"),
+    ("SELECT pg_advisory_xact_lock(1, 2)", "pg_advisory_xact_lock() is not allowed"),
+    ("SELECT pg_try_advisory_lock(1)", "pg_try_advisory_lock() is not allowed"),
+    ("SELECT pg_advisory_unlock_all()", "pg_advisory_unlock_all() is not allowed"),
+    ("SELECT set_config('role', 'none', true)", "set_config() is not allowed"),
+    ("SELECT txid_current()", "txid_current() is not allowed"),
+    ("SELECT lo_get(1)", "lo_get() is not allowed"),
+    ("SELECT \"ts_stat\"('SELECT 1')", '"ts_stat"() is not allowed'),
+    ("SELECT * FROM \"ts_stat\"('SELECT 1')", '"ts_stat"() is not allowed'),
+    ("SELECT U&\"\\0074s_stat\"('SELECT 1')", 's_stat"() is not allowed'),
+    ("SELECT * FROM U&\"\\0074s_stat\"('SELECT 1')", "could not be parsed"),
+    ("SELECT pg_catalog . ts_stat ('SELECT 1')", "pg_catalog.ts_stat() is not allowed"),
+    ("SELECT * FROM pg_catalog.ts_stat('SELECT 1')", "pg_catalog.ts_stat() is not allowed"),
+    ("SELECT pg_catalog.lower('X')", "pg_catalog.lower() is not allowed"),
+    ("SELECT ts_stat /* c */ ('SELECT 1')", "ts_stat() is not allowed"),
+    ("SELECT ts_stat -- c\n('SELECT 1')", "ts_stat() is not allowed"),
+    ("SELECT * FROM ts_stat/**/('SELECT 1') AS t", "ts_stat() is not allowed"),
+    ('SELECT "Ts_Stat"(\'SELECT 1\')', '"Ts_Stat"() is not allowed'),
+    # a WITH query or an alias named like the function does not make the call an alias
+    ("WITH ts_stat(w) AS (SELECT 1) SELECT 1, ts_stat('SELECT 1') AS y FROM ts_stat",
+     "ts_stat() is not allowed"),
+    ("SELECT * FROM docs AS ts_stat(w), ts_stat('SELECT 1') AS x", "ts_stat() is not allowed"),
+    ("SELECT 1 OPERATOR(pg_catalog.+) 2", "operator() is not allowed"),
+]
+
+#: casts whose input function looks things up or is not a plain value type
+CASTS = [
+    "SELECT 'pg_authid'::regclass",
+    "SELECT CAST('pg_authid' AS regclass)",
+    "SELECT regclass 'pg_authid'",
+    "SELECT 'set_config'::regproc",
+    "SELECT 'ts_stat(text)'::regprocedure::oid",
+    "SELECT 'x'::xml",
+    "SELECT CAST(content AS mytype) FROM docs",
+    "SELECT content::public.mytype FROM docs",
+    "SELECT 1::oid",
 ]
 
 HOSTILE = [sql for sql, _ in REJECTED if sql.strip(" ;")]
@@ -136,17 +224,50 @@ def test_string_literals_are_data_not_calls():
     assert verdict.ok, verdict.reasons
 
 
-@pytest.mark.parametrize("name", ["pg_sleep", "PG_SLEEP", "pg_catalog.pg_sleep", '"pg_sleep"',
-                                  "dblink_connect", "pg_advisory_unlock_all", "lo_unlink",
-                                  "query_to_xml_and_xmlschema", "pg_file_write"])
-def test_denied_functions(name):
-    assert denied_function(name)
+@pytest.mark.parametrize(("sql", "reason"), BYPASSES)
+def test_functions_off_the_allow_list_are_refused_however_spelled(sql, reason):
+    verdict = check_sql(sql)
+    assert not verdict.ok, verdict.sql
+    assert any(reason in r for r in verdict.reasons), verdict.reasons
 
 
-@pytest.mark.parametrize("name", ["currval", "count", "now", "lower", "pg_size_pretty",
-                                  "sleep_stats"])
+def test_a_quoted_name_that_sqlglot_knows_runs_as_the_built_in():
+    # sqlglot reads "Lower"(x) as its lower(): what runs is the built-in, not "Lower"
+    assert check_sql('SELECT "Lower"(\'X\')').sql == "SELECT LOWER('X')"
+
+
+def test_the_audit_query_is_refused_with_each_reason():
+    reasons = check_sql(AUDIT).reasons
+    assert any(r.startswith("Calling ts_stat() is not allowed") for r in reasons), reasons
+
+
+@pytest.mark.parametrize("sql", CASTS)
+def test_casts_only_to_plain_value_types(sql):
+    verdict = check_sql(sql)
+    assert not verdict.ok, verdict.sql
+    assert any("Casting to" in r and "is not allowed" in r for r in verdict.reasons), \
+        verdict.reasons
+
+
+def test_unicode_escaped_strings_are_refused():
+    verdict = check_sql("SELECT U&'d\\0061t\\+000061'")
+    assert not verdict.ok and "U&" in verdict.reasons[0]
+
+
+@pytest.mark.parametrize("name", ["pg_sleep", "PG_SLEEP", "pg_catalog.lower", '"lower"',
+                                  "ts_stat", "ts_rewrite", "set_config", "currval",
+                                  "query_to_xml", "pg_advisory_lock", "dblink", "lo_import",
+                                  "pg_read_file", "current_setting", "sleep_stats"])
+def test_functions_not_on_the_allow_list(name):
+    assert not policy.allowed_function(name)
+
+
+@pytest.mark.parametrize("name", ["count", "COUNT", "now", "lower", "date_trunc", "to_char",
+                                  "row_number", "generate_series", "jsonb_array_length",
+                                  "string_agg", "percentile_cont", "repeat"])
 def test_ordinary_functions_are_allowed(name):
-    assert not denied_function(name)
+    assert policy.allowed_function(name)
+    assert name.lower() in policy.ALLOWED_FUNCTIONS
 
 
 def test_run_readonly_refuses_before_touching_the_connection():
@@ -154,3 +275,36 @@ def test_run_readonly_refuses_before_touching_the_connection():
         run_readonly(None, "COMMIT; DELETE FROM docs")  # type: ignore[arg-type]
     assert "Only one statement" in caught.value.reasons[0]
     assert "Only one statement" in str(caught.value)
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("SELECT TS_STAT('SELECT 1')", "ts_stat() is not allowed"),
+    ("SELECT \"TS_STAT\"('SELECT 1')", '"TS_STAT"() is not allowed'),
+    ("SELECT pg_catalog.LOWER('X')", "pg_catalog.lower() is not allowed"),
+    ("SELECT 1, ts_stat('x') AS y FROM docs AS ts_stat(w)", "ts_stat() is not allowed"),
+    ("WITH a(x) AS (SELECT 1) SELECT * FROM a, b(x)", "b() is not allowed"),
+    ("SELECT * FROM f() AS (a INT), ts_stat('x')", "ts_stat() is not allowed"),
+    ("SELECT filter(1), over(2), materialized(3)", "filter() is not allowed"),
+    ("SELECT x FROM t WHERE y = U&'\\0061'", "U&'...' strings are not allowed"),
+    ("SELECT escape('x'), 1", "escape() is not allowed"),
+    ("SELECT join('x'), like(1), a = is(2)", "join() is not allowed"),
+    ("SELECT 1, like(1)", "like() is not allowed"),
+    ("SELECT * FROM t WHERE (is(1))", "is() is not allowed"),
+])
+def test_the_token_scan_alone_finds_calls_in_the_sql_that_runs(text, reason):
+    # the second check, on its own: what the tree check might have read differently
+    assert any(reason in r for r in policy.call_reasons(text)), policy.call_reasons(text)
+
+
+@pytest.mark.parametrize("text", [
+    "WITH a(x) AS (SELECT 1), b(y) AS MATERIALIZED (SELECT 2), c(z) AS (VALUES (3)) "
+    "SELECT * FROM a, b, c",
+    "SELECT * FROM GENERATE_SERIES(1, 3) AS g(n), LATERAL (SELECT 1) AS s(x)",
+    "SELECT CAST(x AS DECIMAL(10, 2)), COUNT(*) FILTER(WHERE x > 1), "
+    "PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY x), SUM(x) OVER (PARTITION BY y) FROM t",
+    "SELECT 'ts_stat(1)', x IN (1, 2), EXISTS(SELECT 1), ARRAY(SELECT 1), ROW(1, 2) FROM t",
+    "SELECT * FROM a JOIN (SELECT 1) AS b ON TRUE LEFT JOIN (SELECT 2) AS c ON TRUE "
+    "WHERE x LIKE ('a%') AND y NOT ILIKE ('b') AND z IS (NULL)",
+])
+def test_the_token_scan_lets_keyword_constructs_and_alias_columns_through(text):
+    assert policy.call_reasons(text) == []

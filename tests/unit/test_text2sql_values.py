@@ -83,6 +83,67 @@ def test_unmask_puts_values_back_as_literals_and_round_trips():
     assert unmask_sql("SELECT @0, @1", values) == "SELECT 'O''Brien', 79.50"
 
 
+HOSTILE_VALUES = ["x' OR '1'='1", "'; DROP TABLE docs; --", "a\\' OR true --", "%' || pg_sleep(1) || '",
+                  "$$; DELETE FROM docs; $$", "it''s", "\\", "*/ SELECT 1 /*"]
+
+
+def _literals(sql: str) -> list[str]:
+    """The string literals of ``sql`` as PostgreSQL reads them (standard strings)."""
+    import sqlglot
+
+    return [t.text for t in sqlglot.tokenize(sql, read="postgres")
+            if t.token_type.name in ("STRING", "HEREDOC_STRING")]
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES)
+def test_a_value_inside_a_literal_stays_inside_it(value):
+    values = [Value(value, "text")]
+    sql = unmask_sql("SELECT * FROM t WHERE name LIKE '%@0%' AND a = '@0' AND b = @0", values)
+    assert _literals(sql) == [f"%{value}%", value, value], sql
+    # three literals and nothing else: no value became SQL
+    import sqlglot
+
+    kinds = [t.token_type.name for t in sqlglot.tokenize(sql, read="postgres")]
+    assert kinds == ["SELECT", "STAR", "FROM", "VAR", "WHERE", "NAME", "LIKE", "STRING", "AND",
+                     "VAR", "EQ", "STRING", "AND", "VAR", "EQ", "STRING"], sql
+    from workers.text2sql import check_sql
+
+    verdict = check_sql(sql)
+    assert verdict.ok, verdict.reasons
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES)
+def test_a_value_inside_an_escape_string_or_a_dollar_quote_stays_inside_it(value):
+    values = [Value(value, "text")]
+    escaped = unmask_sql("SELECT E'@0\\n' AS v", values)
+    import sqlglot
+
+    tokens = sqlglot.tokenize(escaped, read="postgres")
+    assert [t.token_type.name for t in tokens] == ["SELECT", "BYTE_STRING", "ALIAS", "VAR"]
+    if "$$" in value:
+        with pytest.raises(ValueError, match="dollar-quoted"):
+            unmask_sql("SELECT $$@0$$", values)
+    else:
+        assert _literals(unmask_sql("SELECT $$@0$$", values)) == [value]
+
+
+def test_values_are_literals_outside_quotes_and_never_join_a_word():
+    values = [Value("x' OR '1'='1", "text"), Value("-4", "number"), Value("2024-03-01", "date"),
+              Value("79.50", "number"), Value("1; DELETE FROM docs", "number")]
+    sql = unmask_sql("SELECT @0, a -@1, @2, @3, @4, e@0, u&@0 FROM t", values)
+    assert sql == ("SELECT 'x'' OR ''1''=''1', a -(-4), '2024-03-01', 79.50, "
+                   "'1; DELETE FROM docs', e 'x'' OR ''1''=''1', u& 'x'' OR ''1''=''1' FROM t")
+    # placeholders in identifiers and comments are not values
+    assert unmask_sql('SELECT "@0" FROM t -- @5\n/* @6 */', values) == \
+        'SELECT "@0" FROM t -- @5\n/* @6 */'
+
+
+def test_dates_and_numbers_inside_quotes_keep_their_text():
+    values = [Value("2024-03-01", "date"), Value("3", "number")]
+    assert unmask_sql("SELECT * FROM t WHERE d > '@0' AND d < '@0 10:00' LIMIT @1", values) == \
+        "SELECT * FROM t WHERE d > '2024-03-01' AND d < '2024-03-01 10:00' LIMIT 3"
+
+
 def test_a_placeholder_the_question_lacks_rejects_the_beam():
     with pytest.raises(UnknownPlaceholder, match="uses value @2, but the question has 1"):
         unmask_sql("SELECT * FROM t WHERE a = '@2'", [Value("x", "text")])

@@ -23,7 +23,12 @@ def generate_sql(question: str, version: str | int | None = None,
     when no beam passed the guard. Without ``version`` the A/B split of the active text2sql
     model chooses one, the same for every request with the same ``key``."""
     from workers.text2sql.generate import generate_sql as generate
+    from workers.text2sql.readonly import connect_reader
 
-    url = resolve_urls(lifecycle.settings()).database_url
-    with db.connect(url, autocommit=True) as conn:
-        return generate(conn, question, version=version, beams=beams, key=key).as_dict()
+    urls = resolve_urls(lifecycle.settings())
+    # the fleet's connection routes and logs; the values and the beams go through a session
+    # of the reader login, once per request
+    with db.connect(urls.database_url, autocommit=True) as conn, \
+            connect_reader(urls.reader_url) as reader:
+        return generate(conn, question, reader=reader, version=version, beams=beams,
+                        key=key).as_dict()

@@ -5,11 +5,12 @@ Evaluation only: nothing here trains or tunes on it. :func:`load_databases` load
 read it; a database whose script inserts dates relative to today is reloaded on every run,
 the others only when their script changed. :func:`score` asks ``predict(question, db_name,
 schema_text)`` for SQL, runs it exactly as production runs generated SQL
-(:func:`~workers.text2sql.guard.run_readonly`: the allow-list, the reader role, a read-only
-transaction, a timeout), runs the gold alternatives (:func:`~workers.text2sql.scoring.expand_gold`,
-as the reader role, read-only, but not through the allow-list: they are trusted, and the
-benchmark must not depend on how the guard rewrites them), and judges the results with the
-rules of :mod:`~workers.text2sql.scoring`.
+(:func:`~workers.text2sql.guard.run_readonly`: the allow-list, a session of the reader login
+on that database, a read-only transaction, a timeout, bounds in rows and bytes), runs the
+gold alternatives (:func:`~workers.text2sql.scoring.expand_gold`, in the same session,
+read-only, but not through the allow-list: they are trusted, and the benchmark must not
+depend on how the guard rewrites them), and judges the results with the rules of
+:mod:`~workers.text2sql.scoring`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import schema as sql_files
 from workers.errors import ConfigurationError, PgfleetError, QueryTimeout, SqlRejected
 from workers.text2sql import readonly
 from workers.text2sql.guard import run_readonly
+from workers.text2sql.readonly import Reader
 from workers.text2sql.schema_text import introspect, serialize, user_schemas
 from workers.text2sql.scoring import Table, compare, expand_gold, order_matters
 
@@ -43,11 +45,15 @@ logger = logging.getLogger(__name__)
 PREFIX = "defog_"
 TIMEOUT_MS = 10_000
 ROW_CAP = 50_000
+#: a result's bound in bytes: gold results of the benchmark are small, 50,000 rows at most
+MAX_BYTES = 64 * 1024 * 1024
 _DATE_RELATIVE = re.compile(r"\b(current_date|current_timestamp|localtimestamp|now\s*\()",
                             re.IGNORECASE)
 
 #: opens an autocommit connection to a database of the server by name; None: the fleet's own
 ConnFactory = Callable[[str | None], psycopg.Connection]
+#: opens a session of the reader login on a database of the server, by name
+ReaderFactory = Callable[[str], Reader]
 #: (question, db_name, schema_text) -> SQL
 Predict = Callable[[str, str, str], str]
 
@@ -133,6 +139,8 @@ def load_databases(conn_factory: ConnFactory, names: list[str], databases_dir: P
             current = admin.execute(sql_files.query("defog_database_comment"),
                                     {"name": dbname}).fetchone()
             if current and current[0] == digest and not _DATE_RELATIVE.search(script):
+                with conn_factory(dbname) as conn:  # loaded before the bound in bytes
+                    readonly.install_result_bound(conn)
                 done[name] = "cached"
                 continue
             _recreate(admin, conn_factory, dbname, script)
@@ -153,6 +161,7 @@ def _recreate(admin: psycopg.Connection, conn_factory: ConnFactory, dbname: str,
             for nsp in user_schemas(conn):
                 conn.execute(sql.SQL(sql_files.query("defog_grant_reader")).format(
                     schema=sql.Identifier(nsp)))
+            readonly.install_result_bound(conn)
         except psycopg.errors.UndefinedObject as exc:
             raise ConfigurationError(f"{dbname}: {exc} (the role {readonly.READER_ROLE} is "
                                      "created by `pgfleet db migrate`)") from exc
@@ -161,10 +170,13 @@ def _recreate(admin: psycopg.Connection, conn_factory: ConnFactory, dbname: str,
 
 
 # ------------------------------------------------------------------------- scoring
-def score(conn_factory: ConnFactory, predict: Predict, *, questions: list[Question],
-          databases_dir: Path, timeout_ms: int = TIMEOUT_MS, row_cap: int = ROW_CAP,
+def score(conn_factory: ConnFactory, predict: Predict, *, reader_factory: ReaderFactory,
+          questions: list[Question], databases_dir: Path, timeout_ms: int = TIMEOUT_MS,
+          row_cap: int = ROW_CAP,
           gold_cache: dict[tuple[str, str], Table | str] | None = None) -> Report:
-    """Load the questions' databases, ask ``predict`` for each question, judge the result.
+    """Load the questions' databases (``conn_factory``, an owner's connections), ask
+    ``predict`` for each question, run and judge its SQL in a session of the reader login
+    on the question's database (``reader_factory``).
 
     ``gold_cache`` (db, gold SQL) -> result or error may be shared between runs on the same
     day (results of the date-relative databases change with the date)."""
@@ -177,15 +189,16 @@ def score(conn_factory: ConnFactory, predict: Predict, *, questions: list[Questi
     with contextlib.ExitStack() as stack:
         conns = {n: stack.enter_context(conn_factory(PREFIX + n)) for n in names}
         schemas = {n: serialize(introspect(c, user_schemas(c), exclude=())) for n, c in conns.items()}
+        readers = {n: stack.enter_context(reader_factory(PREFIX + n)) for n in names}
         for q in questions:
-            conn = conns[q.db_name]
-            golds = _gold_results(conn, q, cache, timeout_ms, row_cap)
+            reader = readers[q.db_name]
+            golds = _gold_results(reader, q, cache, timeout_ms, row_cap)
             if all(isinstance(g, str) for g in golds):
                 report.excluded.append({"number": q.number, "db": q.db_name, "question": q.question,
                                         "reason": "no gold alternative runs here: "
                                                   + " | ".join(dict.fromkeys(golds))})
                 continue
-            report.rows.append(_judge(conn, q, predict, schemas[q.db_name],
+            report.rows.append(_judge(reader, q, predict, schemas[q.db_name],
                                       [g for g in golds if isinstance(g, Table)],
                                       timeout_ms, row_cap))
     _tally(report)
@@ -193,20 +206,21 @@ def score(conn_factory: ConnFactory, predict: Predict, *, questions: list[Questi
     return report
 
 
-def _gold_results(conn: psycopg.Connection, q: Question, cache: dict, timeout_ms: int,
+def _gold_results(reader: Reader, q: Question, cache: dict, timeout_ms: int,
                   row_cap: int) -> list[Table | str]:
     out = []
     for gold in expand_gold(q.query):
         key = (q.db_name, gold)
         if key not in cache:
-            cache[key] = _run_trusted(conn, gold, timeout_ms, row_cap)
+            cache[key] = _run_trusted(reader, gold, timeout_ms, row_cap)
         out.append(cache[key])
     return out
 
 
-def _run_trusted(conn: psycopg.Connection, text: str, timeout_ms: int, row_cap: int) -> Table | str:
+def _run_trusted(reader: Reader, text: str, timeout_ms: int, row_cap: int) -> Table | str:
     try:
-        result = readonly.execute_readonly(conn, text, timeout_ms=timeout_ms, row_cap=row_cap)
+        result = readonly.execute_readonly(reader, text, timeout_ms=timeout_ms, row_cap=row_cap,
+                                           max_bytes=MAX_BYTES)
     except (SqlRejected, QueryTimeout) as exc:
         return str(exc)
     if result.truncated:
@@ -214,7 +228,7 @@ def _run_trusted(conn: psycopg.Connection, text: str, timeout_ms: int, row_cap: 
     return Table(result.columns, result.rows)
 
 
-def _judge(conn: psycopg.Connection, q: Question, predict: Predict, schema_text: str,
+def _judge(reader: Reader, q: Question, predict: Predict, schema_text: str,
            golds: list[Table], timeout_ms: int, row_cap: int) -> Outcome:
     outcome = Outcome(q.number, q.question, q.db_name, q.category, "", False)
     try:
@@ -224,8 +238,8 @@ def _judge(conn: psycopg.Connection, q: Question, predict: Predict, schema_text:
         outcome.error = f"predict failed: {type(exc).__name__}: {exc}"
         return outcome
     try:
-        result = run_readonly(conn, str(outcome.predicted), timeout_ms=timeout_ms,
-                              row_cap=row_cap)
+        result = run_readonly(reader, str(outcome.predicted), timeout_ms=timeout_ms,
+                              row_cap=row_cap, max_bytes=MAX_BYTES)
     except (SqlRejected, QueryTimeout) as exc:
         outcome.error = str(exc)
         return outcome
@@ -258,17 +272,27 @@ def url_factory(database_url: str) -> ConnFactory:
     return connect
 
 
-def run_benchmark(database_url: str, predict: Predict, *, questions_csv: Path | None = None,
-                  limit: int | None = None, timeout_ms: int = TIMEOUT_MS,
-                  gold_cache: dict | None = None) -> Report:
+def reader_factory(reader_url: str | None) -> ReaderFactory:
+    """Sessions of the reader login (``reader_url``) on databases of its server, by name."""
+    def connect(name: str) -> Reader:
+        return readonly.connect_reader(reader_url, dbname=name)
+    return connect
+
+
+def run_benchmark(database_url: str, predict: Predict, *, reader_url: str | None,
+                  questions_csv: Path | None = None, limit: int | None = None,
+                  timeout_ms: int = TIMEOUT_MS, gold_cache: dict | None = None) -> Report:
     """Score ``predict`` on the defog questions (the first ``limit`` of them when given),
-    loading the benchmark databases on the server of ``database_url``."""
+    loading the benchmark databases on the server of ``database_url`` and running SQL as
+    the reader login of ``reader_url`` (the same server)."""
     base = default_dir()
     path = questions_csv or base / "questions_postgres.csv"
     if not path.is_file():
         raise ConfigurationError(f"{path}: no such file; set PGFLEET_DEFOG_DIR to the folder "
                                  "holding questions_postgres.csv and databases/")
     questions = read_questions(path)[:limit]
-    return score(url_factory(database_url), predict, questions=questions,
+    readonly.connect_reader(reader_url).close()  # a missing or wider login: say so first
+    return score(url_factory(database_url), predict, reader_factory=reader_factory(reader_url),
+                 questions=questions,
                  databases_dir=path.parent / "databases", timeout_ms=timeout_ms,
                  gold_cache=gold_cache)

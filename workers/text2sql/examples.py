@@ -4,8 +4,8 @@ A file is a CSV (header ``question,sql[,db_name]``) or JSONL (one object per lin
 ``question``, ``sql`` and optionally ``db_name``). Loading is two passes, both reporting
 every problem with its line: the rows themselves (missing, empty or unknown fields,
 malformed lines), then each example's SQL against the live schema with
-:func:`~workers.text2sql.guard.check_sql` (the read-only allow-list, then EXPLAIN as the
-reader role), so that a typo in a column name is found when the file is loaded, not when a
+:func:`~workers.text2sql.guard.check_sql` (the allow-list, then EXPLAIN in a session of the
+reader login), so that a typo in a column name is found when the file is loaded, not when a
 model has learned it.
 
 ``db_name`` says what an example targets: empty for the fleet's own database, else a schema
@@ -14,7 +14,7 @@ of it or another database on the same server (checked there).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +25,11 @@ from psycopg import sql
 import schema
 from workers import records
 from workers.text2sql.guard import check_sql
+from workers.text2sql.readonly import Reader
 
 FIELDS = ("question", "sql", "db_name")
 REQUIRED = ("question", "sql")
 MAX_TEXT_CHARS = 20_000
-
-#: opens a connection to another database on the same server, by name
-Connect = Callable[[str], psycopg.Connection]
 
 
 @dataclass
@@ -112,45 +110,45 @@ def _validate(item: dict[str, Any], number: int, source: str, out: ParsedExample
 
 
 # ------------------------------------------------------------------------- checking SQL
-def check_examples(conn: psycopg.Connection, examples: Iterable[Example], *,
-                   connect: Connect | None = None) -> list[ExampleProblem]:
-    """Check every example's SQL on the live schema; one problem per failing example.
+def check_examples(reader: Reader, examples: Iterable[Example]) -> list[ExampleProblem]:
+    """Check every example's SQL on the live schema, in ``reader`` (a session of the reader
+    login); one problem per failing example.
 
-    ``conn`` must be in autocommit mode. An example with a ``db_name`` is checked with that
-    schema first on the search path when it is a schema of this database, else in the
-    database of that name (opened with ``connect``)."""
+    An example with a ``db_name`` is checked with that schema first on the search path when
+    it is a schema of this database, else in the database of that name (the same login)."""
     by_target: dict[str | None, list[Example]] = {}
     for example in examples:
         by_target.setdefault(example.db_name, []).append(example)
     problems: list[ExampleProblem] = []
     for target, group in by_target.items():
-        problems += _check_target(conn, target, group, connect)
+        problems += _check_target(reader, target, group)
     return sorted(problems, key=lambda p: p.line)
 
 
-def _check_target(conn: psycopg.Connection, target: str | None, group: list[Example],
-                  connect: Connect | None) -> list[ExampleProblem]:
+def _check_target(reader: Reader, target: str | None,
+                  group: list[Example]) -> list[ExampleProblem]:
     if target is None:
-        return _check_all(conn, group)
+        return _check_all(reader, group)
+    conn = reader.conn
     if _is_schema(conn, target):
         saved = conn.execute(schema.query("text2sql_search_path")).fetchone()[0]
         path = sql.Identifier(target).as_string(conn) + ", public"
         conn.execute(schema.query("text2sql_set_search_path"), {"search_path": path})
         try:
-            return _check_all(conn, group)
+            return _check_all(reader, group)
         finally:
             conn.execute(schema.query("text2sql_set_search_path"), {"search_path": saved})
-    if connect is not None and _is_database(conn, target):
-        with connect(target) as other:
+    if _is_database(conn, target):
+        with reader.for_database(target) as other:
             return _check_all(other, group)
     return [ExampleProblem(e.line, f"db_name {target!r} is neither a schema of this database "
                                    "nor a database on this server") for e in group]
 
 
-def _check_all(conn: psycopg.Connection, group: list[Example]) -> list[ExampleProblem]:
+def _check_all(reader: Reader, group: list[Example]) -> list[ExampleProblem]:
     problems = []
     for example in group:
-        verdict = check_sql(example.sql, conn)
+        verdict = check_sql(example.sql, reader)
         if not verdict.ok:
             problems.append(ExampleProblem(example.line, "the SQL does not pass the guard: "
                                                          + " ".join(verdict.reasons)))
@@ -191,12 +189,16 @@ class LoadReport:
         return len(self.problems)
 
 
-def load_file(conn: psycopg.Connection, path: Path, *, skip_bad: bool = False,
-              connect: Connect | None = None) -> LoadReport:
-    """Parse ``path``, check every example's SQL, store the examples. Nothing is stored when
-    any row is bad, unless ``skip_bad`` (then the good ones are)."""
+def load_file(conn: psycopg.Connection, path: Path, *, reader: Reader,
+              skip_bad: bool = False) -> LoadReport:
+    """Parse ``path``, check every example's SQL (in ``reader``), store the examples (through
+    ``conn``, the fleet's). Nothing is stored when any row is bad, unless ``skip_bad`` (then
+    the good ones are)."""
+    from workers.text2sql.readonly import check_same_database
+
+    check_same_database(reader, conn)
     parsed = parse_file(path)
-    problems = parsed.problems + check_examples(conn, parsed.examples, connect=connect)
+    problems = parsed.problems + check_examples(reader, parsed.examples)
     failing = {p.line for p in problems}
     good = [e for e in parsed.examples if e.line not in failing]
     report = LoadReport(valid=len(good), problems=sorted(problems, key=lambda p: p.line))

@@ -1,8 +1,8 @@
 """SQL from a question: beam search, then execution-guided choice.
 
 The model proposes ``beams`` candidates, best-scored first. :func:`choose` checks them in
-that order with the guard (exactly one statement, the read-only allow-list, then EXPLAIN as
-the reader role) and takes the first that passes; the answer says which beam was chosen and
+that order with the guard (exactly one statement, the allow-list, then EXPLAIN in the reader
+session) and takes the first that passes; the answer says which beam was chosen and
 why each one before it was rejected. When none passes, no SQL is returned at all: generated
 SQL that fails the guard never leaves this module.
 
@@ -19,12 +19,15 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 import schema as sql_files
 from workers.errors import PgfleetError, UnknownModelVersion
+
+if TYPE_CHECKING:
+    from workers.text2sql.readonly import Reader
 
 logger = logging.getLogger(__name__)
 
@@ -179,16 +182,19 @@ def answer_for(question: str, choice: Choice, latency_ms: float,
                   choice.candidates, [asdict(r) for r in choice.rejected], round(latency_ms, 1))
 
 
-def generate_sql(conn: psycopg.Connection, question: str, *, version: str | int | None = None,
-                 beams: int = DEFAULT_BEAMS, model=None, log: bool = True,
-                 key: str | None = None) -> Answer:
+def generate_sql(conn: psycopg.Connection, question: str, *, reader: Reader,
+                 version: str | int | None = None, beams: int = DEFAULT_BEAMS, model=None,
+                 log: bool = True, key: str | None = None) -> Answer:
     """Beam search with the text2sql version (``version``, else one routed by the A/B split
     of the active model, sticky for ``key``, see :func:`route`; ``model``, a
     :class:`~workers.text2sql.model.Seq2Seq`, replaces it), then the first beam that passes
-    the guard. ``conn`` must be in autocommit mode. Logged to ``inference_logs``."""
+    the guard. ``conn``, the fleet's connection in autocommit mode, routes, reads the schema
+    and logs to ``inference_logs``; ``reader``, a session of the reader login on the same
+    database, looks the question's values up and checks the beams."""
     from workers.text2sql.guard import check_sql
     from workers.text2sql.inputs import prepare
     from workers.text2sql.model import generate
+    from workers.text2sql.readonly import check_same_database
     from workers.text2sql.schema_text import introspect
     from workers.text2sql.values import unmask_sql
 
@@ -196,16 +202,17 @@ def generate_sql(conn: psycopg.Connection, question: str, *, version: str | int 
         raise PgfleetError("the question must be a non-empty string")
     if isinstance(beams, bool) or not isinstance(beams, int) or not 1 <= beams <= 16:
         raise PgfleetError(f"beams must be an integer from 1 to 16, not {beams!r}")
+    check_same_database(reader, conn)
     started = time.perf_counter()
     spec = None
     if model is None:
         spec = route(conn, version, key)
         model = cached_model(spec.artifact)
-    prepared = prepare(question, introspect(conn), conn,
+    prepared = prepare(question, introspect(conn), reader,
                        mask_values=getattr(model, "mask_values", False),
                        link_columns=getattr(model, "link_columns", False))
     candidates = generate(model, [prepared.input], beams=beams)[0]
-    choice = choose(candidates, lambda sql: check_sql(sql, conn),
+    choice = choose(candidates, lambda sql: check_sql(sql, reader),
                     lambda text: unmask_sql(text, prepared.values))
     answer = answer_for(question, choice, (time.perf_counter() - started) * 1000, spec)
     if log:

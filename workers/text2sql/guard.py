@@ -1,22 +1,23 @@
-"""The SQL safety guard: check SQL (parse, one statement, read-only allow-list, EXPLAIN), then
-run it read-only with a timeout and a row cap.
+"""The SQL safety guard: check SQL (parse, one statement, the allow-list, EXPLAIN), then run
+it read-only with a timeout, a row cap and a bound in bytes.
 
-Defence in depth: :func:`check_sql` refuses what is not plainly a read-only query, and
-:func:`run_readonly` runs what passed as a role that can only SELECT, in a read-only
-transaction that is always rolled back, so a query that fooled the parser still cannot write.
+Defence in depth: :func:`check_sql` refuses what is not plainly a read-only query calling
+allowed functions, and :func:`run_readonly` runs what passed in a session of the reader
+login (:func:`~workers.text2sql.readonly.connect_reader`), whose session user can only
+SELECT what it was granted, in a read-only transaction that is always rolled back, so a
+query that fooled the checker still cannot write, nor reach more than the reader may.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import psycopg
-
-from workers.errors import SqlRejected
+from workers.errors import ResultTooLarge, SqlRejected
 from workers.text2sql import policy, readonly
-from workers.text2sql.readonly import Result
+from workers.text2sql.readonly import DEFAULT_MAX_BYTES, Reader, Result, connect_reader
 
-__all__ = ["Result", "SqlRejected", "Verdict", "check_sql", "run_readonly"]
+__all__ = ["DEFAULT_MAX_BYTES", "Reader", "Result", "ResultTooLarge", "SqlRejected", "Verdict",
+           "check_sql", "connect_reader", "run_readonly"]
 
 EXPLAIN_TIMEOUT_MS = 5000
 
@@ -28,28 +29,31 @@ class Verdict:
     sql: str = ""
 
 
-def check_sql(sql: str, conn: psycopg.Connection | None = None, *,
+def check_sql(sql: str, reader: Reader | None = None, *,
               timeout_ms: int = EXPLAIN_TIMEOUT_MS) -> Verdict:
-    """Whether ``sql`` may run. With ``conn``, PostgreSQL also plans it (EXPLAIN, never run)
-    as the reader role, which catches unknown tables and columns and missing grants."""
+    """Whether ``sql`` may run. With ``reader`` (a reader session), PostgreSQL also plans it
+    (EXPLAIN, never run) as the reader, which catches unknown tables and columns and missing
+    grants."""
     decision = policy.decide(sql)
-    if not decision.ok or conn is None:
+    if not decision.ok or reader is None:
         return Verdict(decision.ok, decision.reasons, decision.sql)
-    problem = readonly.explain(conn, decision.sql, timeout_ms=timeout_ms)
+    problem = readonly.explain(reader, decision.sql, timeout_ms=timeout_ms)
     if problem:
         return Verdict(False, [problem], decision.sql)
     return Verdict(True, [], decision.sql)
 
 
-def run_readonly(conn: psycopg.Connection, sql: str, *, timeout_ms: int = 5000,
-                 row_cap: int = 1000) -> Result:
-    """Check ``sql``, then run it read-only: at most ``row_cap`` rows (``truncated`` says
-    whether there were more), cancelled after ``timeout_ms``
+def run_readonly(reader: Reader, sql: str, *, timeout_ms: int = 5000, row_cap: int = 1000,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> Result:
+    """Check ``sql``, then run it read-only in the reader session: at most ``row_cap`` rows
+    (``truncated`` says whether there were more), at most ``max_bytes`` of them
+    (:class:`~workers.errors.ResultTooLarge` past that), cancelled after ``timeout_ms``
     (:class:`~workers.errors.QueryTimeout`). Refused SQL raises
     :class:`~workers.errors.SqlRejected` with the reasons."""
-    if timeout_ms < 1 or row_cap < 1:
-        raise ValueError("timeout_ms and row_cap must be at least 1")
+    if timeout_ms < 1 or row_cap < 1 or max_bytes < 1:
+        raise ValueError("timeout_ms, row_cap and max_bytes must be at least 1")
     verdict = check_sql(sql)
     if not verdict.ok:
         raise SqlRejected(verdict.reasons)
-    return readonly.execute_readonly(conn, verdict.sql, timeout_ms=timeout_ms, row_cap=row_cap)
+    return readonly.execute_readonly(reader, verdict.sql, timeout_ms=timeout_ms,
+                                     row_cap=row_cap, max_bytes=max_bytes)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-
-import psycopg
+from typing import TYPE_CHECKING
 
 from workers.text2sql.schema_text import TABLE_SEP, Schema, Table, model_input, serialize
 from workers.text2sql.synth_templates import plural, singular, words
 from workers.text2sql.values import Value, database_values, mask
+
+if TYPE_CHECKING:
+    from workers.text2sql.readonly import Reader
 
 
 def _mentions(text: str, phrase: str) -> bool:
@@ -72,16 +74,16 @@ def mentioned_columns(question: str, schema: Schema, tables: list[str]) -> str:
     return "* " + " , ".join(name for _, name in sorted(found)) if found else ""
 
 
-def prepare(question: str, schema: Schema, conn: psycopg.Connection | None = None, *,
+def prepare(question: str, schema: Schema, reader: Reader | None = None, *,
             mask_values: bool = True, link_columns: bool = False) -> Prepared:
     """The model's input for ``question``. With ``mask_values`` the values are masked: the
-    ones of the database (looked up through ``conn``, autocommit) and the quoted text, dates
+    ones of the database (looked up in the ``reader`` session) and the quoted text, dates
     and numbers; the database's values are named with the columns that hold them. With
     ``link_columns`` the columns the question names are listed (:func:`mentioned_columns`)."""
     tables = relevant_tables(question, schema)
     if not mask_values:
         return Prepared(model_input(question, schema, tables))
-    known = database_values(conn, schema, tables, question) if conn is not None else {}
+    known = database_values(reader, schema, tables, question) if reader is not None else {}
     masked = mask(question, known)
     linked = mentioned_columns(masked.question, schema, tables) if link_columns else ""
     parts = [masked.question, masked.hints, linked, serialize(schema, tables)]

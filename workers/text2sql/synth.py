@@ -6,7 +6,7 @@ count, and real values sampled from it (a pseudo-random pick fixed by the seed).
 templates in :mod:`~workers.text2sql.synth_templates` turn these into SQL, with values
 quoted as SQL literals by psycopg and identifiers by the server's ``quote_ident``, and into
 two to four English phrasings each. Every SQL must pass
-:func:`~workers.text2sql.guard.check_sql` (allow-list, then EXPLAIN as the reader role);
+:func:`~workers.text2sql.guard.check_sql` (allow-list, then EXPLAIN in the reader session);
 the rest is dropped and counted. The same schema, data and seed give the same examples.
 
 What this is good for: teaching a model the schema's names, its values, and the shape of
@@ -26,6 +26,7 @@ from psycopg import sql
 import schema as sql_files
 from workers.text2sql.examples import Example
 from workers.text2sql.guard import check_sql
+from workers.text2sql.readonly import Reader
 from workers.text2sql.schema_text import Schema, Table, introspect
 from workers.text2sql.synth_templates import TEMPLATES, Candidate, ColumnInfo, Context, TableInfo
 
@@ -49,14 +50,17 @@ class SynthResult:
     reasons: dict[str, str] = field(default_factory=dict)  # a first reason per template
 
 
-def synthesize(conn: psycopg.Connection, *, schema: Schema | None = None, seed: int = 0,
-               per_template: int = DEFAULT_PER_TEMPLATE, phrasings: int = DEFAULT_PHRASINGS,
-               db_name: str | None = None) -> SynthResult:
-    """Examples for the tables of ``schema`` (introspected from ``conn`` when not given):
-    at most ``per_template`` SQL queries per template, each with ``phrasings`` questions.
-    ``conn`` must be in autocommit mode (each check runs in its own read-only transaction)."""
+def synthesize(conn: psycopg.Connection, reader: Reader, *, schema: Schema | None = None,
+               seed: int = 0, per_template: int = DEFAULT_PER_TEMPLATE,
+               phrasings: int = DEFAULT_PHRASINGS, db_name: str | None = None) -> SynthResult:
+    """Examples for the tables of ``schema`` (introspected from ``conn``, the fleet's, when
+    not given): at most ``per_template`` SQL queries per template, each with ``phrasings``
+    questions. Each SQL is checked in ``reader``, a session of the reader login."""
+    from workers.text2sql.readonly import check_same_database
+
     if per_template < 1 or phrasings < 1:
         raise ValueError("per_template and phrasings must be at least 1")
+    check_same_database(reader, conn)
     schema = schema if schema is not None else introspect(conn)
     tables = [profile(conn, t, seed) for t in schema.tables]
     ctx = Context(conn, _quoted_names(conn, schema), {t.table.qualified: t for t in tables})
@@ -65,13 +69,13 @@ def synthesize(conn: psycopg.Connection, *, schema: Schema | None = None, seed: 
         rng = random.Random(f"{seed}:{name}")
         candidates = [c for t in tables for c in template(ctx, t)]
         rng.shuffle(candidates)
-        _take(conn, name, candidates, rng, per_template, phrasings, db_name, result)
+        _take(reader, name, candidates, rng, per_template, phrasings, db_name, result)
     logger.info("synthesized text-to-SQL examples",
                 extra={"examples": len(result.examples), "dropped": sum(result.dropped.values())})
     return result
 
 
-def _take(conn: psycopg.Connection, name: str, candidates: list[Candidate], rng: random.Random,
+def _take(reader: Reader, name: str, candidates: list[Candidate], rng: random.Random,
           per_template: int, phrasings: int, db_name: str | None, result: SynthResult) -> None:
     seen: set[str] = set()
     kept = 0
@@ -81,7 +85,7 @@ def _take(conn: psycopg.Connection, name: str, candidates: list[Candidate], rng:
         if candidate.sql in seen:
             continue
         seen.add(candidate.sql)
-        verdict = check_sql(candidate.sql, conn)
+        verdict = check_sql(candidate.sql, reader)
         if not verdict.ok:
             result.dropped[name] += 1
             result.reasons.setdefault(name, " ".join(verdict.reasons))

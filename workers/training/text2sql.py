@@ -32,7 +32,8 @@ from psycopg.types.json import Jsonb
 
 import schema as sql_files
 from workers.errors import PgfleetError
-from workers.settings import Settings
+from workers.settings import Settings, resolve_urls
+from workers.text2sql.readonly import Reader
 from workers.training.jobs import models_dir, typed_options
 from workers.training.runs import Run, optimizer_step, save_loss_curve
 
@@ -116,9 +117,24 @@ def held_out(sql: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
-def load_examples(conn: psycopg.Connection, options: dict[str, Any]
+def open_reader(settings: Settings, conn: psycopg.Connection) -> Reader:
+    """A session of the reader login on the job's database: the examples' SQL is checked and
+    run there, never on the job's own connection."""
+    from workers.text2sql.readonly import check_same_database, connect_reader
+
+    reader = connect_reader(resolve_urls(settings).reader_url)
+    try:
+        check_same_database(reader, conn)
+    except BaseException:
+        reader.close()
+        raise
+    return reader
+
+
+def load_examples(conn: psycopg.Connection, reader: Reader, options: dict[str, Any]
                   ) -> tuple[list[tuple[str, str, str | None]], str]:
-    """(question, sql, template) rows and where they came from."""
+    """(question, sql, template) rows and where they came from (synthesized ones are
+    checked in ``reader``)."""
     rows = [tuple(r) for r in conn.execute(sql_files.query("text2sql_training_examples"))]
     other = conn.execute(sql_files.query("text2sql_other_examples")).fetchone()[0]
     if rows:
@@ -135,7 +151,7 @@ def load_examples(conn: psycopg.Connection, options: dict[str, Any]
     schema = introspect(conn)
     rows: dict[tuple[str, str], str | None] = {}
     for round_ in range(options["synth_rounds"]):
-        result = synthesize(conn, schema=schema, seed=options["seed"] + round_,
+        result = synthesize(conn, reader, schema=schema, seed=options["seed"] + round_,
                             per_template=options["synth_per_template"],
                             phrasings=options["synth_phrasings"])
         for e in result.examples:
@@ -150,7 +166,7 @@ def load_examples(conn: psycopg.Connection, options: dict[str, Any]
 
 
 def make_pairs(rows: list[tuple[str, str, str | None]], schema, options: dict[str, Any],
-               conn: psycopg.Connection | None = None) -> tuple[list[Pair], list[Pair]]:
+               reader: Reader | None = None) -> tuple[list[Pair], list[Pair]]:
     """Training and held-out pairs. With ``mask_values`` the model reads the question with
     its values masked and learns the SQL with placeholders (:mod:`~workers.text2sql.values`)."""
     from workers.text2sql.inputs import prepare
@@ -160,7 +176,7 @@ def make_pairs(rows: list[tuple[str, str, str | None]], schema, options: dict[st
         rows = rows[:options["max_examples"]]
     pairs = []
     for question, sql, template in rows:
-        prepared = prepare(question, schema, conn, mask_values=options["mask_values"],
+        prepared = prepare(question, schema, reader, mask_values=options["mask_values"],
                            link_columns=options["link_columns"])
         target = mask_sql(sql, prepared.values) if options["mask_values"] else sql
         pairs.append(Pair(question, sql, template, prepared.input, target,
@@ -262,32 +278,33 @@ def normalize_sql(text: str) -> str:
         return " ".join(text.split())
 
 
-def _result(conn: psycopg.Connection, sql: str):
+def _result(reader: Reader, sql: str):
     from workers.errors import QueryTimeout, SqlRejected
     from workers.text2sql.guard import run_readonly
     from workers.text2sql.scoring import Table
 
     try:
-        result = run_readonly(conn, sql, timeout_ms=EVAL_TIMEOUT_MS, row_cap=EVAL_ROW_CAP)
+        result = run_readonly(reader, sql, timeout_ms=EVAL_TIMEOUT_MS, row_cap=EVAL_ROW_CAP)
     except (SqlRejected, QueryTimeout):
         return None
     return Table(result.columns, result.rows)
 
 
-def same_result(conn: psycopg.Connection, question: str, gold_sql: str, gold, sql: str) -> bool:
+def same_result(reader: Reader, question: str, gold_sql: str, gold, sql: str) -> bool:
     from workers.text2sql.scoring import compare, order_matters
 
     if gold is None:
         return False
-    got = _result(conn, sql)
+    got = _result(reader, sql)
     ordered = order_matters("", question) or " order by " in f" {gold_sql.lower()} "
     return got is not None and compare(gold, got, ordered) is not None
 
 
-def evaluate(conn: psycopg.Connection, run: Run, seq, held: list[Pair], *, beams: int,
+def evaluate(reader: Reader, run: Run, seq, held: list[Pair], *, beams: int,
              batch_size: int = 16, seen: set | None = None) -> dict[str, Any]:
     """Exact match and execution accuracy of the top beam, and execution accuracy of the
-    beam that ``generate_sql`` would choose (the first to pass the guard). With ``seen``
+    beam that ``generate_sql`` would choose (the first to pass the guard), gold and
+    generated SQL run in ``reader``, a session of the reader login. With ``seen``
     (the training pairs' (input, target)), the same for the held-out pairs whose masked
     reading is not among them: the values are not what makes them new."""
     from workers.text2sql.generate import choose
@@ -303,19 +320,19 @@ def evaluate(conn: psycopg.Connection, run: Run, seq, held: list[Pair], *, beams
         batch = held[start:start + batch_size]
         outputs = generate(seq, [p.input for p in batch], beams=beams)
         for pair, candidates in zip(batch, outputs, strict=True):
-            gold = _result(conn, pair.sql)
+            gold = _result(reader, pair.sql)
             if gold is None:
                 skipped += 1
                 continue
-            choice = choose(candidates, lambda sql: check_sql(sql, conn),
+            choice = choose(candidates, lambda sql: check_sql(sql, reader),
                             lambda text, values=pair.values: unmask_sql(text, values))
             top = choice.candidates[0] if choice.candidates else ""
             exact += normalize_sql(top) == normalize_sql(pair.sql)
-            top_ok = same_result(conn, pair.question, pair.sql, gold, top)
+            top_ok = same_result(reader, pair.question, pair.sql, gold, top)
             top_exec += top_ok
             guided_ok = choice.sql is not None and (
                 top_ok if choice.beam == 0
-                else same_result(conn, pair.question, pair.sql, gold, choice.sql))
+                else same_result(reader, pair.question, pair.sql, gold, choice.sql))
             guided_exec += guided_ok
             no_candidate += choice.sql is None
             counts = per_template.setdefault(pair.template or "-", [0, 0])
@@ -375,14 +392,14 @@ def _scratch_config(options: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def examples_for(conn: psycopg.Connection, run: Run, options: dict[str, Any]
+def examples_for(conn: psycopg.Connection, reader: Reader, run: Run, options: dict[str, Any]
                  ) -> tuple[list[Pair], list[Pair], set, str]:
     """Training pairs, held-out pairs (at most max_eval), the training readings, the source."""
     from workers.text2sql.schema_text import introspect
 
     run.phase("reading the examples")
-    rows, source = load_examples(conn, options)
-    train, held = make_pairs(rows, schema=introspect(conn), options=options, conn=conn)
+    rows, source = load_examples(conn, reader, options)
+    train, held = make_pairs(rows, schema=introspect(conn), options=options, reader=reader)
     if len(held) > options["max_eval"]:
         # a sample, not the first ones: examples come grouped by template
         chosen = sorted(random.Random(options["seed"]).sample(range(len(held)),
@@ -450,7 +467,8 @@ def train_text2sql(conn: psycopg.Connection, settings: Settings, run: Run,
     if options["base_model"]:  # fail early when it cannot be loaded
         run.phase("loading the model")
         seq = t2s_model.build(options["base_model"])
-    train, held, seen, source = examples_for(conn, run, options)
+    with open_reader(settings, conn) as reader:
+        train, held, seen, source = examples_for(conn, reader, run, options)
     if not options["base_model"]:
         tokenizer = None
         if options["tokenizer"] == "bpe":  # learned from the training side only
@@ -467,7 +485,8 @@ def train_text2sql(conn: psycopg.Connection, settings: Settings, run: Run,
     train_s = time.perf_counter() - started
     run.phase(f"evaluating on {len(held)} held-out examples")
     started = time.perf_counter()
-    held_metrics = evaluate(conn, run, seq, held, beams=options["beams"], seen=seen)
+    with open_reader(settings, conn) as reader:
+        held_metrics = evaluate(reader, run, seq, held, beams=options["beams"], seen=seen)
     eval_s = time.perf_counter() - started
     return save_and_register(conn, settings, run, seq, task="train_text2sql",
                              name=options["name"], losses=losses, metrics={

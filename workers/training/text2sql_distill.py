@@ -32,6 +32,7 @@ from workers.training.text2sql import (
     evaluate,
     examples_for,
     fit,
+    open_reader,
     save_and_register,
     set_max_new_tokens,
 )
@@ -104,7 +105,8 @@ def distill_text2sql(conn: psycopg.Connection, settings: Settings, run: Run,
     teacher.model.eval()
     # the student reads as the teacher does
     options["mask_values"], options["link_columns"] = teacher.mask_values, teacher.link_columns
-    train, held, seen, source = examples_for(conn, run, options)
+    with open_reader(settings, conn) as reader:
+        train, held, seen, source = examples_for(conn, reader, run, options)
     config = student_config(teacher.model.config, options["d_model"], options["layers"])
     student = t2s_model.build(config=config, seed=options["seed"], tokenizer=teacher.tokenizer)
     student.mask_values, student.link_columns = teacher.mask_values, teacher.link_columns
@@ -115,8 +117,9 @@ def distill_text2sql(conn: psycopg.Connection, settings: Settings, run: Run,
     losses = fit(run, student, train, options, teacher=teacher)
     train_s = time.perf_counter() - started
     run.phase(f"evaluating the teacher and the student on {len(held)} held-out examples")
-    teacher_held = evaluate(conn, run, teacher, held, beams=options["beams"], seen=seen)
-    student_held = evaluate(conn, run, student, held, beams=options["beams"], seen=seen)
+    with open_reader(settings, conn) as reader:
+        teacher_held = evaluate(reader, run, teacher, held, beams=options["beams"], seen=seen)
+        student_held = evaluate(reader, run, student, held, beams=options["beams"], seen=seen)
     sample = [p.input for p in held[:SPEED_SAMPLE]]
     run.phase("timing generation")
     teacher_speed = generation_speed(teacher, sample, options["beams"])
