@@ -131,7 +131,7 @@ def logins(gconn):
 
     def make(name: str, options: str) -> str:
         gconn.execute(f"DROP ROLE IF EXISTS {name}")
-        gconn.execute(f"CREATE ROLE {name} LOGIN {options}")
+        gconn.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{LOGIN_PASSWORD}' {options}")
         made.append(name)
         return name
 
@@ -140,8 +140,12 @@ def logins(gconn):
         gconn.execute(f"DROP ROLE IF EXISTS {name}")
 
 
+#: the password of the test logins (the embedded server takes password logins only)
+LOGIN_PASSWORD = "l0gin-s3cret"
+
+
 def _as(url: str, user: str) -> str:
-    return re.sub(r"//[^@/]*@", f"//{user}@", url)
+    return re.sub(r"//.*@", f"//{user}:{LOGIN_PASSWORD}@", url, count=1)
 
 
 def test_a_member_of_the_reader_with_nothing_else_may_be_the_session(reader_url, logins):
