@@ -4,7 +4,8 @@ can read.
 ``$PGFLEET_HOME/credentials.json`` (mode 0600 from the moment it exists: it is written to a
 new file opened with that mode, then linked into place) holds the passwords of the embedded
 PostgreSQL's superuser, of the ``pgfleet_reader`` login that guarded SQL runs as, of the
-embedded Redis (``requirepass``) and of Flower. They are generated with :mod:`secrets`, kept
+``pgfleet_fleet`` login most of the fleet's processes run as, of the embedded Redis
+(``requirepass``) and of Flower. They are generated with :mod:`secrets`, kept
 across restarts, and never logged: URLs in logs go through
 :func:`workers.settings.redact`.
 """
@@ -32,6 +33,7 @@ MODE = 0o600
 class Credentials:
     postgres_password: str
     reader_password: str
+    fleet_password: str
     redis_password: str
     flower_password: str
 

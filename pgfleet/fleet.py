@@ -37,6 +37,8 @@ class Endpoints:
     embedded: list = field(default_factory=list)
     #: the password to give the reader login on the embedded PostgreSQL (None: not ours)
     reader_password: str | None = None
+    #: the password of the restricted login the embedded default runs most children as
+    fleet_password: str | None = None
 
 
 @contextlib.contextmanager
@@ -55,6 +57,7 @@ def servers(conf: Settings, credentials: Credentials | None = None) -> Iterator[
             started.append(pg.stop)
             endpoints.embedded.append(pg)
             endpoints.reader_password = credentials.reader_password
+            endpoints.fleet_password = credentials.fleet_password
         if not conf.redis_url:
             assert credentials is not None
             redis = EmbeddedRedis(conf.home, conf.redis_port,
@@ -102,23 +105,49 @@ def migrate_url(url: str, wait_s: float = 30.0) -> None:
 READER_ROLE = "pgfleet_reader"
 
 
+#: the login the embedded default runs its producer and embedding workers as: a member of
+#: pgfleet_worker, which reads docs and writes only the fleet's own tables
+FLEET_LOGIN = "pgfleet_fleet"
+WORKER_ROLE = "pgfleet_worker"
+#: the children that need no more than pgfleet_worker's rights (the training worker
+#: registers versions and builds their indexes: it stays the owner, like the commands)
+RESTRICTED_CHILDREN = ("producer", "worker-gpu", "worker-cpu", "beat", "flower", "metrics")
+
+
 def enable_reader_login(admin_url: str, password: str) -> str:
     """Let ``pgfleet_reader`` log in with ``password`` (SCRAM; only its hash is sent) and
     return the URL of that login: the session that guarded SQL runs in, whose session user
     has nothing but the reader's rights. Run after migrating (which creates the role)."""
+    return _enable_login(admin_url, READER_ROLE, password)
+
+
+def enable_fleet_login(admin_url: str, password: str) -> str:
+    """Create (or update) the login ``pgfleet_fleet``, a member of ``pgfleet_worker`` with
+    nothing else, and return its URL."""
+    return _enable_login(admin_url, FLEET_LOGIN, password, member_of=WORKER_ROLE)
+
+
+def _enable_login(admin_url: str, role: str, password: str, *,
+                  member_of: str | None = None) -> str:
     from urllib.parse import quote, urlsplit, urlunsplit
 
     from psycopg import sql
 
-    with db.connect(admin_url, autocommit=True, register=False) as conn:
-        secret = conn.pgconn.encrypt_password(password.encode(), READER_ROLE.encode(),
+    with db.connect(admin_url, autocommit=True, register=False) as conn, conn.transaction():
+        if member_of is not None:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
+                                  (role,)).fetchone()
+            if exists is None:
+                conn.execute(sql.SQL("CREATE ROLE {} IN ROLE {}").format(
+                    sql.Identifier(role), sql.Identifier(member_of)))
+        secret = conn.pgconn.encrypt_password(password.encode(), role.encode(),
                                               b"scram-sha-256").decode()
-        conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(
-            sql.Identifier(READER_ROLE), sql.Literal(secret)))
+        conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
+                             "NOREPLICATION NOBYPASSRLS PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(secret)))
     parts = urlsplit(admin_url)
     host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(
-        netloc=f"{READER_ROLE}:{quote(password, safe='')}@{host}"))
+    return urlunsplit(parts._replace(netloc=f"{role}:{quote(password, safe='')}@{host}"))
 
 
 def check_redis(url: str, timeout_s: float = 5.0) -> None:
@@ -186,9 +215,9 @@ def up(conf: Settings, *, flower: bool = True, metrics: bool = True,
             env = _children_env(conf, endpoints, reader_url)
             if flower:
                 _announce_flower(env, flower_port, credentials, conf, announce, show_secrets)
-            supervisor = Supervisor(fleet_children(flower_port=flower_port,
-                                                   metrics_port=metrics_port), env=env,
-                                    log_dir=conf.home / "logs",
+            specs = fleet_children(flower_port=flower_port, metrics_port=metrics_port)
+            _restrict(specs, endpoints)
+            supervisor = Supervisor(specs, env=env, log_dir=conf.home / "logs",
                                     shutdown_timeout_s=conf.shutdown_timeout_s)
             for server in endpoints.embedded:
                 supervisor.adopt(ChildSpec(server.name, [], launch=server.restart),
@@ -231,6 +260,17 @@ def up(conf: Settings, *, flower: bool = True, metrics: bool = True,
             signal.signal(sig, handler)
     logger.info("fleet stopped")
     return 0
+
+
+def _restrict(specs: list[ChildSpec], endpoints: Endpoints) -> None:
+    """On the embedded PostgreSQL, the children that need no more run as the restricted
+    login (a member of pgfleet_worker) instead of the superuser."""
+    if endpoints.fleet_password is None:
+        return
+    url = enable_fleet_login(endpoints.database_url, endpoints.fleet_password)
+    for spec in specs:
+        if spec.name in RESTRICTED_CHILDREN:
+            spec.env = {"PGFLEET_DATABASE_URL": url}
 
 
 def _children_env(conf: Settings, endpoints: Endpoints, reader_url: str | None,

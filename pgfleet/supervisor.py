@@ -37,6 +37,8 @@ class ChildSpec:
     #: a server's own start function, returning its new process (it waits until the server
     #: is ready); None: the supervisor runs ``argv``
     launch: Callable[[], subprocess.Popen] | None = None
+    #: variables this child gets on top of the fleet's environment
+    env: dict[str, str] | None = None
 
     @property
     def server(self) -> bool:
@@ -122,7 +124,8 @@ class Supervisor:
         log = open(child.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             child.process = subprocess.Popen(
-                child.spec.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+                child.spec.argv, env={**self.env, **(child.spec.env or {})}, cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             log.close()

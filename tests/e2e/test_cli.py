@@ -56,6 +56,16 @@ def test_up_runs_the_fleet_and_sigterm_stops_every_child(tmp_path):
                                   "RETURNING id").fetchone()[0]
             wait_until(lambda: conn.execute("SELECT 1 FROM embeddings WHERE doc_id = %s",
                                             (doc_id,)).fetchone(), 120, message="embedded")
+            # the producer and the embedding workers run as the restricted login, not as
+            # the superuser the commands use
+            logins = dict(conn.execute(
+                "SELECT DISTINCT application_name, usename FROM pg_stat_activity "
+                "WHERE application_name IN ('pgfleet-producer', 'pgfleet-worker')").fetchall())
+            assert logins == {"pgfleet-producer": "pgfleet_fleet",
+                              "pgfleet-worker": "pgfleet_fleet"}, logins
+            assert conn.execute("SELECT pg_has_role('pgfleet_fleet', 'pgfleet_worker', "
+                                "'USAGE'), rolsuper FROM pg_roles WHERE rolname = "
+                                "'pgfleet_fleet'").fetchone() == (True, False)
 
         # the servers take passwords only, kept in a file only the owner can read
         credentials = home / "credentials.json"
