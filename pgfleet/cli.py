@@ -299,15 +299,18 @@ def load(paths: tuple[Path, ...], batch_size: int) -> None:
     with context.connection() as conn, Progress(console=console) as progress:
         task = progress.add_task("loading", total=len(files))
         batch: list[tuple[str, dict]] = []
+        places: list[tuple[str, int | None]] = []
         for path in files:
-            for item in loader.read_docs(path, result.problems):
-                batch.append(item)
+            for content, metadata, line in loader.read_located(path, result.problems):
+                batch.append((content, metadata))
+                places.append((str(path), line))
                 if len(batch) >= batch_size:
-                    result.inserted += loader.insert_batch(conn, batch)
-                    batch = []
+                    result.inserted += loader.insert_batch(conn, batch, result.problems,
+                                                           places)
+                    batch, places = [], []
             progress.advance(task)
         if batch:
-            result.inserted += loader.insert_batch(conn, batch)
+            result.inserted += loader.insert_batch(conn, batch, result.problems, places)
     for problem in result.problems:
         console.print(f"[yellow]skipped[/yellow] {problem}", highlight=False)
     out.print(f"inserted {result.inserted} docs from {len(files)} file(s)"
