@@ -586,6 +586,14 @@ SET error = coalesce(error || E'\n', '') || %(note)s,
 WHERE id = %(run_id)s AND NOT metrics ? 'late_outcome'
 RETURNING status;
 
+-- name: lock_model_name
+-- Serializes registrations of one model name (until the transaction ends): the next free
+-- version label is chosen and inserted under it.
+SELECT pg_advisory_xact_lock(1885758068, hashtext(%(name)s));
+
+-- name: version_labels
+SELECT version FROM model_versions WHERE name = %(name)s;
+
 -- name: embedding_version_dimensions
 SELECT dimensions FROM model_versions WHERE id = %(version_id)s AND kind = 'embedding';
 
@@ -637,3 +645,11 @@ ORDER BY l.virtualtransaction, a.xact_start;
 -- Which of these virtual transactions have not ended (every transaction holds locks).
 SELECT DISTINCT virtualtransaction FROM pg_locks
 WHERE virtualtransaction = ANY(%(vxids)s::text[]);
+
+-- name: register_embedding_version
+-- A trained embedding version: ready, inactive, without traffic (pgfleet ab set serves it).
+INSERT INTO model_versions (name, version, kind, format, artifact, dimensions,
+                            max_seq_length, status, active, traffic_percent, metrics, parent_id)
+VALUES (%(name)s, %(version)s, 'embedding', %(format)s, %(artifact)s, %(dimensions)s,
+        %(max_seq_length)s, 'ready', false, 0, %(metrics)s, %(parent_id)s)
+RETURNING id;

@@ -78,7 +78,7 @@ def _quantize_job(conn, settings, run, from_version: str | int = "v1", sample: i
     if isinstance(sample, bool) or not isinstance(sample, int):
         raise PgfleetError(f"quantize: sample must be an integer, not {sample!r}")
     run.phase("export to ONNX, quantize, measure")
-    return run_quantize(conn, settings, from_version, sample_size=sample)
+    return run_quantize(conn, settings, from_version, sample_size=sample, run_id=run.id)
 
 
 def _train_job(conn, settings, run, **options):
