@@ -326,8 +326,12 @@ class Run:
         while not self._stop.wait(self._until_next(
                 min(self._heartbeat_s, 0.5 * 2 ** (failures - 1)) if failures
                 else self._heartbeat_s)):
-            with self._lock:
-                rows = self._query("training_run_heartbeat", {}, reconnect=True)
+            try:
+                with self._lock:
+                    rows = self._query("training_run_heartbeat", {}, reconnect=True)
+            except psycopg.Error as exc:  # not a lost connection: say so, and go on beating
+                logger.warning("heartbeat of training run %s failed: %s", self.id, exc)
+                rows = None
             if rows is None:
                 # tried again sooner, with backoff; the producer marks the run failed if
                 # this lasts past PGFLEET_TRAINING_STALE_S
@@ -373,7 +377,11 @@ class Run:
                f"{_seconds(self._stop_grace_s)} s (stuck outside Python: native code or a "
                "blocking call); its process is ended")
         logger.critical("%s", why)
-        self._record("failed", error=why)
+        try:
+            self._record("failed", error=why)
+        except (PgfleetError, psycopg.Error) as exc:
+            # the producer marks it failed once the heartbeat stops with the process
+            logger.error("training run %s: could not record that it is stuck: %s", self.id, exc)
         self._on_stuck(why)
         return True
 
