@@ -77,7 +77,7 @@ def set_split(conn: psycopg.Connection, name: str, split: dict[str, int],
                 backfilled = _backfill(conn, [versions[v] for v in activated], wait_s)
             except psycopg.errors.LockNotAvailable:
                 # an uncommitted change of a doc queued the same (doc, version) first
-                holders = vector_index.writers(conn, "pending_embeddings")
+                holders = _lock_holders(conn, "pending_embeddings")
                 problems.append(
                     f"the backfill of {', '.join(activated)} was not queued: it waited more "
                     f"than {wait_s:g} s for {vector_index.describe(holders) or 'a lock'}; the "
@@ -125,8 +125,7 @@ def _apply(conn: psycopg.Connection, name: str, split: dict[str, int], action: s
                 conn.execute("INSERT INTO ab_history (name, split, action) VALUES (%s, %s, %s)",
                              (name, Jsonb(split), action))
     except psycopg.errors.LockNotAvailable:
-        holders = (vector_index.writers(conn, "model_versions")
-                   + vector_index.writers(conn, "pending_embeddings"))
+        holders = _lock_holders(conn, "model_versions", "pending_embeddings")
         raise SplitError(
             f"{name}: the split was not changed: a lock stayed held for more than {wait_s:g} s"
             + (f" by {vector_index.describe(holders)}" if holders else "")
@@ -136,6 +135,15 @@ def _apply(conn: psycopg.Connection, name: str, split: dict[str, int], action: s
     # rows the trigger queued for the old split only: they are the ones holding a writer's
     # lock on docs now, and the backfill waits for them (never for writers that come after).
     return versions, activated, vector_index.writers(conn, "docs") if activated else []
+
+
+def _lock_holders(conn: psycopg.Connection, *tables: str) -> list[dict[str, Any]]:
+    """The sessions that may hold a row lock on these tables (each once)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for table in tables:
+        for holder in vector_index.lockers(conn, table):
+            seen.setdefault(holder["virtualtransaction"], holder)
+    return list(seen.values())
 
 
 def _backfill(conn: psycopg.Connection, versions: list[dict], wait_s: float
@@ -187,8 +195,20 @@ def rollback(conn: psycopg.Connection, name: str, *,
     return set_split(conn, name, rows[1][0], action="rollback", wait_s=wait_s)
 
 
-def retire(conn: psycopg.Connection, name: str, version: str) -> None:
-    with conn.transaction():
+def retire(conn: psycopg.Connection, name: str, version: str, *,
+           wait_s: float = DEFAULT_WAIT_S) -> None:
+    try:
+        _retire(conn, name, version, wait_s)
+    except psycopg.errors.LockNotAvailable:
+        holders = _lock_holders(conn, "model_versions", "pending_embeddings")
+        raise SplitError(
+            f"{name}@{version} was not retired: a lock stayed held for more than {wait_s:g} s"
+            + (f" by {vector_index.describe(holders)}" if holders else "")
+            + "; end that transaction, or try again") from None
+
+
+def _retire(conn: psycopg.Connection, name: str, version: str, wait_s: float) -> None:
+    with conn.transaction(), vector_index.lock_timeout(conn, wait_s, local=True):
         row = conn.execute("SELECT traffic_percent FROM model_versions WHERE name = %s AND "
                            "version = %s FOR NO KEY UPDATE", (name, version)).fetchone()
         if row is None:

@@ -429,8 +429,9 @@ def ab_retire(name: str, version: str) -> None:
     """Stop embedding for VERSION; its vectors are dropped after PGFLEET_RETIRE_GRACE_S."""
     from pgfleet import abtest, context
 
-    with context.connection(autocommit=True) as conn:
-        abtest.retire(conn, name, version)
+    conf = context.settings()
+    with context.connection(conf, autocommit=True) as conn:
+        abtest.retire(conn, name, version, wait_s=conf.ab_lock_wait_s)
     out.print(f"{name}@{version} retired")
 
 

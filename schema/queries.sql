@@ -623,10 +623,9 @@ SELECT current_setting('lock_timeout');
 -- is_local true: until the transaction ends; false: for the session.
 SELECT set_config('lock_timeout', %(value)s, %(is_local)s);
 
--- name: relation_writers
--- The transactions (other than this session's) holding a lock on a table that a writer
--- holds (ROW EXCLUSIVE or stronger: what SHARE and CREATE INDEX CONCURRENTLY wait for),
--- with what they are doing. A prepared transaction has no pid.
+-- name: relation_lockers
+-- The transactions (other than this session's) holding a lock of one of these modes on a
+-- table, with what they are doing. A prepared transaction has no pid.
 SELECT DISTINCT ON (l.virtualtransaction)
        l.virtualtransaction, l.pid, a.state, a.application_name, a.xact_start,
        extract(epoch FROM now() - a.xact_start)::float8 AS xact_age_s,
@@ -636,8 +635,7 @@ LEFT JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'relation' AND l.granted
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND l.relation = %(relation)s::regclass
-  AND l.mode IN ('RowExclusiveLock', 'ShareUpdateExclusiveLock', 'ShareRowExclusiveLock',
-                 'ExclusiveLock', 'AccessExclusiveLock')
+  AND l.mode = ANY(%(modes)s::text[])
   AND l.pid IS DISTINCT FROM pg_backend_pid()
 ORDER BY l.virtualtransaction, a.xact_start;
 

@@ -52,7 +52,7 @@ class Settings:
     # limit (stuck in native code) fails its run and its worker process is replaced
     training_time_limit_s: float = 86400.0
     training_stop_grace_s: float = 60.0
-    # A/B changes: how long `pgfleet ab set/promote/rollback` waits for a lock, for the
+    # A/B changes: how long `pgfleet ab set/promote/rollback/retire` waits for a lock, for the
     # transactions writing docs when a version became active, and for its index build,
     # before going on and saying who held it up
     ab_lock_wait_s: float = 10.0

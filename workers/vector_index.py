@@ -122,10 +122,25 @@ def lock_timeout(conn: psycopg.Connection, seconds: float, *,
                          {"value": previous, "is_local": False})
 
 
+#: the locks a writer holds on a table (ROW EXCLUSIVE or stronger): what SHARE and
+#: CREATE INDEX CONCURRENTLY wait for
+WRITER_MODES = ("RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareRowExclusiveLock",
+                "ExclusiveLock", "AccessExclusiveLock")
+#: and SELECT ... FOR UPDATE/SHARE's: every session that may hold a row lock on it
+ROW_LOCKER_MODES = ("RowShareLock", *WRITER_MODES)
+
+
 def writers(conn: psycopg.Connection, relation: str) -> list[dict[str, Any]]:
     """The other transactions that hold a writer's lock on ``relation`` now."""
+    return lockers(conn, relation, WRITER_MODES)
+
+
+def lockers(conn: psycopg.Connection, relation: str,
+            modes: tuple[str, ...] = ROW_LOCKER_MODES) -> list[dict[str, Any]]:
+    """The other transactions holding one of these locks on ``relation`` now."""
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(schema.query("relation_writers"), {"relation": relation}).fetchall()
+        return cur.execute(schema.query("relation_lockers"),
+                           {"relation": relation, "modes": list(modes)}).fetchall()
 
 
 def still_open(conn: psycopg.Connection, vxids: list[str]) -> set[str]:

@@ -447,3 +447,21 @@ def test_a_backfill_held_up_by_an_uncommitted_change_is_left_to_the_reconciler(s
         assert abtest.current_split(clean, NAME) == {"v1": 100, "v2": 0}
     finally:
         blocker.close()
+
+
+@pytest.mark.timeout(120)
+def test_retire_blocked_by_a_lock_on_the_version_fails_in_time_naming_its_holder(services,
+                                                                                clean):
+    _add(clean, "v2")
+    blocker, pid = _idle_in_transaction(
+        services.database_url, "SELECT 1 FROM model_versions WHERE version = 'v2' FOR UPDATE")
+    try:
+        result = run_cli("ab", "retire", NAME, "v2", timeout_s=60,
+                         env=services.env(PGFLEET_AB_LOCK_WAIT_S="2"))
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "not retired" in result.stderr and f"pid {pid}" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        blocker.close()
+    assert clean.execute("SELECT status FROM model_versions WHERE version = 'v2'"
+                         ).fetchone() == ("ready",)

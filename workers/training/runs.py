@@ -233,7 +233,7 @@ class Run:
                         return None
                     fresh = True
                     self._connect()
-                    logger.info("training run %s: connected to the database", self.id)
+                    logger.info("training run %s: connected to the database again", self.id)
                 return self._conn.execute(schema.query(name), params).fetchall()
             except psycopg.OperationalError as exc:
                 self._drop_connection()
@@ -541,8 +541,17 @@ def execute(conn: psycopg.Connection, database_url: str, *, task: str, job: Job,
     except RunNotClaimed as exc:
         logger.warning("not starting %s: %s", task, exc)
         return {"run_id": run_id, "skipped": str(exc)}
-    run = Run(database_url, row, heartbeat_s=heartbeat_s, on_progress=on_progress,
-              time_limit_s=time_limit_s, stop_grace_s=stop_grace_s, on_stuck=on_stuck)
+    try:
+        run = Run(database_url, row, heartbeat_s=heartbeat_s, on_progress=on_progress,
+                  time_limit_s=time_limit_s, stop_grace_s=stop_grace_s, on_stuck=on_stuck)
+    except psycopg.OperationalError as exc:
+        # claimed, but its own connection could not be opened: never leave it running
+        message = f"the run's database connection could not be opened: {exc}"
+        conn.execute(schema.query("training_run_finish"), {
+            "run_id": run_id, "worker": row["worker"], "status": "failed", "error": message,
+            "version_id": None, "metrics": Jsonb({}), "artifacts": Jsonb({}), "step": 0,
+            "loss": None, "losses": [], "phase": "failed (was: starting)"})
+        raise PgfleetError(f"training run {run_id}: {message}") from exc
     logger.info("training run %s (%s) started: %s", run_id, task, options)
     try:
         result = run.call(job, conn, run, **options)
