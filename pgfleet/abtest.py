@@ -2,20 +2,22 @@
 
 Every change runs in one transaction; the database checks at commit that the active traffic
 of the name sums to 100. Activating a version (serving or ``shadow``) queues a backfill of
-every doc for it, behind live changes; a promoted version's predecessors stay active as
-shadows, so their vectors stay complete and a rollback is instant.
+every doc for it, behind live changes, and builds its index without blocking writers; a
+promoted version's predecessors stay active as shadows, so their vectors stay complete and a
+rollback is instant. No step waits without bound for another session (see ``set_split``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 import schema
-from workers import ab
+from workers import ab, vector_index
 from workers.errors import PgfleetError, UnknownModelVersion
 
 
@@ -42,68 +44,171 @@ def current_split(conn: psycopg.Connection, name: str) -> dict[str, int]:
     return {v["version"]: v["traffic_percent"] for v in _versions(conn, name) if v["active"]}
 
 
+#: how long a split change waits for a lock, for in-flight writers of docs, or for the
+#: index build, before it says who held it up (PGFLEET_AB_LOCK_WAIT_S)
+DEFAULT_WAIT_S = 10.0
+#: how often the wait for in-flight writers looks again
+POLL_S = 0.05
+
+
 def set_split(conn: psycopg.Connection, name: str, split: dict[str, int],
-              action: str = "set") -> dict[str, Any]:
+              action: str = "set", *, wait_s: float = DEFAULT_WAIT_S) -> dict[str, Any]:
     """Apply ``{"v1": 80, "v2": 20, "v3": 0 (shadow)}``; versions left out are deactivated
-    (their vectors are kept until they are retired)."""
-    with conn.transaction():
-        versions = {v["version"]: v for v in _versions(conn, name, lock=True)}
-        unknown = sorted(set(split) - set(versions))
-        if unknown:
-            raise SplitError(f"{name} has no version {', '.join(unknown)}; known: "
-                             f"{', '.join(versions)}")
+    (their vectors are kept until they are retired).
+
+    The connection must not be in a transaction (the index is built outside one). Nothing
+    waits unboundedly: a lock held elsewhere makes the change fail after ``wait_s`` naming
+    its holder; in-flight writers of docs and the index build are waited for at most
+    ``wait_s`` each, and the answer's ``problems`` says who held them up."""
+    with vector_index.autocommit(conn):
+        versions, activated, in_flight = _apply(conn, name, split, action, wait_s)
+        problems: list[str] = []
+        backfilled: dict[str, int] = {}
+        if activated:
+            waited = _wait_for_writers(conn, in_flight, wait_s)
+            if waited:
+                problems.append(
+                    f"{len(waited)} transaction(s) that were writing docs when "
+                    f"{', '.join(activated)} became active had not ended after {wait_s:g} s: "
+                    f"{vector_index.describe(waited)}; the docs they insert are queued for "
+                    "the new version(s) by the reconciler (within PGFLEET_RECONCILE_INTERVAL_S) "
+                    "once they commit")
+            try:
+                backfilled = _backfill(conn, [versions[v] for v in activated], wait_s)
+            except psycopg.errors.LockNotAvailable:
+                # an uncommitted change of a doc queued the same (doc, version) first
+                holders = _lock_holders(conn, "pending_embeddings")
+                problems.append(
+                    f"the backfill of {', '.join(activated)} was not queued: it waited more "
+                    f"than {wait_s:g} s for {vector_index.describe(holders) or 'a lock'}; the "
+                    "reconciler queues it (within PGFLEET_RECONCILE_INTERVAL_S)")
+        indexes = {}
         for version in split:
-            if versions[version]["status"] != "ready":
-                raise SplitError(f"{name}@{version} is {versions[version]['status']}, not ready")
-        was_active = {v for v, row in versions.items() if row["active"]}
-        conn.execute("UPDATE model_versions SET active = false, traffic_percent = 0 "
-                     "WHERE name = %s", (name,))
-        activated = []
-        for version, percent in split.items():
-            version_id = versions[version]["id"]
-            conn.execute("UPDATE model_versions SET active = true, traffic_percent = %s "
-                         "WHERE id = %s", (percent, version_id))
-            if version not in was_active and versions[version]["kind"] == "embedding":
-                conn.execute("SELECT pgfleet_ensure_version_index_v1(%s)", (version_id,))
-                activated.append(version)
-        conn.execute(schema.query("drop_inactive_pending"))
-        conn.execute("INSERT INTO ab_history (name, split, action) VALUES (%s, %s, %s)",
-                     (name, Jsonb(split), action))
-    backfilled = {}
-    if activated:
-        # From the commit above, every new insert queues work for the new versions (the
-        # trigger sees them active). Inserts already in flight do not: wait until they are
-        # done (a SHARE lock waits for every open writer of docs, and is released at once),
-        # then queue the backfill, which now sees all of them.
-        with conn.transaction():
-            conn.execute("LOCK TABLE docs IN SHARE MODE")
-        with conn.transaction():
-            for version in activated:
-                backfilled[version] = conn.execute(
-                    schema.query("reconcile_missing"),
-                    {"version_id": versions[version]["id"]}).rowcount
-            conn.execute("SELECT pg_notify('pgfleet_pending', '')")
-    return {"name": name, "split": split, "backfill_queued": backfilled}
+            if versions[version]["kind"] != "embedding":
+                continue
+            outcome = vector_index.ensure_version_index(conn, versions[version]["id"],
+                                                        lock_timeout_s=wait_s)
+            indexes[version] = {"name": outcome.name, "valid": outcome.valid}
+            if outcome.problem:
+                problems.append(f"{name}@{version}: {outcome.problem}")
+    return {"name": name, "split": split, "backfill_queued": backfilled, "indexes": indexes,
+            "problems": problems}
 
 
-def promote(conn: psycopg.Connection, name: str, version: str) -> dict[str, Any]:
+def _apply(conn: psycopg.Connection, name: str, split: dict[str, int], action: str,
+           wait_s: float) -> tuple[dict[str, dict], list[str], list[dict[str, Any]]]:
+    """The split's own transaction: the versions by label, those it activated, and the
+    transactions that were writing docs when it committed."""
+    try:
+        with conn.transaction():
+            with vector_index.lock_timeout(conn, wait_s, local=True):
+                versions = {v["version"]: v for v in _versions(conn, name, lock=True)}
+                unknown = sorted(set(split) - set(versions))
+                if unknown:
+                    raise SplitError(f"{name} has no version {', '.join(unknown)}; known: "
+                                     f"{', '.join(versions)}")
+                for version in split:
+                    if versions[version]["status"] != "ready":
+                        raise SplitError(f"{name}@{version} is {versions[version]['status']}, "
+                                         "not ready")
+                was_active = {v for v, row in versions.items() if row["active"]}
+                conn.execute("UPDATE model_versions SET active = false, traffic_percent = 0 "
+                             "WHERE name = %s", (name,))
+                activated = []
+                for version, percent in split.items():
+                    conn.execute("UPDATE model_versions SET active = true, "
+                                 "traffic_percent = %s WHERE id = %s",
+                                 (percent, versions[version]["id"]))
+                    if version not in was_active and versions[version]["kind"] == "embedding":
+                        activated.append(version)
+                conn.execute(schema.query("drop_inactive_pending"))
+                conn.execute("INSERT INTO ab_history (name, split, action) VALUES (%s, %s, %s)",
+                             (name, Jsonb(split), action))
+    except psycopg.errors.LockNotAvailable:
+        holders = _lock_holders(conn, "model_versions", "pending_embeddings")
+        raise SplitError(
+            f"{name}: the split was not changed: a lock stayed held for more than {wait_s:g} s"
+            + (f" by {vector_index.describe(holders)}" if holders else "")
+            + "; end that transaction, or try again") from None
+    # From the commit above, every new insert queues work for the new versions (the
+    # trigger sees them active). Transactions that wrote docs before it may have inserted
+    # rows the trigger queued for the old split only: they are the ones holding a writer's
+    # lock on docs now, and the backfill waits for them (never for writers that come after).
+    return versions, activated, vector_index.writers(conn, "docs") if activated else []
+
+
+def _lock_holders(conn: psycopg.Connection, *tables: str) -> list[dict[str, Any]]:
+    """The sessions that may hold a row lock on these tables (each once)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for table in tables:
+        for holder in vector_index.lockers(conn, table):
+            seen.setdefault(holder["virtualtransaction"], holder)
+    return list(seen.values())
+
+
+def _backfill(conn: psycopg.Connection, versions: list[dict], wait_s: float
+              ) -> dict[str, int]:
+    """Queue every doc missing a vector of these versions, behind live changes."""
+    queued = {}
+    with conn.transaction(), vector_index.lock_timeout(conn, wait_s, local=True):
+        for version in versions:
+            queued[version["version"]] = conn.execute(
+                schema.query("reconcile_missing"), {"version_id": version["id"]}).rowcount
+        conn.execute("SELECT pg_notify('pgfleet_pending', '')")
+    return queued
+
+
+def _wait_for_writers(conn: psycopg.Connection, holders: list[dict[str, Any]],
+                      wait_s: float) -> list[dict[str, Any]]:
+    """Wait (polling, at most ``wait_s``) until these transactions have ended, as CREATE
+    INDEX CONCURRENTLY waits for lockers; new writers never queue behind this wait. The
+    ones still open at the end, as they are now."""
+    vxids = [h["virtualtransaction"] for h in holders]
+    deadline = time.monotonic() + wait_s
+    while vxids:
+        vxids = sorted(vector_index.still_open(conn, vxids))
+        if not vxids or time.monotonic() >= deadline:
+            break
+        time.sleep(POLL_S)
+    if not vxids:
+        return []
+    now = {h["virtualtransaction"]: h for h in vector_index.writers(conn, "docs")}
+    return [now.get(v, h) for v in vxids
+            for h in holders if h["virtualtransaction"] == v]
+
+
+def promote(conn: psycopg.Connection, name: str, version: str, *,
+            wait_s: float = DEFAULT_WAIT_S) -> dict[str, Any]:
     """All traffic to ``version``; the versions that served before stay as shadows."""
     split = {v: 0 for v in current_split(conn, name)}
     split[version] = 100
-    return set_split(conn, name, split, action="promote")
+    return set_split(conn, name, split, action="promote", wait_s=wait_s)
 
 
-def rollback(conn: psycopg.Connection, name: str) -> dict[str, Any]:
+def rollback(conn: psycopg.Connection, name: str, *,
+             wait_s: float = DEFAULT_WAIT_S) -> dict[str, Any]:
     """Restore the split that was in force before the last change."""
     rows = conn.execute("SELECT split FROM ab_history WHERE name = %s ORDER BY id DESC LIMIT 2",
                         (name,)).fetchall()
     if len(rows) < 2:
         raise SplitError(f"{name} has no earlier split to roll back to")
-    return set_split(conn, name, rows[1][0], action="rollback")
+    return set_split(conn, name, rows[1][0], action="rollback", wait_s=wait_s)
 
 
-def retire(conn: psycopg.Connection, name: str, version: str) -> None:
-    with conn.transaction():
+def retire(conn: psycopg.Connection, name: str, version: str, *,
+           wait_s: float = DEFAULT_WAIT_S) -> None:
+    try:
+        _retire(conn, name, version, wait_s)
+    except psycopg.errors.LockNotAvailable:
+        holders = _lock_holders(conn, "model_versions", "pending_embeddings")
+        raise SplitError(
+            f"{name}@{version} was not retired: a lock stayed held for more than {wait_s:g} s"
+            + (f" by {vector_index.describe(holders)}" if holders else "")
+            + "; end that transaction, or try again") from None
+
+
+def _retire(conn: psycopg.Connection, name: str, version: str, wait_s: float) -> None:
+    with conn.transaction(), vector_index.lock_timeout(conn, wait_s, local=True):
         row = conn.execute("SELECT traffic_percent FROM model_versions WHERE name = %s AND "
                            "version = %s FOR NO KEY UPDATE", (name, version)).fetchone()
         if row is None:

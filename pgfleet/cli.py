@@ -327,15 +327,18 @@ def load(paths: tuple[Path, ...], batch_size: int) -> None:
     with context.connection() as conn, Progress(console=console) as progress:
         task = progress.add_task("loading", total=len(files))
         batch: list[tuple[str, dict]] = []
+        places: list[tuple[str, int | None]] = []
         for path in files:
-            for item in loader.read_docs(path, result.problems):
-                batch.append(item)
+            for content, metadata, line in loader.read_located(path, result.problems):
+                batch.append((content, metadata))
+                places.append((str(path), line))
                 if len(batch) >= batch_size:
-                    result.inserted += loader.insert_batch(conn, batch)
-                    batch = []
+                    result.inserted += loader.insert_batch(conn, batch, result.problems,
+                                                           places)
+                    batch, places = [], []
             progress.advance(task)
         if batch:
-            result.inserted += loader.insert_batch(conn, batch)
+            result.inserted += loader.insert_batch(conn, batch, result.problems, places)
     for problem in result.problems:
         console.print(f"[yellow]skipped[/yellow] {problem}", highlight=False)
     out.print(f"inserted {result.inserted} docs from {len(files)} file(s)"
@@ -403,12 +406,20 @@ def ab_set(name: str, split: tuple[str, ...]) -> None:
         parsed = parse_split(split)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    with context.connection(autocommit=True) as conn:
-        result = abtest.set_split(conn, name, parsed)
+    conf = context.settings()
+    with context.connection(conf, autocommit=True) as conn:
+        result = abtest.set_split(conn, name, parsed, wait_s=conf.ab_lock_wait_s)
     out.print(f"{name}: " + ", ".join(f"{v}={'shadow' if p == 0 else f'{p}%'}"
                                       for v, p in parsed.items()))
     for version, count in result["backfill_queued"].items():
         out.print(f"{version}: backfilling {count} docs (progress: pgfleet ab status {name})")
+    _print_split_problems(result)
+
+
+def _print_split_problems(result: dict) -> None:
+    """What held a split change up: it was applied, and these still need attention."""
+    for problem in result["problems"]:
+        console.print(f"[yellow]note:[/yellow] {problem}", highlight=False, soft_wrap=True)
 
 
 @ab.command("promote")
@@ -418,10 +429,12 @@ def ab_promote(name: str, version: str) -> None:
     """All traffic to VERSION in one transaction; the others stay as shadows for rollback."""
     from pgfleet import abtest, context
 
-    with context.connection(autocommit=True) as conn:
-        result = abtest.promote(conn, name, version)
+    conf = context.settings()
+    with context.connection(conf, autocommit=True) as conn:
+        result = abtest.promote(conn, name, version, wait_s=conf.ab_lock_wait_s)
     out.print(f"{name}: {version} serves 100%; kept as shadows: "
               f"{', '.join(v for v, p in result['split'].items() if p == 0) or 'none'}")
+    _print_split_problems(result)
 
 
 @ab.command("rollback")
@@ -430,9 +443,11 @@ def ab_rollback(name: str) -> None:
     """Restore the split in force before the last change."""
     from pgfleet import abtest, context
 
-    with context.connection(autocommit=True) as conn:
-        result = abtest.rollback(conn, name)
+    conf = context.settings()
+    with context.connection(conf, autocommit=True) as conn:
+        result = abtest.rollback(conn, name, wait_s=conf.ab_lock_wait_s)
     out.print(f"{name}: back to " + ", ".join(f"{v}={p}%" for v, p in result["split"].items()))
+    _print_split_problems(result)
 
 
 @ab.command("retire")
@@ -442,8 +457,9 @@ def ab_retire(name: str, version: str) -> None:
     """Stop embedding for VERSION; its vectors are dropped after PGFLEET_RETIRE_GRACE_S."""
     from pgfleet import abtest, context
 
-    with context.connection(autocommit=True) as conn:
-        abtest.retire(conn, name, version)
+    conf = context.settings()
+    with context.connection(conf, autocommit=True) as conn:
+        abtest.retire(conn, name, version, wait_s=conf.ab_lock_wait_s)
     out.print(f"{name}@{version} retired")
 
 

@@ -419,7 +419,7 @@ def _print_run_details(row: dict[str, Any]) -> None:
 @train.command("cancel")
 @click.argument("run_id", type=int)
 def train_cancel(run_id: int) -> None:
-    """Cancel a run: a queued run at once, a running one at its next step."""
+    """Cancel a run: a queued run at once, a running one within a heartbeat."""
     from pgfleet import context
     from workers.training import runs
 
@@ -429,7 +429,7 @@ def train_cancel(run_id: int) -> None:
     if status == "cancelled":
         out.print(f"training run {run_id} cancelled")
     elif status == "running":
-        out.print(f"training run {run_id} will stop at its next step (pgfleet train status "
-                  f"{run_id})")
+        out.print(f"training run {run_id} will stop within a heartbeat (pgfleet train "
+                  f"status {run_id})")
     else:
         out.print(f"training run {run_id} is already {status}; nothing to cancel")

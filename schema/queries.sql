@@ -720,3 +720,116 @@ SELECT id, task, arguments, celery_task_id FROM training_runs
 WHERE status = 'queued' AND celery_task_id IS NOT NULL
   AND created_at < now() - make_interval(secs => %(older_than_s)s)
 ORDER BY id;
+
+-- name: training_run_heartbeat
+-- A run's heartbeat, written only while the run is still running under this worker (a run
+-- marked failed meanwhile is not revived); the state says whether a cancel was asked for.
+WITH beat AS (
+    UPDATE training_runs SET heartbeat_at = now()
+    WHERE id = %(run_id)s AND status = 'running' AND worker = %(worker)s
+    RETURNING id
+)
+SELECT status, cancel_requested, EXISTS (SELECT 1 FROM beat) AS beating
+FROM training_runs WHERE id = %(run_id)s;
+
+-- name: training_run_progress
+UPDATE training_runs
+SET step = %(step)s, total_steps = %(total_steps)s, loss = %(loss)s, phase = %(phase)s,
+    losses = %(losses)s, heartbeat_at = now()
+WHERE id = %(run_id)s AND status = 'running' AND worker = %(worker)s
+RETURNING cancel_requested;
+
+-- name: training_run_cancel_requested
+SELECT cancel_requested FROM training_runs WHERE id = %(run_id)s;
+
+-- name: training_run_finish
+-- running -> succeeded, failed or cancelled, by the worker that claimed the run and only
+-- from running: a run the producer marked failed (no heartbeat) is never flipped back.
+UPDATE training_runs
+SET status = %(status)s, error = %(error)s, version_id = %(version_id)s,
+    metrics = metrics || %(metrics)s, artifacts = artifacts || %(artifacts)s,
+    finished_at = now(), heartbeat_at = now(), step = %(step)s, loss = %(loss)s,
+    losses = %(losses)s, phase = %(phase)s
+WHERE id = %(run_id)s AND status = 'running' AND worker = %(worker)s
+RETURNING id;
+
+-- name: training_run_state
+SELECT status, worker, error, version_id, metrics FROM training_runs WHERE id = %(run_id)s;
+
+-- name: training_run_late_outcome
+-- The job of a run already ended (marked failed by the producer, say) finished after all:
+-- its status stays, and what the job did is noted (once): in error, in metrics.late_outcome,
+-- and the version it registered.
+UPDATE training_runs
+SET error = coalesce(error || E'\n', '') || %(note)s,
+    version_id = coalesce(version_id, %(version_id)s),
+    metrics = metrics || jsonb_build_object('late_outcome', %(late)s::jsonb),
+    artifacts = artifacts || %(artifacts)s
+WHERE id = %(run_id)s AND NOT metrics ? 'late_outcome'
+RETURNING status;
+
+-- name: lock_model_name
+-- Serializes registrations of one model name (until the transaction ends): the next free
+-- version label is chosen and inserted under it.
+SELECT pg_advisory_xact_lock(1885758068, hashtext(%(name)s));
+
+-- name: version_labels
+SELECT version FROM model_versions WHERE name = %(name)s;
+
+-- name: embedding_version_dimensions
+SELECT dimensions FROM model_versions WHERE id = %(version_id)s AND kind = 'embedding';
+
+-- name: index_state
+-- An index by name: whether it is valid, and the backend building it now (if any).
+SELECT i.indisvalid AS valid, p.pid AS building_pid
+FROM pg_class c
+JOIN pg_index i ON i.indexrelid = c.oid
+LEFT JOIN pg_stat_progress_create_index p ON p.index_relid = c.oid
+WHERE c.oid = to_regclass(%(name)s);
+
+-- name: version_index_create
+-- Template (identifiers and constants composed with psycopg.sql, as DDL takes no bound
+-- values): one HNSW index per embedding version, on the version's own dimension. Searches
+-- use the same expression: ORDER BY embedding::vector(<dims>) <=> query WHERE version_id = <id>.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON embeddings
+    USING hnsw ((embedding::vector({dims})) vector_cosine_ops) WHERE version_id = {version_id};
+
+-- name: index_drop_concurrently
+-- Template: {index} is composed with psycopg.sql.
+DROP INDEX CONCURRENTLY IF EXISTS {index};
+
+-- name: get_lock_timeout
+SELECT current_setting('lock_timeout');
+
+-- name: set_lock_timeout
+-- is_local true: until the transaction ends; false: for the session.
+SELECT set_config('lock_timeout', %(value)s, %(is_local)s);
+
+-- name: relation_lockers
+-- The transactions (other than this session's) holding a lock of one of these modes on a
+-- table, with what they are doing. A prepared transaction has no pid.
+SELECT DISTINCT ON (l.virtualtransaction)
+       l.virtualtransaction, l.pid, a.state, a.application_name, a.xact_start,
+       extract(epoch FROM now() - a.xact_start)::float8 AS xact_age_s,
+       left(a.query, 200) AS query
+FROM pg_locks l
+LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'relation' AND l.granted
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.relation = %(relation)s::regclass
+  AND l.mode = ANY(%(modes)s::text[])
+  AND l.pid IS DISTINCT FROM pg_backend_pid()
+ORDER BY l.virtualtransaction, a.xact_start;
+
+-- name: transactions_still_open
+-- Which of these virtual transactions have not ended (every transaction holds locks).
+SELECT DISTINCT virtualtransaction FROM pg_locks
+WHERE virtualtransaction = ANY(%(vxids)s::text[]);
+
+-- name: register_embedding_version
+-- A trained embedding version: ready, inactive, without traffic (pgfleet ab set serves it).
+INSERT INTO model_versions (name, version, kind, format, artifact, dimensions,
+                            max_seq_length, status, active, traffic_percent, metrics, parent_id)
+VALUES (%(name)s, %(version)s, 'embedding', %(format)s, %(artifact)s, %(dimensions)s,
+        %(max_seq_length)s, 'ready', false, 0, %(metrics)s, %(parent_id)s)
+RETURNING id;

@@ -47,6 +47,15 @@ class Settings:
     # marked failed (its worker died)
     training_heartbeat_s: float = 10.0
     training_stale_s: float = 120.0
+    # a run still going after training_time_limit_s is stopped and failed (0 = no limit);
+    # a job that does not stop within training_stop_grace_s of a cancel or of its time
+    # limit (stuck in native code) fails its run and its worker process is replaced
+    training_time_limit_s: float = 86400.0
+    training_stop_grace_s: float = 60.0
+    # A/B changes: how long `pgfleet ab set/promote/rollback/retire` waits for a lock, for the
+    # transactions writing docs when a version became active, and for its index build,
+    # before going on and saying who held it up
+    ab_lock_wait_s: float = 10.0
 
     # failures
     max_attempts: int = 5
@@ -100,6 +109,7 @@ class Settings:
         if not 0 < self.training_heartbeat_s < self.training_stale_s:
             raise ConfigurationError(f"{PREFIX}TRAINING_HEARTBEAT_S must be positive and less "
                                      f"than {PREFIX}TRAINING_STALE_S")
+        self._validate_runs_and_ab()
         self._validate_cache_and_ports()
         if self.batch_max_wait_ms < 0:
             raise ConfigurationError(f"{PREFIX}BATCH_MAX_WAIT_MS must not be negative")
@@ -110,6 +120,16 @@ class Settings:
             url = getattr(self, name)
             if url is not None:
                 check_url(name, url)
+
+    def _validate_runs_and_ab(self) -> None:
+        if not (math.isfinite(self.training_time_limit_s) and self.training_time_limit_s >= 0):
+            raise ConfigurationError(f"{PREFIX}TRAINING_TIME_LIMIT_S must be a number of "
+                                     "seconds (0 for no limit)")
+        for name in ("training_stop_grace_s", "ab_lock_wait_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigurationError(f"{PREFIX}{name.upper()} must be a positive number "
+                                         "of seconds")
 
     def _validate_cache_and_ports(self) -> None:
         for name in ("cache_min_hits", "cache_max_entries"):

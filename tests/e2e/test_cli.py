@@ -304,3 +304,24 @@ def test_migrate_gives_the_reader_its_login(services, tmp_path):
     wrong = run_cli("db", "migrate", "--reader-login",
                     env={**env, "PGFLEET_READER_URL": services.database_url})
     assert wrong.returncode == 2 and "needs PGFLEET_READER_URL with the user" in wrong.stderr
+
+
+def test_load_reports_lines_postgresql_cannot_store_and_loads_the_rest(services, clean,
+                                                                       tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"content": "good one"}\n'
+                    '{"content": "a\\u0000b"}\n'
+                    '{"content": "\\ud800"}\n'
+                    '{"content": "meta", "metadata": {"k": "\\u0000"}}\n'
+                    '{"content": "meta", "metadata": {"k": "\\ud800"}}\n'
+                    '{"content": "good two"}\n', "utf-8")
+    result = run_cli("load", "--batch-size", "2", str(path),
+                     env=_env(tmp_path, PGFLEET_DATABASE_URL=services.database_url,
+                              PGFLEET_REDIS_URL=services.redis_url))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for line in (2, 3, 4, 5):
+        assert f"docs.jsonl:{line}" in result.stderr, result.stderr
+    assert "inserted 2 docs from 1 file(s); 4 problem(s)" in result.stdout, result.stdout
+    assert sorted(r[0] for r in clean.execute("SELECT content FROM docs")) == \
+        ["good one", "good two"]

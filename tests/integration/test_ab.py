@@ -84,32 +84,55 @@ def test_versions_with_different_dimensions_coexist_and_never_mix(fleet, clean, 
     assert logged[0] == 48
 
 
+def _drained(conn, stall_s: float = 60.0, interval_s: float = 0.5) -> None:
+    """Wait until nothing is pending, for as long as the pending work keeps shrinking: fails
+    only when it stops shrinking for ``stall_s`` (work lost or stuck), not because a shared
+    machine embeds slowly."""
+    best, last_progress = None, time.monotonic()
+    while True:
+        pending = conn.execute("SELECT count(*) FROM pending_embeddings").fetchone()[0]
+        if pending == 0:
+            return
+        if best is None or pending < best:
+            best, last_progress = pending, time.monotonic()
+        elif time.monotonic() - last_progress > stall_s:
+            rows = conn.execute("SELECT doc_id, version_id, attempts, enqueued_at, not_before, "
+                                "last_error FROM pending_embeddings LIMIT 10").fetchall()
+            raise AssertionError(f"{pending} docs still pending, none done for {stall_s} s: "
+                                 f"{rows}")
+        time.sleep(interval_s)
+
+
+#: live inserts around the activation: a fixed amount of work, whatever the machine's speed
+LIVE_INSERTS = 120
+
+
+@pytest.mark.timeout(900)
 def test_a_version_activated_while_inserts_continue_reaches_full_coverage(fleet, clean):
     _add(clean, "v2")
     clean.execute("INSERT INTO docs (content) SELECT 'existing doc ' || g "
                   "FROM generate_series(1, 200) g")
-    stop = threading.Event()
+    inserted = threading.Semaphore(0)
 
     def keep_inserting():
         with psycopg.connect(fleet.services.database_url, autocommit=True) as conn:
-            n = 0
-            while not stop.is_set():
-                n += 1
+            for n in range(1, LIVE_INSERTS + 1):
                 conn.execute("INSERT INTO docs (content) VALUES (%s)", (f"live insert {n}",))
+                inserted.release()
                 time.sleep(0.02)
 
     writer = threading.Thread(target=keep_inserting)
     writer.start()
     try:
-        time.sleep(0.5)
+        for _ in range(LIVE_INSERTS // 4):  # activate with inserts before, during and after
+            assert inserted.acquire(timeout=60)
         result = abtest.set_split(clean, NAME, {"v1": 80, "v2": 20})
         assert result["backfill_queued"]["v2"] >= 200
-        time.sleep(2)
     finally:
-        stop.set()
-        writer.join(30)
+        writer.join(120)
     assert not writer.is_alive()
-    _settled(clean)
+    assert clean.execute("SELECT count(*) FROM docs").fetchone()[0] == 200 + LIVE_INSERTS
+    _drained(clean)
 
     def coverage():
         report = abtest.report(clean, NAME, dt.timedelta(days=1))
@@ -123,11 +146,8 @@ def test_a_version_activated_while_inserts_continue_reaches_full_coverage(fleet,
             "AND f.version_id = v.id WHERE v.active AND NOT EXISTS (SELECT 1 FROM embeddings e "
             "WHERE e.doc_id = d.id AND e.version_id = v.id) LIMIT 10").fetchall()
 
-    try:
-        wait_until(lambda: coverage() == {"v1": 1.0, "v2": 1.0}, 60, interval_s=0.5,
-                   message="full coverage of both versions")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}: coverage {coverage()}, missing {missing()}") from None
+    # nothing is pending: every doc has its vector of both versions, now
+    assert coverage() == {"v1": 1.0, "v2": 1.0}, f"coverage {coverage()}, missing {missing()}"
 
 
 def test_promote_and_rollback_are_atomic(fleet, clean):
@@ -261,3 +281,187 @@ def test_retiring_a_version_drops_its_vectors_after_the_grace_period(fleet, clea
         pool.close()
     assert clean.execute("SELECT status FROM model_versions WHERE version = 'v2'").fetchone() == \
         ("retired",)
+
+
+class _Inserter(threading.Thread):
+    """Inserts into a table every 50 ms and keeps the slowest insert's time."""
+
+    def __init__(self, url: str, statement: str, params_for=lambda n: (f"meanwhile {n}",)):
+        super().__init__(daemon=True)
+        self.url, self.statement, self.params_for = url, statement, params_for
+        self.stop, self.slowest_s, self.count = threading.Event(), 0.0, 0
+
+    def run(self):
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self.stop.is_set():
+                started = time.monotonic()
+                conn.execute(self.statement, self.params_for(self.count))
+                self.slowest_s = max(self.slowest_s, time.monotonic() - started)
+                self.count += 1
+                time.sleep(0.05)
+
+    def finish(self) -> tuple[float, int]:
+        self.stop.set()
+        self.join(30)
+        return self.slowest_s, self.count
+
+
+def _index_valid(conn, version_id: int):
+    row = conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)",
+                       (f"embeddings_hnsw_v{version_id}",)).fetchone()
+    return row[0] if row else None
+
+
+def _idle_in_transaction(url: str, statement: str, params: tuple = ()):
+    """A session left idle in a transaction after one statement."""
+    conn = psycopg.connect(url)
+    conn.execute(statement, params)
+    return conn, conn.info.backend_pid
+
+
+@pytest.mark.timeout(180)
+def test_an_idle_writer_of_docs_neither_hangs_ab_set_nor_blocks_inserts(services, clean):
+    from producers.reconcile import reconcile_missing
+    from workers import db
+
+    v2 = _add(clean, "v2")
+    blocker, pid = _idle_in_transaction(
+        services.database_url, "INSERT INTO docs (content) VALUES ('inserted, not committed')")
+    inserts = _Inserter(services.database_url, "INSERT INTO docs (content) VALUES (%s)")
+    inserts.start()
+    try:
+        time.sleep(0.3)
+        started = time.monotonic()
+        result = run_cli("ab", "set", NAME, "v1=80", "v2=20", timeout_s=60,
+                         env=services.env(PGFLEET_AB_LOCK_WAIT_S="2"))
+        elapsed = time.monotonic() - started
+        slowest_s, count = inserts.finish()
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output
+        # the command started in a few seconds, waited 2 s, then went on
+        assert elapsed < 30, elapsed
+        assert f"pid {pid}" in output and "idle in transaction" in output, output
+        assert "reconciler" in output, output
+        assert abtest.current_split(clean, NAME) == {"v1": 80, "v2": 20}
+        # the writers were never held up meanwhile
+        assert count > 10 and slowest_s < 1.0, (slowest_s, count)
+        # nothing held the index up
+        assert _index_valid(clean, v2) is True
+        blocker.commit()
+        [doc] = clean.execute("SELECT id FROM docs WHERE content = 'inserted, not committed'"
+                              ).fetchone()
+        assert not clean.execute("SELECT 1 FROM pending_embeddings WHERE doc_id = %s AND "
+                                 "version_id = %s", (doc, v2)).fetchone()
+        # the producer's reconciler queues what the blocker inserted
+        pool = db.open_pool(services.database_url, min_size=1, max_size=1)
+        try:
+            reconcile_missing(pool, v2)
+        finally:
+            pool.close()
+        assert clean.execute("SELECT 1 FROM pending_embeddings WHERE doc_id = %s AND "
+                             "version_id = %s", (doc, v2)).fetchone()
+    finally:
+        inserts.finish()
+        blocker.close()
+
+
+@pytest.mark.timeout(180)
+def test_a_lock_on_embeddings_neither_hangs_ab_set_nor_blocks_writes_of_vectors(services,
+                                                                              clean):
+    v2 = _add(clean, "v2")
+    docs = [r[0] for r in clean.execute(
+        "INSERT INTO docs (content) SELECT 'doc ' || g FROM generate_series(1, 400) g "
+        "RETURNING id")]
+    blocker, pid = _idle_in_transaction(
+        services.database_url,
+        "INSERT INTO embeddings (doc_id, version_id, embedding, content_hash) VALUES "
+        "(%s, 1, array_fill(0.1, ARRAY[384])::vector, '\\x00')", (docs[0],))
+    # a worker writing vectors of v1 meanwhile
+    writes = _Inserter(
+        services.database_url,
+        "INSERT INTO embeddings (doc_id, version_id, embedding, content_hash) VALUES "
+        "(%s, 1, array_fill(0.2, ARRAY[384])::vector, '\\x01') ON CONFLICT DO NOTHING",
+        params_for=lambda n: (docs[1 + n % 399],))
+    writes.start()
+    try:
+        time.sleep(0.3)
+        started = time.monotonic()
+        result = run_cli("ab", "set", NAME, "v1=100", "v2=shadow", timeout_s=60,
+                         env=services.env(PGFLEET_AB_LOCK_WAIT_S="2"))
+        elapsed = time.monotonic() - started
+        slowest_s, count = writes.finish()
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output
+        assert elapsed < 30, elapsed
+        assert abtest.current_split(clean, NAME) == {"v1": 100, "v2": 0}
+        assert count > 10 and slowest_s < 1.0, (slowest_s, count)
+        # the index could not be built now, and the command says why
+        assert f"pid {pid}" in output and "not built" in output, output
+        assert _index_valid(clean, v2) is not True
+        assert "backfilling 400 docs" in output or "backfilling 399 docs" in output, output
+    finally:
+        writes.finish()
+        blocker.close()
+    # once nothing blocks, the next change builds it (dropping what the failed build left)
+    again = abtest.set_split(clean, NAME, {"v1": 100, "v2": 0}, wait_s=10)
+    assert again["problems"] == [] and again["indexes"]["v2"]["valid"] is True
+    assert _index_valid(clean, v2) is True
+    assert clean.execute("SELECT count(*) FROM pg_class WHERE relname = %s",
+                         (f"embeddings_hnsw_v{v2}",)).fetchone()[0] == 1
+
+
+@pytest.mark.timeout(120)
+def test_a_change_blocked_by_a_lock_on_the_versions_fails_in_time_naming_its_holder(services,
+                                                                                    clean):
+    _add(clean, "v2")
+    blocker, pid = _idle_in_transaction(
+        services.database_url,
+        "UPDATE model_versions SET metrics = metrics WHERE version = 'v2'")
+    try:
+        started = time.monotonic()
+        result = run_cli("ab", "set", NAME, "v1=80", "v2=20", timeout_s=60,
+                         env=services.env(PGFLEET_AB_LOCK_WAIT_S="2"))
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert time.monotonic() - started < 30
+        assert f"pid {pid}" in result.stderr and "not changed" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        blocker.close()
+    assert abtest.current_split(clean, NAME) == {"v1": 100}
+
+
+@pytest.mark.timeout(120)
+def test_a_backfill_held_up_by_an_uncommitted_change_is_left_to_the_reconciler(services, clean):
+    v2 = _add(clean, "v2")
+    [doc] = clean.execute("INSERT INTO docs (content) VALUES ('held') RETURNING id").fetchone()
+    # a session that queued the same (doc, version) and did not commit
+    blocker, pid = _idle_in_transaction(
+        services.database_url, "INSERT INTO pending_embeddings (doc_id, version_id, "
+        "content_hash) VALUES (%s, %s, '\\x00')", (doc, v2))
+    try:
+        result = run_cli("ab", "set", NAME, "v1=100", "v2=shadow", timeout_s=60,
+                         env=services.env(PGFLEET_AB_LOCK_WAIT_S="2"))
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output
+        assert "backfill of v2 was not queued" in output and f"pid {pid}" in output, output
+        assert abtest.current_split(clean, NAME) == {"v1": 100, "v2": 0}
+    finally:
+        blocker.close()
+
+
+@pytest.mark.timeout(120)
+def test_retire_blocked_by_a_lock_on_the_version_fails_in_time_naming_its_holder(services,
+                                                                                clean):
+    _add(clean, "v2")
+    blocker, pid = _idle_in_transaction(
+        services.database_url, "SELECT 1 FROM model_versions WHERE version = 'v2' FOR UPDATE")
+    try:
+        result = run_cli("ab", "retire", NAME, "v2", timeout_s=60,
+                         env=services.env(PGFLEET_AB_LOCK_WAIT_S="2"))
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "not retired" in result.stderr and f"pid {pid}" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        blocker.close()
+    assert clean.execute("SELECT status FROM model_versions WHERE version = 'v2'"
+                         ).fetchone() == ("ready",)

@@ -26,7 +26,7 @@ def int8(services, tmp_path_factory):
 
     with db.connect(services.database_url, autocommit=True) as conn:
         reset_database(conn)
-        result = run_quantize(conn, settings, "v1", sample_size=100)
+        result = run_quantize(conn, settings, "v1", sample_size=100, run_id=1)
     yield result
     with db.connect(services.database_url, autocommit=True) as conn:
         reset_database(conn)

@@ -78,3 +78,21 @@ def test_bootstrap_intervals_and_verdict():
     text = verdict("v2", "v1", speed, same)
     assert text.startswith("v2 is 31% faster than v1 (95% CI 30%–31%)"), text
     assert "quality not different" in text
+
+
+def test_a_blocking_session_is_described_by_pid_state_age_and_query():
+    import datetime as dt
+
+    from workers.vector_index import describe
+
+    since = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    holders = [{"virtualtransaction": "7/42", "pid": 4242, "state": "idle in transaction",
+                "xact_start": since, "xact_age_s": 61.4, "application_name": "psql",
+                "query": "INSERT INTO docs\n  (content) VALUES ('x')"},
+               {"virtualtransaction": "-1/901", "pid": None, "state": None, "xact_start": None,
+                "xact_age_s": None, "application_name": None, "query": None}]
+    text = describe(holders)
+    assert text == ("pid 4242 (idle in transaction since 2026-01-02 03:04:05+0000 (61 s), "
+                    "application 'psql', last query: INSERT INTO docs (content) VALUES ('x')); "
+                    "a prepared transaction (-1/901)")
+    assert describe(holders * 4, limit=2).endswith("and 6 more")

@@ -83,3 +83,20 @@ def test_a_stale_state_file_is_ignored(tmp_path):
         {"pid": 2**22 + 12345, "database_url": "postgresql://a@b/c", "redis_url": "redis://b/0"}))
     with pytest.raises(ConfigurationError):
         resolve_urls(Settings(home=tmp_path))
+
+
+def test_training_time_limit_and_ab_wait_settings():
+    from workers.tasks.train import celery_time_limit_s
+
+    settings = Settings.from_env({"PGFLEET_TRAINING_TIME_LIMIT_S": "600",
+                                  "PGFLEET_TRAINING_STOP_GRACE_S": "5",
+                                  "PGFLEET_AB_LOCK_WAIT_S": "2.5"})
+    assert (settings.training_time_limit_s, settings.training_stop_grace_s,
+            settings.ab_lock_wait_s) == (600.0, 5.0, 2.5)
+    # Celery's hard limit is only a backstop, well past the run's own limit and grace
+    assert celery_time_limit_s(settings) > 600 + 5
+    assert celery_time_limit_s(Settings(training_time_limit_s=0)) is None
+    for name, value in (("TRAINING_TIME_LIMIT_S", "-1"), ("TRAINING_STOP_GRACE_S", "0"),
+                        ("AB_LOCK_WAIT_S", "nan")):
+        with pytest.raises(ConfigurationError, match=name):
+            Settings.from_env({f"PGFLEET_{name}": value})

@@ -3,7 +3,9 @@
 Their state lives in PostgreSQL (``training_runs``), not in the broker: they are
 acknowledged when they start, so that Redis' visibility timeout never re-runs a long job
 that is still running, and a run is claimed once (a duplicate delivery is skipped). A
-worker that dies mid-run stops its heartbeat; the producer then marks the run failed.
+worker that dies mid-run stops its heartbeat; the producer then marks the run failed. A run
+has a time limit (``PGFLEET_TRAINING_TIME_LIMIT_S``), enforced by the run itself (see
+:mod:`workers.training.runs`); Celery's hard ``time_limit`` is set past it as a backstop.
 
 Each task takes ``run_id`` (a run that ``pgfleet train ...`` queued) or, when called
 directly (``celery -A workers call train_embeddings --kwargs '{"epochs": 2}'``), creates
@@ -22,9 +24,22 @@ from celery.utils.saferepr import saferepr
 from workers import db, events, lifecycle
 from workers.app import app
 from workers.queues import QUEUE_TRAINING
-from workers.settings import resolve_urls
+from workers.settings import Settings, resolve_urls
 
 logger = logging.getLogger(__name__)
+
+
+def celery_time_limit_s(settings: Settings) -> float | None:
+    """Celery's hard time limit for training tasks: a backstop well past the run's own
+    limit and grace (which fail the run and end a stuck process first), for the case where
+    even the heartbeat thread cannot run."""
+    if not settings.training_time_limit_s:
+        return None
+    return (settings.training_time_limit_s + settings.training_stop_grace_s
+            + 2 * settings.training_heartbeat_s + 60.0)
+
+
+_TIME_LIMIT_S = celery_time_limit_s(Settings.from_env())
 
 
 def _progress_reporter(task):
@@ -49,6 +64,8 @@ def run_job(task_name: str, job, options: dict[str, Any], run_id: int | None,
         return runs.execute(
             conn, url, task=task_name, options=options, run_id=run_id,
             heartbeat_s=settings.training_heartbeat_s,
+            time_limit_s=settings.training_time_limit_s or None,
+            stop_grace_s=settings.training_stop_grace_s,
             job=lambda c, run, **kw: job(c, settings, run, **kw),
             celery_task_id=celery_task.request.id if celery_task is not None else None,
             on_progress=_progress_reporter(celery_task) if celery_task is not None else None)
@@ -61,7 +78,7 @@ def _quantize_job(conn, settings, run, from_version: str | int = "v1", sample: i
     if isinstance(sample, bool) or not isinstance(sample, int):
         raise PgfleetError(f"quantize: sample must be an integer, not {sample!r}")
     run.phase("export to ONNX, quantize, measure")
-    return run_quantize(conn, settings, from_version, sample_size=sample)
+    return run_quantize(conn, settings, from_version, sample_size=sample, run_id=run.id)
 
 
 def _train_job(conn, settings, run, **options):
@@ -89,7 +106,7 @@ def _distill_job(conn, settings, run, **options):
 
 
 @app.task(bind=True, name="quantize", queue=QUEUE_TRAINING, acks_late=False,
-          ignore_result=False)
+          ignore_result=False, time_limit=_TIME_LIMIT_S)
 def quantize(self, from_version: str | int = "v1", sample: int = 200,
              run_id: int | None = None) -> dict[str, Any]:
     """Export a torch embedding version to ONNX, quantize it to INT8 and register the result
@@ -99,21 +116,21 @@ def quantize(self, from_version: str | int = "v1", sample: int = 200,
 
 
 @app.task(bind=True, name="train_embeddings", queue=QUEUE_TRAINING, acks_late=False,
-          ignore_result=False)
+          ignore_result=False, time_limit=_TIME_LIMIT_S)
 def train_embeddings(self, run_id: int | None = None, **options: Any) -> dict[str, Any]:
     """Fine-tune an embedding version on pairs and register the result (inactive)."""
     return run_job("train_embeddings", _train_job, options, run_id, celery_task=self)
 
 
 @app.task(bind=True, name="distill_embeddings", queue=QUEUE_TRAINING, acks_late=False,
-          ignore_result=False)
+          ignore_result=False, time_limit=_TIME_LIMIT_S)
 def distill_embeddings(self, run_id: int | None = None, **options: Any) -> dict[str, Any]:
     """Distill an embedding version into a smaller student and register it (inactive)."""
     return run_job("distill_embeddings", _distill_job, options, run_id, celery_task=self)
 
 
 @app.task(bind=True, name="train_text2sql", queue=QUEUE_TRAINING, acks_late=False,
-          ignore_result=False)
+          ignore_result=False, time_limit=_TIME_LIMIT_S)
 def train_text2sql(self, run_id: int | None = None, **options: Any) -> dict[str, Any]:
     """Train a text-to-SQL T5 on the examples and register it (inactive)
     (``celery -A workers call train_text2sql --kwargs '{"epochs": 30}'``)."""
@@ -121,7 +138,7 @@ def train_text2sql(self, run_id: int | None = None, **options: Any) -> dict[str,
 
 
 @app.task(bind=True, name="distill_text2sql", queue=QUEUE_TRAINING, acks_late=False,
-          ignore_result=False)
+          ignore_result=False, time_limit=_TIME_LIMIT_S)
 def distill_text2sql(self, run_id: int | None = None, **options: Any) -> dict[str, Any]:
     """Distill a text2sql version into a smaller student (KL to the teacher's softened
     distribution plus cross-entropy) and register it (inactive)

@@ -24,7 +24,6 @@ import datetime as dt
 import logging
 import math
 import random
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,7 +37,7 @@ from workers.engines.registry import resolve_artifact
 from workers.errors import PgfleetError
 from workers.settings import Settings
 from workers.training import pairs as pairs_mod
-from workers.training.jobs import _next_version, models_dir, register_version, typed_options
+from workers.training.jobs import register_version, run_artifact_dir, typed_options
 from workers.training.runs import Run, optimizer_step, save_loss_curve
 from workers.versions import embedding_version
 
@@ -215,13 +214,6 @@ def fit(run: Run, model, loss_fn, examples: list[Any],
     return losses
 
 
-def _output_dir(settings: Settings, source: ModelSpec, version: str) -> Path:
-    directory = models_dir(settings) / f"{source.name}-{version}"
-    if directory.exists():
-        shutil.rmtree(directory)
-    return directory
-
-
 def _measured_on() -> dict[str, Any]:
     import platform
 
@@ -282,8 +274,7 @@ def train_embeddings(conn: psycopg.Connection, settings: Settings, run: Run,
     run.phase("measuring the new model")
     new_metrics = retrieval_metrics(_encoder(model), held, distractors)
 
-    version = _next_version(conn, source.name, f"{source.version}-ft")
-    directory = _output_dir(settings, source, version)
+    directory = run_artifact_dir(settings, source.name, run.id)
     model.save(str(directory))
     curve = save_loss_curve(loss_history, directory / "loss.png",
                             f"train_embeddings run {run.id}: {loss_name}")
@@ -297,10 +288,11 @@ def train_embeddings(conn: psycopg.Connection, settings: Settings, run: Run,
         "final_loss": round(loss_history[-1], 5) if loss_history else None,
         "device": device, "measured_on": _measured_on(),
     }
-    registered = register_version(conn, source, version=version, fmt="torch",
+    registered = register_version(conn, source, base=f"{source.version}-ft", fmt="torch",
                                   artifact=str(directory), metrics=metrics)
     logger.info("fine-tuned %s into %s@%s: held-out MRR@10 %.4f -> %.4f", source.label,
-                source.name, version, base_metrics["mrr@10"], new_metrics["mrr@10"])
+                source.name, registered["version"], base_metrics["mrr@10"],
+                new_metrics["mrr@10"])
     return {**registered, "artifacts": {"loss_curve": curve, "model": str(directory)}}
 
 
@@ -391,8 +383,7 @@ def distill_embeddings(conn: psycopg.Connection, settings: Settings, run: Run,
     cos = float(np.mean(np.sum(teacher_held * _encoder(student)(held_passages), axis=1)))
 
     suffix = f"distill{len(kept)}l" if kept is not None else "distill"
-    version = _next_version(conn, teacher_spec.name, f"{teacher_spec.version}-{suffix}")
-    directory = _output_dir(settings, teacher_spec, version)
+    directory = run_artifact_dir(settings, teacher_spec.name, run.id)
     student.save(str(directory))
     curve = save_loss_curve(loss_history, directory / "loss.png",
                             f"distill_embeddings run {run.id}: MSE to the teacher")
@@ -418,10 +409,11 @@ def distill_embeddings(conn: psycopg.Connection, settings: Settings, run: Run,
         "final_loss": round(loss_history[-1], 6) if loss_history else None,
         "device": device, "measured_on": _measured_on(),
     }
-    registered = register_version(conn, teacher_spec, version=version, fmt="torch",
+    registered = register_version(conn, teacher_spec,
+                                  base=f"{teacher_spec.version}-{suffix}", fmt="torch",
                                   artifact=str(directory), metrics=metrics)
     logger.info("distilled %s into %s@%s: %s of the parameters, %sx the speed, %s of MRR@10",
-                teacher_spec.label, teacher_spec.name, version,
+                teacher_spec.label, teacher_spec.name, registered["version"],
                 metrics["parameters"]["student_to_teacher"], metrics["docs_per_s"]["speedup"],
                 metrics["held_out"]["mrr@10_retained"])
     return {**registered, "artifacts": {"loss_curve": curve, "model": str(directory)}}

@@ -5,12 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import platform
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
+import schema
 from workers.corpus import stdlib_paragraphs
 from workers.engines.base import ModelSpec
 from workers.engines.registry import resolve_artifact
@@ -62,9 +65,19 @@ def sample_texts(conn: psycopg.Connection, size: int) -> tuple[list[str], str]:
     return texts + extra, f"docs ({len(texts)}) + documentation paragraphs ({len(extra)})"
 
 
-def _next_version(conn: psycopg.Connection, name: str, base: str) -> str:
-    taken = {r[0] for r in conn.execute("SELECT version FROM model_versions WHERE name = %s",
-                                        (name,))}
+def run_artifact_dir(settings: Settings, name: str, run_id: int) -> Path:
+    """The directory a training run writes its model to: ``<name>-run<id>``, its own, so
+    that two runs of one source never write (or delete) each other's files, whatever
+    version labels they end up with. Anything there is a leftover of this same run."""
+    directory = models_dir(settings) / f"{name}-run{int(run_id)}"
+    if directory.exists():
+        shutil.rmtree(directory)
+    return directory
+
+
+def next_version(conn: psycopg.Connection, name: str, base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``... the first label ``name`` does not have yet."""
+    taken = {r[0] for r in conn.execute(schema.query("version_labels"), {"name": name})}
     candidate, n = base, 1
     while candidate in taken:
         n += 1
@@ -72,22 +85,52 @@ def _next_version(conn: psycopg.Connection, name: str, base: str) -> str:
     return candidate
 
 
-def register_version(conn: psycopg.Connection, source: ModelSpec, *, version: str, fmt: str,
-                     artifact: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    with conn.transaction():
-        row = conn.execute(
-            "INSERT INTO model_versions (name, version, kind, format, artifact, dimensions, "
-            "max_seq_length, status, active, traffic_percent, metrics, parent_id) "
-            "VALUES (%s, %s, 'embedding', %s, %s, %s, %s, 'ready', false, 0, %s, %s) "
-            "RETURNING id", (source.name, version, fmt, artifact, source.dimensions,
-                             source.max_seq_length, Jsonb(metrics), source.version_id)).fetchone()
-        conn.execute("SELECT pgfleet_ensure_version_index_v1(%s)", (row[0],))
-    return {"version_id": row[0], "name": source.name, "version": version, "format": fmt,
+#: a registration that still meets a taken label (one inserted without the lock) tries again
+REGISTER_ATTEMPTS = 5
+
+
+def register_under_lock(conn: psycopg.Connection, name: str, choose: Callable[[], str],
+                        insert: Callable[[str], int]) -> tuple[str, int]:
+    """Choose a free version label of ``name`` and insert the version with it, in one
+    transaction holding the name's advisory lock: two runs registering at once get two
+    labels. Returns the label and the new version's id."""
+    for attempt in range(REGISTER_ATTEMPTS):
+        try:
+            with conn.transaction():
+                conn.execute(schema.query("lock_model_name"), {"name": name})
+                version = choose()
+                return version, insert(version)
+        except psycopg.errors.UniqueViolation:
+            if attempt == REGISTER_ATTEMPTS - 1:
+                raise
+            logger.info("%s@%s was registered meanwhile; taking the next label", name, version)
+    raise AssertionError("unreachable")
+
+
+def register_version(conn: psycopg.Connection, source: ModelSpec, *, fmt: str, artifact: str,
+                     metrics: dict[str, Any], base: str | None = None,
+                     version: str | None = None) -> dict[str, Any]:
+    """Register a new, inactive embedding version derived from ``source``: labelled
+    ``version`` exactly, or the first free label from ``base`` (chosen atomically). Its
+    index is built when it is activated (``pgfleet ab set``), concurrently."""
+    if (base is None) == (version is None):
+        raise ValueError("give the version label or the base to choose it from")
+
+    def insert(label: str) -> int:
+        return conn.execute(schema.query("register_embedding_version"), {
+            "name": source.name, "version": label, "format": fmt, "artifact": artifact,
+            "dimensions": source.dimensions, "max_seq_length": source.max_seq_length,
+            "metrics": Jsonb(metrics), "parent_id": source.version_id}).fetchone()[0]
+
+    label, version_id = register_under_lock(
+        conn, source.name, (lambda: version) if version is not None
+        else (lambda: next_version(conn, source.name, base)), insert)
+    return {"version_id": version_id, "name": source.name, "version": label, "format": fmt,
             "artifact": artifact, "parent": source.label, "metrics": metrics}
 
 
 def run_quantize(conn: psycopg.Connection, settings: Settings, from_ref: str | int,
-                 *, sample_size: int = 200) -> dict[str, Any]:
+                 *, run_id: int, sample_size: int = 200) -> dict[str, Any]:
     """Export a torch version to ONNX, quantize it to INT8, measure both against the source
     on the table's own docs, and register the INT8 model as a new, inactive version."""
     from workers.engines.onnx_engine import OnnxEngine
@@ -101,8 +144,8 @@ def run_quantize(conn: psycopg.Connection, settings: Settings, from_ref: str | i
     if source.format != "torch":
         raise PgfleetError(f"model version {source.label} is {source.format}; quantize a torch "
                            "version")
-    version = _next_version(conn, source.name, f"{source.version}-int8")
-    directory = models_dir(settings) / f"{source.name}-{version}"
+    directory = run_artifact_dir(settings, source.name, run_id)
+    version = f"run{run_id}"  # the label is chosen at registration
     source_path = resolve_artifact(source.artifact)
     result = export_and_quantize(source, source_path, directory)
     texts, sample_source = sample_texts(conn, sample_size)
@@ -137,7 +180,8 @@ def run_quantize(conn: psycopg.Connection, settings: Settings, from_ref: str | i
         "measured_on": {"cpu": platform.processor() or platform.machine(),
                         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},
     }
-    registered = register_version(conn, source, version=version, fmt="onnx-int8",
-                                  artifact=str(directory), metrics=metrics)
-    logger.info("registered %s@%s (onnx-int8): %s", source.name, version, metrics["speedup"])
+    registered = register_version(conn, source, base=f"{source.version}-int8",
+                                  fmt="onnx-int8", artifact=str(directory), metrics=metrics)
+    logger.info("registered %s@%s (onnx-int8): %s", source.name, registered["version"],
+                metrics["speedup"])
     return registered

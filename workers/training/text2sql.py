@@ -21,7 +21,6 @@ import hashlib
 import logging
 import math
 import random
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import schema as sql_files
 from workers.errors import PgfleetError
 from workers.settings import Settings, resolve_urls
 from workers.text2sql.readonly import Reader
-from workers.training.jobs import models_dir, typed_options
+from workers.training.jobs import register_under_lock, run_artifact_dir, typed_options
 from workers.training.runs import Run, optimizer_step, save_loss_curve
 
 logger = logging.getLogger(__name__)
@@ -54,7 +53,6 @@ TOKENIZERS = ("bpe", "bytes")
 #: the size of a BPE vocabulary trained on the examples (smaller when they hold fewer pieces)
 BPE_VOCAB = 1000
 EVAL_TIMEOUT_MS = 5000
-REGISTER_ATTEMPTS = 5
 EVAL_ROW_CAP = 2000
 
 
@@ -415,27 +413,18 @@ def save_and_register(conn: psycopg.Connection, settings: Settings, run: Run, se
     version of ``name``; the task's result."""
     from workers.text2sql import model as t2s_model
 
-    # the directory is the run's (two runs may end at once); the label is taken at
-    # registration, the next free one if another run took it first
-    directory = (models_dir(settings) / f"{name}-run{run.id}").resolve()
-    if directory.exists():
-        shutil.rmtree(directory)
+    # the directory is the run's (two runs may end at once); the label is chosen at
+    # registration, under the name's lock
+    directory = run_artifact_dir(settings, name, run.id).resolve()
     t2s_model.save(seq, directory)
     curve = save_loss_curve(losses, directory / "loss.png", f"{task} run {run.id}")
     metrics = {"task": task, "run_id": run.id, **metrics,
                "final_loss": round(losses[-1], 5) if losses else None}
-    for attempt in range(REGISTER_ATTEMPTS):
-        version = _version_label(conn, name)
-        try:
-            version_id = register(conn, name=name, version=version, artifact=str(directory),
-                                  max_seq_length=t2s_model.MAX_INPUT_TOKENS, metrics=metrics,
-                                  parent_id=parent_id)
-            break
-        except psycopg.errors.UniqueViolation:
-            if attempt == REGISTER_ATTEMPTS - 1:
-                raise
-            logger.info("%s@%s was registered by another run meanwhile; taking the next",
-                        name, version)
+    version, version_id = register_under_lock(
+        conn, name, lambda: _version_label(conn, name),
+        lambda label: register(conn, name=name, version=label, artifact=str(directory),
+                               max_seq_length=t2s_model.MAX_INPUT_TOKENS, metrics=metrics,
+                               parent_id=parent_id))
     held = metrics["held_out"]
     logger.info("%s: text2sql %s@%s, held-out execution accuracy %.3f (guided %.3f)", task,
                 name, version, held["execution_accuracy"], held["execution_accuracy_guided"])
