@@ -224,9 +224,11 @@ def test_malformed_url_and_missing_fleet_give_one_clear_line(tmp_path):
     assert "Traceback" not in bad.stderr + missing.stderr
 
 
-def test_unreachable_redis_gives_one_clear_line(services, clean, tmp_path):
+def test_unreachable_redis_gives_one_clear_line(scratch_url, scratch, tmp_path):
+    # the scratch database: no fleet process of another test may publish this doc first
+    clean = scratch
     clean.execute("INSERT INTO docs (content) VALUES ('needs a broker')")
-    env = _env(tmp_path, PGFLEET_DATABASE_URL=services.database_url,
+    env = _env(tmp_path, PGFLEET_DATABASE_URL=scratch_url,
                PGFLEET_REDIS_URL="redis://127.0.0.1:1/0")
     result = subprocess.run([sys.executable, "-m", "producers", "--once"], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
