@@ -125,16 +125,20 @@ def _apply(conn: psycopg.Connection, name: str, split: dict[str, int], action: s
                 conn.execute("INSERT INTO ab_history (name, split, action) VALUES (%s, %s, %s)",
                              (name, Jsonb(split), action))
     except psycopg.errors.LockNotAvailable:
-        holders = _lock_holders(conn, "model_versions", "pending_embeddings")
-        raise SplitError(
-            f"{name}: the split was not changed: a lock stayed held for more than {wait_s:g} s"
-            + (f" by {vector_index.describe(holders)}" if holders else "")
-            + "; end that transaction, or try again") from None
+        raise _blocked(conn, f"{name}: the split was not changed", wait_s) from None
     # From the commit above, every new insert queues work for the new versions (the
     # trigger sees them active). Transactions that wrote docs before it may have inserted
     # rows the trigger queued for the old split only: they are the ones holding a writer's
     # lock on docs now, and the backfill waits for them (never for writers that come after).
     return versions, activated, vector_index.writers(conn, "docs") if activated else []
+
+
+def _blocked(conn: psycopg.Connection, what: str, wait_s: float) -> SplitError:
+    """The error for a change that waited ``wait_s`` for a lock: who held it."""
+    holders = _lock_holders(conn, "model_versions", "pending_embeddings")
+    return SplitError(f"{what}: a lock stayed held for more than {wait_s:g} s"
+                      + (f" by {vector_index.describe(holders)}" if holders else "")
+                      + "; end that transaction, or try again")
 
 
 def _lock_holders(conn: psycopg.Connection, *tables: str) -> list[dict[str, Any]]:
@@ -200,11 +204,7 @@ def retire(conn: psycopg.Connection, name: str, version: str, *,
     try:
         _retire(conn, name, version, wait_s)
     except psycopg.errors.LockNotAvailable:
-        holders = _lock_holders(conn, "model_versions", "pending_embeddings")
-        raise SplitError(
-            f"{name}@{version} was not retired: a lock stayed held for more than {wait_s:g} s"
-            + (f" by {vector_index.describe(holders)}" if holders else "")
-            + "; end that transaction, or try again") from None
+        raise _blocked(conn, f"{name}@{version} was not retired", wait_s) from None
 
 
 def _retire(conn: psycopg.Connection, name: str, version: str, wait_s: float) -> None:

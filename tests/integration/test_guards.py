@@ -54,10 +54,14 @@ def test_a_broken_model_version_is_refused_with_a_message_naming_it(
 
 @pytest.fixture
 def worker_role(services, conn):
-    if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'guard_test'").fetchone():
-        conn.execute("CREATE ROLE guard_test LOGIN IN ROLE pgfleet_worker")
-    url = services.database_url.replace("postgres@", "guard_test@")
+    """The login the embedded default runs its producer and embedding workers as."""
+    import secrets
+
+    from pgfleet.fleet import enable_fleet_login
+
+    url = enable_fleet_login(services.database_url, secrets.token_urlsafe(16))
     with db.connect(url, autocommit=True) as role_conn:
+        assert role_conn.execute("SELECT session_user").fetchone() == ("pgfleet_fleet",)
         yield role_conn
 
 
