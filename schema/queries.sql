@@ -119,8 +119,11 @@ WHERE id = %(version_id)s;
 -- alone, after the others, and marks it started only then (start_suspect).
 -- The pending row takes the hash of the content fetched: a change made with triggers off
 -- left it naming older content, and then it is a new job (no attempts, no suspect). A row
--- changed since this statement's snapshot (a content update, another worker's fetch) is
--- left alone: its xmin differs at the re-check, and its new state has its own message.
+-- whose hash or start changed since this statement's snapshot (a content update, another
+-- worker's fetch, a requeue) is left alone: the re-check of the latest row sees it, and its
+-- new state has its own message. Any other change does not count: the producer's claim
+-- (enqueued_at) commits only after its messages are sent, so a worker often fetches a row
+-- while that claim is still open, waits for it, and must then take the row.
 WITH started AS (
     UPDATE pending_embeddings p
     SET content_hash = h.hash,
@@ -136,7 +139,8 @@ WITH started AS (
       AND o.doc_id = ANY(%(doc_ids)s)
       AND o.not_before <= now()
       AND p.doc_id = o.doc_id AND p.version_id = o.version_id
-      AND p.xmin = o.xmin
+      AND p.content_hash = o.content_hash
+      AND p.started_at IS NOT DISTINCT FROM o.started_at
     RETURNING p.doc_id, p.attempts, h.hash,
               o.content_hash = h.hash AND (o.started_by IS NOT NULL OR o.attempts > 0)
                   AS suspect

@@ -277,6 +277,29 @@ def test_a_fetch_racing_a_content_update_leaves_the_row_to_its_new_message(
     assert vector_hash(scratch, doc) == sha("after") and pending(scratch, doc) is None
 
 
+def test_a_fetch_waiting_for_the_producers_claim_still_takes_the_row(make_pipeline,
+                                                                    scratch_url, scratch):
+    """The producer commits its claim only after sending the messages, so a worker often
+    fetches a row that claim still holds: once it commits, the fetch must take the row
+    (skipping it left the doc pending until PGFLEET_REQUEUE_AFTER_S)."""
+    import schema
+
+    run = make_pipeline()
+    [doc] = insert(scratch, "claimed")
+    fetched: list = []
+    with db.connect(scratch_url) as producer:
+        claimed = producer.execute(schema.query("claim_pending"),
+                                   {"limit": 10, "max_priority": 1}).fetchall()
+        assert (1, doc) in claimed
+        fetch = threading.Thread(target=lambda: fetched.append(run._fetch(run.spec(1), [doc])))
+        fetch.start()
+        wait_until(lambda: _waiting(scratch, "pgfleet-test"), 10, message="the fetch waiting")
+        producer.commit()
+    fetch.join(30)
+    [rows] = fetched
+    assert [r["doc_id"] for r in rows] == [doc]
+
+
 # 4. writes that skip the triggers
 
 
