@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from pgfleet.cli_status import age_text, lag_text, render, split_text
+from pgfleet.cli.status import age_text, lag_text, render, split_text
 from pgfleet.status import coverage, merge_workers, queue_rows
 
 

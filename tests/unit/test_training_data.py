@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgfleet.cli_train import progress_bar
+from pgfleet.cli.train import progress_bar
 from workers.errors import PgfleetError
 from workers.training import pairs
 from workers.training.embeddings import (

@@ -644,38 +644,35 @@ def bench_text2sql(version: str | None, beams: int, limit: int | None, reference
         out.print(table)
 
 
-from pgfleet.cli_train import train  # noqa: E402 - the group needs main's helpers
+from pgfleet.cli.train import train  # noqa: E402 - the group needs main's helpers
 
 main.add_command(train)
 
-from pgfleet.cli_train_text2sql import distill_text2sql, train_text2sql  # noqa: E402
+from pgfleet.cli.train_text2sql import distill_text2sql, train_text2sql  # noqa: E402
 
 train.add_command(train_text2sql)
 train.add_command(distill_text2sql)
 
-from pgfleet.cli_sql import sql  # noqa: E402
+from pgfleet.cli.sql import sql  # noqa: E402
 
 main.add_command(sql)
 
-from pgfleet.cli_status import status  # noqa: E402
+from pgfleet.cli.status import status  # noqa: E402
 
 main.add_command(status)
 
-from pgfleet.cli_text2sql import text2sql  # noqa: E402
+from pgfleet.cli.text2sql import text2sql  # noqa: E402
 
 main.add_command(text2sql)
 
-from pgfleet.cli_cache import cache  # noqa: E402
+from pgfleet.cli.cache import cache  # noqa: E402
 
 main.add_command(cache)
 
-from pgfleet.cli_beat import beat  # noqa: E402
+from pgfleet.cli.beat import beat  # noqa: E402
 
 main.add_command(beat)
 
-from pgfleet.cli_metrics import metrics  # noqa: E402
+from pgfleet.cli.metrics import metrics  # noqa: E402
 
 main.add_command(metrics)
-
-if __name__ == "__main__":
-    main()

@@ -282,7 +282,7 @@ def _print_metrics(task: str, m: dict[str, Any]) -> None:
     if task == "quantize":
         _print_quantize(m)
     elif task in ("train_text2sql", "distill_text2sql"):
-        from pgfleet.cli_train_text2sql import print_metrics
+        from pgfleet.cli.train_text2sql import print_metrics
 
         print_metrics(m)
     elif task == "train_embeddings":

@@ -7,7 +7,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from pgfleet.cli_train import _common, _console, _submit
+from pgfleet.cli.train import _common, _console, _submit
 
 
 @click.command("text2sql")

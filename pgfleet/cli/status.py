@@ -148,7 +148,7 @@ def age_text(seconds: float | None, *, stale_s: float = 10.0) -> Text:
 
 
 def _versions(rows: list[dict[str, Any]]) -> Table:
-    from pgfleet.cli_train import progress_bar
+    from pgfleet.cli.train import progress_bar
 
     table = Table(title="model versions", title_justify="left")
     for col in ("version", "format", "active", "docs", "embedded", "coverage", "pending",
@@ -210,7 +210,7 @@ def _splits(rows: list[dict[str, Any]]) -> Table:
 
 
 def _training(rows: list[dict[str, Any]]) -> Table:
-    from pgfleet.cli_train import progress_bar
+    from pgfleet.cli.train import progress_bar
 
     table = Table(title="recent training runs (pgfleet train status for more)",
                   title_justify="left")
