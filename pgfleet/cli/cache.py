@@ -10,11 +10,7 @@ import json
 import click
 from rich.table import Table
 
-
-def _out():
-    from pgfleet.cli import out
-
-    return out
+from pgfleet.cli.output import out
 
 
 def _policy():
@@ -44,7 +40,6 @@ def cache_stats(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data))
         return
-    out = _out()
     table = Table(title="inference cache")
     table.add_column("version", no_wrap=True)
     for col in ("entries", "hits", "prunable", "oldest entry", "hit ratio (1 h)"):
@@ -78,8 +73,8 @@ def cache_prune(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.as_dict()))
         return
-    _out().print(f"pruned {report.unused:,} unused entries, evicted {report.evicted:,} over "
-                 f"the bound; {report.entries:,} entries left", highlight=False)
+    out.print(f"pruned {report.unused:,} unused entries, evicted {report.evicted:,} over "
+              f"the bound; {report.entries:,} entries left", highlight=False)
 
 
 def _ratio(ratio: float | None, lookups: int) -> str:

@@ -12,15 +12,9 @@ import click
 from rich.table import Table
 from rich.text import Text
 
+from pgfleet.cli.output import console, out
 from workers.errors import QueryTimeout, ResultTooLarge, SqlRejected
 from workers.text2sql.readonly import DEFAULT_MAX_BYTES
-
-
-def _console():
-    from pgfleet.cli import console, out
-
-    return console, out
-
 
 #: what ``--run`` holds when given without SQL: run the SQL generated for QUESTION
 RUN_GENERATED = "\x00generated"
@@ -122,7 +116,6 @@ def _answer(question: str, version: str | None, key: str | None, beams: int, run
         if as_json:
             click.echo(json.dumps(payload, default=str))
         else:
-            console, _ = _console()
             console.print(f"{answer.why} ({answer.version}):", style="red", highlight=False)
             for rejected in answer.rejected:
                 click.echo(f"- beam {rejected['beam']}: {rejected['sql']!r}")
@@ -130,7 +123,6 @@ def _answer(question: str, version: str | None, key: str | None, beams: int, run
                     click.echo(f"    {reason}")
         sys.exit(1)
     if not as_json:
-        _, out = _console()
         click.echo(answer.sql)
         out.print(f"[dim]{answer.version}, {answer.why}, {answer.latency_ms:.0f} ms[/dim]")
         for rejected in answer.rejected:
@@ -167,7 +159,6 @@ def _run(text: str, timeout_ms: int, caps: tuple[int, int], as_json: bool,
                                "truncated": result.truncated, "bytes": result.bytes,
                                "elapsed_ms": round(result.elapsed_ms, 1)}, default=str))
         return
-    _, out = _console()
     table = Table(caption=_caption(len(result.rows), result.truncated, result.elapsed_ms))
     for name in result.columns:
         table.add_column(Text(name))
@@ -177,7 +168,6 @@ def _run(text: str, timeout_ms: int, caps: tuple[int, int], as_json: bool,
 
 
 def _print_reasons(reasons: list[str]) -> None:
-    console, _ = _console()
     console.print("rejected:", style="red", highlight=False)
     for reason in reasons:
         click.echo(f"- {reason}")

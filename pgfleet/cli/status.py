@@ -15,13 +15,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from pgfleet.cli.output import out, progress_bar
 from workers.errors import PgfleetError
-
-
-def _console():
-    from pgfleet.cli import out
-
-    return out
 
 
 @click.command("status")
@@ -51,7 +46,7 @@ def status(watch: bool, interval_s: float, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(data))
         else:
-            _console().print(render(data))
+            out.print(render(data))
         return
     with WorkerWatch(redis_url) as workers:
         if as_json:
@@ -90,7 +85,6 @@ def _watch_json(gather, interval_s: float) -> None:
 def _watch_live(gather, interval_s: float) -> None:
     from rich.live import Live
 
-    out = _console()
     with _until_interrupted() as stop:
         data = gather()
         with Live(render(data), console=out, refresh_per_second=4) as live:
@@ -148,8 +142,6 @@ def age_text(seconds: float | None, *, stale_s: float = 10.0) -> Text:
 
 
 def _versions(rows: list[dict[str, Any]]) -> Table:
-    from pgfleet.cli.train import progress_bar
-
     table = Table(title="model versions", title_justify="left")
     for col in ("version", "format", "active", "docs", "embedded", "coverage", "pending",
                 "failed", "lag (oldest pending)"):
@@ -210,8 +202,6 @@ def _splits(rows: list[dict[str, Any]]) -> Table:
 
 
 def _training(rows: list[dict[str, Any]]) -> Table:
-    from pgfleet.cli.train import progress_bar
-
     table = Table(title="recent training runs (pgfleet train status for more)",
                   title_justify="left")
     for col in ("run", "task", "status", "progress", "phase", "loss", "heartbeat", "produced"):

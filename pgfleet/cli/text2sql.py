@@ -10,13 +10,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from pgfleet.cli.output import console, out
 from workers.errors import PgfleetError
-
-
-def _console():
-    from pgfleet.cli import console, out
-
-    return console, out
 
 
 def _quiet_sqlglot() -> None:
@@ -45,7 +40,6 @@ def load(path: Path, skip_bad: bool, as_json: bool) -> None:
     from workers.text2sql.readonly import connect_reader
 
     _quiet_sqlglot()
-    console, out = _console()
     with context.connection(autocommit=True) as conn, \
             connect_reader(context.urls().reader_url) as reader:
         report = load_file(conn, path, reader=reader, skip_bad=skip_bad)
@@ -94,7 +88,6 @@ def synth(per_template: int, phrasings: int, seed: int, schemas: tuple[str, ...]
     from workers.text2sql.synth import synthesize
 
     _quiet_sqlglot()
-    console, out = _console()
     with context.connection(autocommit=True) as conn, \
             connect_reader(context.urls().reader_url) as reader:
         found = introspect(conn, list(schemas))

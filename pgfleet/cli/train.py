@@ -12,15 +12,9 @@ from typing import Any
 import click
 from rich.table import Table
 
+from pgfleet.cli.jobs import job_options, jsonable, submit
+from pgfleet.cli.output import console, out, progress_bar
 from workers.errors import PgfleetError
-
-FINAL = ("succeeded", "failed", "cancelled")
-
-
-def _console():
-    from pgfleet.cli import console, out
-
-    return console, out
 
 
 @click.group()
@@ -45,7 +39,6 @@ def data_load(path: Path, skip_bad: bool, as_json: bool) -> None:
     from pgfleet import context
     from workers.training.pairs import insert_pairs, parse_file
 
-    console, out = _console()
     parsed = parse_file(path)
     problems = [str(p) for p in parsed.problems]
     for problem in problems:
@@ -81,7 +74,6 @@ def data_mine(limit: int | None, dry_run: bool, as_json: bool) -> None:
     from pgfleet import context
     from workers.training.pairs import insert_pairs, mine_docs
 
-    _, out = _console()
     with context.connection(autocommit=True) as conn:
         pairs, rules = mine_docs(conn, limit)
         stored = 0 if dry_run else insert_pairs(conn, pairs)
@@ -96,18 +88,6 @@ def data_mine(limit: int | None, dry_run: bool, as_json: bool) -> None:
 
 
 # ------------------------------------------------------------------------------ jobs
-def _common(func):
-    func = click.option("--json", "as_json", is_flag=True)(func)
-    func = click.option("--timeout", "timeout_s", default=24 * 3600, show_default=True,
-                        help="seconds to wait for the run")(func)
-    func = click.option("--wait/--no-wait", default=True, show_default=True,
-                        help="follow the run until it ends (Ctrl-C stops following, not "
-                             "the run)")(func)
-    func = click.option("--local", is_flag=True,
-                        help="run in this process instead of on the training queue")(func)
-    return func
-
-
 @train.command("embeddings")
 @click.option("--from", "from_version", default="v1", show_default=True,
               help="the torch version to fine-tune: id, v1 or name@v1")
@@ -123,7 +103,7 @@ def _common(func):
 @click.option("--max-pairs", type=click.IntRange(min=0), default=0, help="0: all")
 @click.option("--max-seq-length", type=click.IntRange(min=0), default=0,
               help="tokens per text while training (0: the model's)")
-@_common
+@job_options
 def train_embeddings(from_version: str, pairs: str, epochs: int, batch_size: int,
                      learning_rate: float, seed: int, eval_fraction: float, max_pairs: int,
                      max_seq_length: int, local: bool, wait: bool, timeout_s: int,
@@ -134,8 +114,8 @@ def train_embeddings(from_version: str, pairs: str, epochs: int, batch_size: int
                "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
                "eval_fraction": eval_fraction, "max_pairs": max_pairs,
                "max_seq_length": max_seq_length}
-    _submit("train_embeddings", options, local=local, wait=wait, timeout_s=timeout_s,
-            as_json=as_json)
+    submit("train_embeddings", options, local=local, wait=wait, timeout_s=timeout_s,
+           as_json=as_json)
 
 
 @train.command("distill")
@@ -153,7 +133,7 @@ def train_embeddings(from_version: str, pairs: str, epochs: int, batch_size: int
               help="docs to distill on")
 @click.option("--eval-fraction", type=float, default=0.1, show_default=True)
 @click.option("--max-seq-length", type=click.IntRange(min=0), default=0)
-@_common
+@job_options
 def train_distill(from_version: str, layers: int, student: str, epochs: int, batch_size: int,
                   learning_rate: float, seed: int, max_texts: int, eval_fraction: float,
                   max_seq_length: int, local: bool, wait: bool, timeout_s: int,
@@ -164,185 +144,23 @@ def train_distill(from_version: str, layers: int, student: str, epochs: int, bat
                "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
                "seed": seed, "max_texts": max_texts, "eval_fraction": eval_fraction,
                "max_seq_length": max_seq_length}
-    _submit("distill_embeddings", options, local=local, wait=wait, timeout_s=timeout_s,
-            as_json=as_json)
+    submit("distill_embeddings", options, local=local, wait=wait, timeout_s=timeout_s,
+           as_json=as_json)
 
 
 @train.command("quantize")
 @click.option("--from", "from_version", default="v1", show_default=True,
               help="the torch version to quantize: id, v1 or name@v1")
 @click.option("--sample", default=200, show_default=True, help="docs to measure on")
-@_common
+@job_options
 def train_quantize(from_version: str, sample: int, local: bool, wait: bool, timeout_s: int,
                    as_json: bool) -> None:
     """Export a version to ONNX, quantize it to INT8, measure and register it."""
-    _submit("quantize", {"from_version": from_version, "sample": sample}, local=local,
-            wait=wait, timeout_s=timeout_s, as_json=as_json)
-
-
-def _submit(task: str, options: dict[str, Any], *, local: bool, wait: bool, timeout_s: int,
-            as_json: bool) -> None:
-    from pgfleet import context
-    from workers.training import runs
-
-    console, _ = _console()
-    conf = context.settings()
-    with context.connection(conf, autocommit=True) as conn:
-        run_id = runs.create(conn, task, options)
-        if local:
-            from workers.tasks.train import JOBS, run_job
-
-            console.print(f"training run {run_id} ({task}) runs here")
-            run_job(task, JOBS[task], options, run_id)
-        else:
-            from workers.app import create_app
-
-            app = create_app(conf)  # broker and result backend: the fleet's Redis
-            sent = app.send_task(task, kwargs={"run_id": run_id, **options})
-            runs.set_task_id(conn, run_id, sent.id)
-            console.print(f"queued training run {run_id} ({task}) on the training queue "
-                          f"(task {sent.id})")
-            if not wait:
-                if as_json:
-                    click.echo(json.dumps({"run_id": run_id, "task_id": sent.id,
-                                           "status": "queued"}))
-                else:
-                    console.print(f"follow it with: pgfleet train status {run_id}")
-                return
-            _follow(conn, run_id, timeout_s)
-        row = runs.get(conn, run_id)
-        version = _version(conn, row["version_id"]) if row and row["version_id"] else None
-    _report(row, version, as_json)
-
-
-def _follow(conn, run_id: int, timeout_s: float) -> None:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from workers.training import runs
-
-    console, _ = _console()
-    deadline = time.monotonic() + timeout_s
-    with Progress(TextColumn("run {task.fields[run]}"), TextColumn("{task.description}"),
-                  BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
-        bar = progress.add_task("queued", total=None, run=run_id, loss="-")
-        while True:
-            row = runs.get(conn, run_id)
-            if row is None or row["status"] in FINAL:
-                return
-            progress.update(bar, description=row["phase"] or row["status"],
-                            completed=row["step"], total=row["total_steps"],
-                            loss=f"{row['loss']:.4f}" if row["loss"] is not None else "-")
-            if time.monotonic() > deadline:
-                raise PgfleetError(f"training run {run_id} is still {row['status']} after "
-                                   f"{timeout_s} s; it goes on (pgfleet train status {run_id})")
-            time.sleep(1.0)
-
-
-def _version(conn, version_id: int) -> dict[str, Any] | None:
-    from psycopg.rows import dict_row
-
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            "SELECT v.id AS version_id, v.name, v.version, v.format, v.artifact, v.metrics, "
-            "p.name || '@' || p.version AS parent FROM model_versions v "
-            "LEFT JOIN model_versions p ON p.id = v.parent_id WHERE v.id = %s",
-            (version_id,)).fetchone()
-
-
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in row.items()}
-
-
-def _report(row: dict[str, Any] | None, version: dict[str, Any] | None, as_json: bool) -> None:
-    console, out = _console()
-    if row is None:
-        raise PgfleetError("the training run disappeared")
-    if as_json:
-        click.echo(json.dumps({**_jsonable(row), "produced": version}, default=str))
-    elif row["status"] == "succeeded" and version is not None:
-        out.print(f"training run {row['id']} ({row['task']}) succeeded: registered "
-                  f"[bold]{version['name']}@{version['version']}[/bold] (id "
-                  f"{version['version_id']}, {version['format']}, inactive) from "
-                  f"{version['parent'] or 'scratch'}; artifact {version['artifact']}")
-        _print_metrics(row["task"], version["metrics"])
-        curve = (row["artifacts"] or {}).get("loss_curve")
-        if curve:
-            out.print(f"loss curve: {curve}")
-    if row["status"] == "failed":
-        raise PgfleetError(f"training run {row['id']} ({row['task']}) failed: {row['error']}")
-    if row["status"] == "cancelled":
-        console.print(f"training run {row['id']} was cancelled")
-        sys.exit(1)
-
-
-def _print_metrics(task: str, m: dict[str, Any]) -> None:
-    _, out = _console()
-    if task == "quantize":
-        _print_quantize(m)
-    elif task in ("train_text2sql", "distill_text2sql"):
-        from pgfleet.cli.train_text2sql import print_metrics
-
-        print_metrics(m)
-    elif task == "train_embeddings":
-        held = m["held_out"]
-        out.print(f"{m['loss']} on {m['pairs']['train']} pairs ({m['pairs']['source']}), "
-                  f"{m['train_seconds']} s; held out: {m['pairs']['held_out']} pairs")
-        table = Table(title=f"held-out retrieval ({held['base']['queries']} queries, "
-                            f"{held['base']['corpus']} passages)")
-        for col in ("model", "MRR@10", "recall@10"):
-            table.add_column(col, justify="right")
-        table.add_row("base", str(held["base"]["mrr@10"]), str(held["base"]["recall@10"]))
-        table.add_row("fine-tuned", str(held["new"]["mrr@10"]), str(held["new"]["recall@10"]))
-        out.print(table)
-    elif task == "distill_embeddings":
-        held, speed = m["held_out"], m["docs_per_s"]
-        table = Table(title=f"student ({m['student']}) against its teacher")
-        for col in ("", "teacher", "student", "student / teacher"):
-            table.add_column(col, justify="right")
-        table.add_row("parameters", f"{m['parameters']['teacher']:,}",
-                      f"{m['parameters']['student']:,}",
-                      str(m["parameters"]["student_to_teacher"]))
-        table.add_row("size (MB)", f"{m['bytes']['teacher'] / 1e6:.1f}",
-                      f"{m['bytes']['student'] / 1e6:.1f}", str(m["bytes"]["student_to_teacher"]))
-        table.add_row("docs/s", str(speed["teacher"]), str(speed["student"]),
-                      str(speed["speedup"]))
-        table.add_row("held-out MRR@10", str(held["teacher"]["mrr@10"]),
-                      str(held["student"]["mrr@10"]), str(held["mrr@10_retained"]))
-        out.print(table)
-        out.print(f"mean cosine to the teacher on held-out passages: {held['cosine_to_teacher']} "
-                  f"(before training: {held['cosine_to_teacher_untrained']})")
-
-
-def _print_quantize(m: dict[str, Any]) -> None:
-    _, out = _console()
-    sizes = m["file_bytes"]
-    out.print(f"file: fp32 {sizes['onnx_fp32'] / 1e6:.1f} MB -> INT8 "
-              f"{sizes['onnx_int8'] / 1e6:.1f} MB ({sizes['int8_to_fp32']:.0%})")
-    table = Table(title=f"docs/s on {m['sample']['docs']} docs ({m['sample']['source']})")
-    for col in ("engine", "batch 1", "batch 64", "best", "best token budget"):
-        table.add_column(col, justify="right")
-    for name, row in m["docs_per_s"].items():
-        table.add_row(name, str(row["batch1_docs_per_s"]), str(row["batch64_docs_per_s"]),
-                      str(row["best_docs_per_s"]), str(row["best_token_budget"]))
-    out.print(table)
-    f = m["fidelity_int8"]
-    out.print(f"INT8 speed-up: {m['speedup']['int8_vs_torch_fp32']}x torch fp32, "
-              f"{m['speedup']['int8_vs_onnx_fp32']}x ONNX fp32; fidelity to the source: "
-              f"cosine mean {f['cosine_mean']}, min {f['cosine_min']}, top-10 overlap "
-              f"{f['top10_overlap']}")
+    submit("quantize", {"from_version": from_version, "sample": sample}, local=local,
+           wait=wait, timeout_s=timeout_s, as_json=as_json)
 
 
 # ------------------------------------------------------------------------------ runs
-def progress_bar(step: int, total: int | None, width: int = 12) -> str:
-    if not total:
-        return "-"
-    done = min(max(step / total, 0.0), 1.0)
-    filled = int(round(done * width))
-    return f"{'█' * filled}{'░' * (width - filled)} {done:4.0%}"
-
-
 def _age(when: dt.datetime | None) -> str:
     if when is None:
         return "-"
@@ -362,7 +180,6 @@ def train_status(run_id: int | None, limit: int, watch: bool, as_json: bool) -> 
     from pgfleet import context
     from workers.training import runs
 
-    _, out = _console()
     with context.connection(autocommit=True) as conn:
         def rows() -> list[dict[str, Any]]:
             if run_id is None:
@@ -373,7 +190,7 @@ def train_status(run_id: int | None, limit: int, watch: bool, as_json: bool) -> 
             return [row]
 
         if as_json:
-            click.echo(json.dumps([_jsonable(r) for r in rows()], default=str))
+            click.echo(json.dumps([jsonable(r) for r in rows()], default=str))
             return
         if not watch:
             out.print(_runs_table(rows()))
@@ -405,7 +222,6 @@ def _runs_table(rows: list[dict[str, Any]]) -> Table:
 
 
 def _print_run_details(row: dict[str, Any]) -> None:
-    _, out = _console()
     out.print(f"arguments: {json.dumps(row['arguments'])}")
     out.print(f"created {row['created_at']:%Y-%m-%d %H:%M:%S}, worker {row['worker'] or '-'}, "
               f"claimed {row['claims']} time(s)")
@@ -423,7 +239,6 @@ def train_cancel(run_id: int) -> None:
     from pgfleet import context
     from workers.training import runs
 
-    _, out = _console()
     with context.connection(autocommit=True) as conn:
         status = runs.cancel(conn, run_id)
     if status == "cancelled":

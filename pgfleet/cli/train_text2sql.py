@@ -1,13 +1,11 @@
-"""``pgfleet train text2sql``: train a text-to-SQL model on the training queue."""
+"""``pgfleet train text2sql`` and ``pgfleet train distill-text2sql``: train a text-to-SQL
+model, or distill one into a smaller one, on the training queue."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
-from rich.table import Table
 
-from pgfleet.cli.train import _common, _console, _submit
+from pgfleet.cli.jobs import job_options, submit
 
 
 @click.command("text2sql")
@@ -47,7 +45,7 @@ from pgfleet.cli.train import _common, _console, _submit
 @click.option("--link-columns/--no-link-columns", default=True, show_default=True,
               help="list the columns the question names apart from the schema (schema "
                    "linking)")
-@_common
+@job_options
 def train_text2sql(base_model: str, tokenizer: str | None, d_model: int, layers: int,
                    name: str, epochs: int, batch_size: int, learning_rate: float, seed: int,
                    eval_fraction: float, max_examples: int, max_eval: int, beams: int,
@@ -68,8 +66,8 @@ def train_text2sql(base_model: str, tokenizer: str | None, d_model: int, layers:
         options["d_model"] = d_model
     if layers:
         options["layers"] = layers
-    _submit("train_text2sql", options, local=local, wait=wait, timeout_s=timeout_s,
-            as_json=as_json)
+    submit("train_text2sql", options, local=local, wait=wait, timeout_s=timeout_s,
+           as_json=as_json)
 
 
 @click.command("distill-text2sql")
@@ -90,7 +88,7 @@ def train_text2sql(base_model: str, tokenizer: str | None, d_model: int, layers:
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--max-eval", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--beams", type=click.IntRange(min=1, max=16), default=4, show_default=True)
-@_common
+@job_options
 def distill_text2sql(from_version: str, name: str, d_model: int, layers: int, alpha: float,
                      temperature: float, epochs: int, batch_size: int, learning_rate: float,
                      seed: int, max_eval: int, beams: int, local: bool, wait: bool,
@@ -101,30 +99,5 @@ def distill_text2sql(from_version: str, name: str, d_model: int, layers: int, al
                "layers": layers, "alpha": alpha, "temperature": temperature,
                "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
                "seed": seed, "max_eval": max_eval, "beams": beams}
-    _submit("distill_text2sql", options, local=local, wait=wait, timeout_s=timeout_s,
-            as_json=as_json)
-
-
-def print_metrics(m: dict[str, Any]) -> None:
-    _, out = _console()
-    held, examples = m["held_out"], m["examples"]
-    out.print(f"{m['model']} ({m['parameters']:,} parameters) on {examples['train']} examples "
-              f"({examples['source']}), {m['train_seconds']} s")
-    table = Table(title=f"held out: {held['examples']} examples, {held['beams']} beams")
-    for col in ("exact match", "execution accuracy", "execution accuracy (guided)"):
-        table.add_column(col, justify="right")
-    table.add_row(str(held["exact_match"]), str(held["execution_accuracy"]),
-                  str(held["execution_accuracy_guided"]))
-    if "compared" in m:
-        c, teacher = m["compared"], m["teacher_held_out"]
-        out.print(f"teacher {m['teacher']}: execution accuracy (guided) "
-                  f"{teacher['execution_accuracy_guided']}; the student keeps "
-                  f"{c['accuracy_kept']} of it with {c['parameters_ratio']} of the parameters, "
-                  f"{c['speedup']}x as fast ({c['questions_per_s']['student']} vs "
-                  f"{c['questions_per_s']['teacher']} questions/s)")
-    out.print(table)
-    unseen = held.get("unseen_readings") or {}
-    if unseen.get("examples"):
-        out.print(f"of which {unseen['examples']} read differently from every training "
-                  f"example even with values masked: execution accuracy (guided) "
-                  f"{unseen['execution_accuracy_guided']}")
+    submit("distill_text2sql", options, local=local, wait=wait, timeout_s=timeout_s,
+           as_json=as_json)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from pgfleet.cli.train import progress_bar
 from workers.errors import PgfleetError
 from workers.training import pairs
 from workers.training.embeddings import (
@@ -128,8 +127,3 @@ def test_retrieval_metrics_rank_the_relevant_passage():
     # a -> A first; b -> C, X, B: B not in the top 2; c -> B, ... C last
     assert m["mrr@2"] == round((1 + 0 + 0) / 3, 4)
     assert m["queries"] == 3 and m["corpus"] == 4
-
-
-def test_progress_bar():
-    assert progress_bar(5, 10, width=10) == "█████░░░░░  50%"
-    assert progress_bar(0, None) == "-"
