@@ -1,0 +1,107 @@
+"""``pgfleet bench``: the fleet against the bare engines on this machine; ``pgfleet bench
+text2sql``: a text2sql version on the defog benchmark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from pgfleet.cli.output import out
+
+
+@click.group(invoke_without_command=True)
+@click.option("--docs", default=5000, show_default=True, help="paragraphs in the backlog")
+@click.option("--texts", type=click.Choice(["paragraphs", "short"]), default="paragraphs",
+              show_default=True)
+@click.option("--short-docs", default=2000, show_default=True,
+              help="short rows for the batching gain")
+@click.option("--idle-samples", default=30, show_default=True)
+@click.option("--batching/--no-batching", default=True, help="measure the batching gain")
+@click.option("--torch/--no-torch", "torch_", default=True,
+              help="measure the torch queue, the cache and idle latency")
+@click.option("--int8/--no-int8", default=True, help="measure the ONNX INT8 queue too")
+@click.option("--scale", type=click.IntRange(min=0), default=0,
+              help="instead of the other phases: a backlog of this many docs (e.g. 200000), "
+                   "with throughput and every process's memory sampled as it drains")
+@click.option("--scale-engine", type=click.Choice(["int8", "torch"]), default="int8",
+              show_default=True, help="the queue the scale run goes through")
+@click.option("--sample-s", type=click.FloatRange(min=0.5), default=5.0, show_default=True,
+              help="seconds between the scale run's samples")
+@click.option("--logs", "logs_dir", type=click.Path(path_type=Path), default=None,
+              help="copy the fleet's logs here")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def bench(ctx: click.Context, docs: int, texts: str, short_docs: int, idle_samples: int,
+          batching: bool, torch_: bool, int8: bool, scale: int, scale_engine: str,
+          sample_s: float, logs_dir: Path | None, as_json: bool) -> None:
+    """The fleet against the bare engines on this machine, side by side in one run: backlog
+    throughput (torch and ONNX INT8), idle latency, batching gain and cache cost. Starts its
+    own embedded servers and fleet in a temporary directory.
+
+    `pgfleet bench text2sql` scores a text2sql version on the defog benchmark instead."""
+    from pgfleet import bench as bench_mod
+    from pgfleet import context
+
+    if ctx.invoked_subcommand is not None:
+        return
+
+    config = bench_mod.BenchConfig(docs=docs, texts=texts, short_docs=short_docs,
+                                   idle_samples=idle_samples, batching=batching, torch=torch_,
+                                   int8=int8, scale=scale, scale_engine=scale_engine,
+                                   sample_s=sample_s, logs_dir=logs_dir)
+    result = bench_mod.run(config, context.settings())
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    table = Table(title="pgfleet bench")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        if key == "scale":
+            value = {k: v for k, v in value.items() if k != "samples"}
+        if key != "machine":
+            table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    out.print(table)
+    out.print(f"machine: {result['machine']}")
+
+
+@bench.command("text2sql")
+@click.option("--version", default=None,
+              help="the text2sql version (id, v2, name@v2; default: the active one)")
+@click.option("--beams", type=click.IntRange(min=1, max=16), default=4, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="the first N questions only")
+@click.option("--reference", type=click.Choice(["gold", "select1"]), default=None,
+              help="score the benchmark's gold SQL (expect 100%) or SELECT 1 (expect ~0%) "
+                   "instead of a model: the scorer's sanity checks")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="write the full report (every question) as JSON here")
+@click.option("--json", "as_json", is_flag=True)
+def bench_text2sql(version: str | None, beams: int, limit: int | None, reference: str | None,
+                   out_path: Path | None, as_json: bool) -> None:
+    """A text2sql version on the defog benchmark (../shared/benchmarks/text2sql/defog or
+    $PGFLEET_DEFOG_DIR): execution accuracy overall, per category and per database. Its
+    databases are loaded on the fleet's PostgreSQL server as defog_NAME."""
+    from pgfleet import bench_text2sql, context
+
+    urls = context.urls()
+    report = bench_text2sql.run(urls.database_url, reader_url=urls.reader_url, version=version,
+                                beams=beams, limit=limit, reference=reference)
+    if out_path is not None:
+        out_path.write_text(json.dumps(report, indent=1, default=str), "utf-8")
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in report.items() if k != "rows"}, default=str))
+        return
+    out.print(f"{report['model']} on {report['scored']} defog questions: execution accuracy "
+              f"[bold]{report['accuracy']:.1%}[/bold] ({report['correct']} right), "
+              f"{report['seconds']} s; {len(report['excluded'])} excluded (gold fails here)")
+    for key, title in (("by_category", "category"), ("by_database", "database")):
+        table = Table(title=f"per {title}")
+        for col in (title, "right", "questions", "accuracy"):
+            table.add_column(col, justify="right" if col != title else "left")
+        for name, row in report[key].items():
+            table.add_row(name, str(row["correct"]), str(row["total"]), f"{row['accuracy']:.1%}")
+        out.print(table)
