@@ -20,15 +20,11 @@ from typing import Any
 
 import psycopg
 
+from producers import broker
 from workers import db
 from workers.queues import ALL_QUEUES
 
 logger = logging.getLogger(__name__)
-
-#: kombu's Redis transport keeps a queue's prioritized messages in lists named
-#: QUEUE + this separator + the priority step (3, 6, 9); priority 0 is QUEUE itself
-PRIORITY_SEP = "\x06\x16"
-PRIORITY_STEPS = (3, 6, 9)
 
 
 def version_rows(conn: psycopg.Connection) -> list[dict[str, Any]]:
@@ -80,29 +76,6 @@ def training_runs(conn: psycopg.Connection, limit: int = 5) -> list[dict[str, An
         "produced": r.get("produced"), "error": r["error"],
         "created_at": r["created_at"].isoformat(),
     } for r in runs.listing(conn, limit)]
-
-
-def queue_depths(redis_url: str, timeout_s: float = 1.0) -> list[dict[str, Any]] | None:
-    """Messages waiting in each of the fleet's queues (not those workers have reserved);
-    None when Redis cannot be asked."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=timeout_s,
-                                  socket_timeout=timeout_s)
-    try:
-        pipe = client.pipeline(transaction=False)
-        for queue in ALL_QUEUES:
-            for name in (queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS)):
-                pipe.llen(name)
-        lengths = pipe.execute()
-    except redis.RedisError as exc:
-        logger.warning("cannot read the queues' depth: %s", exc)
-        return None
-    finally:
-        client.close()
-    per_queue = 1 + len(PRIORITY_STEPS)
-    return [{"name": queue, "depth": sum(lengths[i * per_queue:(i + 1) * per_queue])}
-            for i, queue in enumerate(ALL_QUEUES)]
 
 
 def _app(redis_url: str):
@@ -213,7 +186,7 @@ def collect(conn: psycopg.Connection, redis_url: str, *,
     """Everything ``pgfleet status`` shows (``--json`` prints exactly this)."""
     data = collect_database(conn)
     workers = watch.snapshot() if watch is not None else workers_online(redis_url)
-    queues = queue_depths(redis_url)
+    queues = broker.depths(redis_url, ALL_QUEUES, timeout_s=1.0)
     data.update(workers=workers, queues=queue_rows(queues, workers))
     return data
 

@@ -1,7 +1,13 @@
-"""Noticing that the broker lost everything it held, so that lost work is published again
-at once.
+"""What the fleet reads from its Redis broker, in one place: how many messages its queues
+hold, which task ids a queue holds, and whether the broker lost everything it held.
 
-The producer keeps a marker key in Redis. A Redis that restarts without its data (the
+kombu's Redis transport keeps a queue's waiting messages in one list per priority (see
+``queue_keys``) and the messages delivered but not yet acknowledged, of every queue, in one
+hash. Only this module reads them. Each caller passes the timeouts it can afford
+(``pgfleet status`` must render at once; the producer can wait a little longer).
+
+Noticing that the broker lost everything, so that lost work is published again at once:
+the producer keeps a marker key in Redis. A Redis that restarts without its data (the
 embedded one keeps nothing on disk), or is flushed, comes back without the marker: every
 message published before is gone, and the producer republishes all published-but-unfinished
 work at once instead of waiting ``PGFLEET_REQUEUE_AFTER_S`` (ten times that while a new
@@ -15,12 +21,66 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Sequence
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
 MARKER_KEY = "pgfleet:broker-marker"
 #: the marker is read at most this often (one round trip)
 CHECK_EVERY_S = 1.0
+
+#: kombu's Redis transport keeps a queue's prioritized messages in lists named
+#: QUEUE + this separator + the priority step (3, 6, 9); priority 0 is QUEUE itself
+PRIORITY_SEP = "\x06\x16"
+PRIORITY_STEPS = (3, 6, 9)
+
+
+def connect(redis_url: str, *, timeout_s: float, connect_timeout_s: float | None = None):
+    """A Redis client whose calls give up after ``timeout_s`` (connecting: after
+    ``connect_timeout_s``, the same by default). Close it when done."""
+    import redis
+
+    if connect_timeout_s is None:
+        connect_timeout_s = timeout_s
+    return redis.Redis.from_url(redis_url, socket_connect_timeout=connect_timeout_s,
+                                socket_timeout=timeout_s)
+
+
+def queue_keys(queue: str) -> tuple[str, ...]:
+    """The lists holding ``queue``'s waiting messages: its own (priority 0), then one per
+    priority step."""
+    return (queue, *(f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS))
+
+
+def _waiting(redis_url: str, queues: Sequence[str], timeout_s: float) -> list[int]:
+    """Messages waiting in each of ``queues``, in their order (one round trip); raises
+    ``redis.RedisError``."""
+    client = connect(redis_url, timeout_s=timeout_s)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for queue in queues:
+            for key in queue_keys(queue):
+                pipe.llen(key)
+        lengths = pipe.execute()
+    finally:
+        client.close()
+    per_queue = 1 + len(PRIORITY_STEPS)
+    return [sum(lengths[i * per_queue:(i + 1) * per_queue]) for i in range(len(queues))]
+
+
+def depths(redis_url: str, queues: Sequence[str], *,
+           timeout_s: float = 1.0) -> list[dict[str, Any]] | None:
+    """Messages waiting in each of ``queues`` (not those workers have reserved), one row
+    (``name``, ``depth``) per queue; None when Redis cannot be asked."""
+    import redis
+
+    try:
+        counts = _waiting(redis_url, queues, timeout_s)
+    except redis.RedisError as exc:
+        logger.warning("cannot read the queues' depth: %s", exc)
+        return None
+    return [{"name": queue, "depth": count} for queue, count in zip(queues, counts, strict=True)]
 
 
 class BrokerWatch:
