@@ -83,6 +83,17 @@ def depths(redis_url: str, queues: Sequence[str], *,
     return [{"name": queue, "depth": count} for queue, count in zip(queues, counts, strict=True)]
 
 
+def backlog(redis_url: str, queues: Sequence[str], *, timeout_s: float = 2.0) -> int | None:
+    """Messages waiting in ``queues`` together, or None when the broker cannot say."""
+    import redis
+
+    try:
+        return sum(_waiting(redis_url, queues, timeout_s))
+    except redis.RedisError as exc:
+        logger.warning("cannot read the queue lengths: %s", exc)
+        return None
+
+
 class BrokerWatch:
     def __init__(self, redis_url: str, *, check_every_s: float = CHECK_EVERY_S):
         self.redis_url = redis_url

@@ -6,11 +6,10 @@ import logging
 import threading
 import time
 
-from producers.broker import BrokerWatch
+from producers.broker import BrokerWatch, backlog
 from producers.dispatcher import Dispatcher, Published
 from producers.listener import Listener
 from producers.reconcile import (
-    broker_backlog,
     drop_retired,
     reap_stale_runs,
     reconcile_missing,
@@ -27,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 #: how often published-but-unfinished work is checked for lost messages
 REQUEUE_CHECK_S = 5.0
+#: the queues whose backlog holds backfill back and makes republishing wait longer
+EMBED_QUEUES = (QUEUE_GPU, QUEUE_CPU)
 
 
 class ProducerLoop:
@@ -43,7 +44,7 @@ class ProducerLoop:
         self.dispatcher = Dispatcher(
             self.pool, self.app, ids_per_message=settings.ids_per_message,
             claim_limit=settings.claim_limit,
-            backlog=lambda: broker_backlog(self.redis_url, (QUEUE_GPU, QUEUE_CPU)))
+            backlog=lambda: backlog(self.redis_url, EMBED_QUEUES))
         self.broker = BrokerWatch(self.redis_url)
         self._stop = threading.Event()
         logger.info("producer for %s, broker %s", redact(urls.database_url), redact(urls.redis_url))
@@ -61,8 +62,8 @@ class ProducerLoop:
         return self.dispatcher.drain()
 
     def _requeue(self) -> None:
-        backlog = broker_backlog(self.redis_url, (QUEUE_GPU, QUEUE_CPU))
-        requeue_stale(self.pool, self.settings.requeue_after_s, broker_busy=bool(backlog))
+        busy = bool(backlog(self.redis_url, EMBED_QUEUES))
+        requeue_stale(self.pool, self.settings.requeue_after_s, broker_busy=busy)
         reap_stale_runs(self.pool, self.settings.training_stale_s)
         republish_lost_runs(self.pool, self.app, self.redis_url, self.settings.training_stale_s)
 

@@ -132,16 +132,3 @@ def republish_lost_runs(pool: ConnectionPool, app, redis_url: str, lost_after_s:
                        republished, lost_after_s)
     return republished
 
-
-def broker_backlog(redis_url: str, queues: tuple[str, ...]) -> int | None:
-    """Messages waiting in the embedding queues, or None when the broker cannot say."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
-    try:
-        return sum(int(client.llen(q)) for q in queues)
-    except redis.RedisError as exc:
-        logger.warning("cannot read the queue lengths: %s", exc)
-        return None
-    finally:
-        client.close()
