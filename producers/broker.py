@@ -18,6 +18,7 @@ backlog). Another producer that re-created the marker first is noticed by its ne
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -34,6 +35,8 @@ CHECK_EVERY_S = 1.0
 #: QUEUE + this separator + the priority step (3, 6, 9); priority 0 is QUEUE itself
 PRIORITY_SEP = "\x06\x16"
 PRIORITY_STEPS = (3, 6, 9)
+#: the hash in which kombu keeps delivered, not yet acknowledged messages (of every queue)
+UNACKED_KEY = "unacked"
 
 
 def connect(redis_url: str, *, timeout_s: float, connect_timeout_s: float | None = None):
@@ -92,6 +95,34 @@ def backlog(redis_url: str, queues: Sequence[str], *, timeout_s: float = 2.0) ->
     except redis.RedisError as exc:
         logger.warning("cannot read the queue lengths: %s", exc)
         return None
+
+
+def task_ids(redis_url: str, queue: str, *, timeout_s: float = 5.0,
+             connect_timeout_s: float = 2.0) -> set[str] | None:
+    """The Celery task ids of the messages ``queue`` holds in Redis: waiting in its lists,
+    one per priority, or delivered and not yet acknowledged (of any queue: kombu keeps
+    those together). None when Redis cannot say."""
+    import redis
+
+    client = connect(redis_url, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for key in queue_keys(queue):
+            pipe.lrange(key, 0, -1)
+        pipe.hvals(UNACKED_KEY)
+        *waiting, delivered = pipe.execute()
+        unacked = [json.loads(v)[0] for v in delivered]
+    except (redis.RedisError, ValueError) as exc:
+        logger.warning("cannot read the %s queue: %s", queue, exc)
+        return None
+    finally:
+        client.close()
+    ids = set()
+    for message in [json.loads(m) for raw in waiting for m in raw] + unacked:
+        task_id = (message.get("headers") or {}).get("id") if isinstance(message, dict) else None
+        if task_id:
+            ids.add(task_id)
+    return ids
 
 
 class BrokerWatch:

@@ -7,6 +7,7 @@ import logging
 from psycopg_pool import ConnectionPool
 
 import schema
+from producers import broker
 from workers import db
 
 logger = logging.getLogger(__name__)
@@ -79,33 +80,6 @@ def reap_stale_runs(pool: ConnectionPool, stale_after_s: float) -> list[int]:
         return reap_stale(conn, stale_after_s)
 
 
-def queued_task_ids(redis_url: str, queue: str) -> set[str] | None:
-    """The Celery task ids of the messages ``queue`` holds in Redis (waiting in its lists,
-    one per priority, or delivered and not yet acknowledged); None when Redis cannot say."""
-    import json
-
-    import redis
-
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
-    try:
-        raw: list[bytes] = []
-        for key in client.scan_iter(match=f"{queue}*", count=100):
-            if client.type(key) == b"list":
-                raw += client.lrange(key, 0, -1)
-        unacked = [json.loads(v)[0] for v in client.hvals("unacked")]
-    except (redis.RedisError, ValueError) as exc:
-        logger.warning("cannot read the %s queue: %s", queue, exc)
-        return None
-    finally:
-        client.close()
-    ids = set()
-    for message in [json.loads(m) for m in raw] + unacked:
-        task_id = (message.get("headers") or {}).get("id") if isinstance(message, dict) else None
-        if task_id:
-            ids.add(task_id)
-    return ids
-
-
 def republish_lost_runs(pool: ConnectionPool, app, redis_url: str, lost_after_s: float) -> list[int]:
     """Publish again the training runs still queued after ``lost_after_s`` whose message is
     no longer in the broker (Redis restarted without its data, a queue purged). The same
@@ -117,7 +91,7 @@ def republish_lost_runs(pool: ConnectionPool, app, redis_url: str, lost_after_s:
                             {"older_than_s": lost_after_s}).fetchall()
     if not rows:
         return []
-    present = queued_task_ids(redis_url, QUEUE_TRAINING)
+    present = broker.task_ids(redis_url, QUEUE_TRAINING)
     if present is None:
         return []
     republished = []

@@ -70,13 +70,14 @@ def test_a_queued_run_whose_message_was_lost_is_published_again_once(setup):
 
 
 def test_when_redis_cannot_be_read_nothing_is_published(setup):
-    from producers.reconcile import queued_task_ids, republish_lost_runs
+    from producers.broker import task_ids
+    from producers.reconcile import republish_lost_runs
     from workers.training import runs
 
     conn, pool, app, _, client = setup
     run = runs.create(conn, "quantize", {})
     runs.set_task_id(conn, run, "some-task-id")
     conn.execute("UPDATE training_runs SET created_at = now() - interval '1 hour'")
-    assert queued_task_ids("redis://127.0.0.1:1/0", "training") is None
+    assert task_ids("redis://127.0.0.1:1/0", "training") is None
     assert republish_lost_runs(pool, app, "redis://127.0.0.1:1/0", lost_after_s=60) == []
     assert _messages(client) == []
