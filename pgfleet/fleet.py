@@ -19,6 +19,7 @@ from pgfleet.credentials import load_or_create as load_credentials
 from pgfleet.credentials import path_for as credentials_path
 from pgfleet.services import EmbeddedPostgres, EmbeddedRedis, free_port
 from pgfleet.supervisor import ChildSpec, Supervisor, fleet_children
+from producers import broker
 from schema.migrate import migrate
 from workers import db
 from workers.errors import BrokerUnavailable, ConfigurationError, DatabaseUnavailable
@@ -154,7 +155,7 @@ def check_redis(url: str, timeout_s: float = 5.0) -> None:
     """Fail early, in one line, when the broker cannot be reached."""
     import redis
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    client = broker.connect(url, timeout_s=timeout_s)
     try:
         client.ping()
     except redis.RedisError as exc:

@@ -159,11 +159,8 @@ class BrokerWatch:
         return lost
 
     def _connection(self):
-        import redis
-
         if self._client is None:
-            self._client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=2,
-                                                socket_timeout=2)
+            self._client = connect(self.redis_url, timeout_s=2)
         return self._client
 
     def close(self) -> None:
