@@ -111,17 +111,29 @@ def task_ids(redis_url: str, queue: str, *, timeout_s: float = 5.0,
             pipe.lrange(key, 0, -1)
         pipe.hvals(UNACKED_KEY)
         *waiting, delivered = pipe.execute()
-        unacked = [json.loads(v)[0] for v in delivered]
-    except (redis.RedisError, ValueError) as exc:
+    except redis.RedisError as exc:
         logger.warning("cannot read the %s queue: %s", queue, exc)
         return None
     finally:
         client.close()
-    ids = set()
-    for message in [json.loads(m) for raw in waiting for m in raw] + unacked:
-        task_id = (message.get("headers") or {}).get("id") if isinstance(message, dict) else None
-        if task_id:
+    ids, unreadable = set(), 0
+    for raw, unpack in [(m, False) for batch in waiting for m in batch] + \
+            [(v, True) for v in delivered]:
+        try:
+            message = json.loads(raw)
+            if unpack:  # kombu keeps an unacknowledged message as [message, exchange, key]
+                message = message[0]
+            task_id = message["headers"]["id"]
+        except (ValueError, TypeError, IndexError, KeyError):
+            task_id = None
+        if isinstance(task_id, str) and task_id:
             ids.add(task_id)
+        else:
+            unreadable += 1
+    if unreadable:
+        # not Celery's: no task id can be read from it, so it cannot hold back a republish
+        logger.warning("%d message(s) in Redis for the %s queue are not Celery messages; "
+                       "they were skipped", unreadable, queue)
     return ids
 
 

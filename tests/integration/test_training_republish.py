@@ -81,3 +81,16 @@ def test_when_redis_cannot_be_read_nothing_is_published(setup):
     assert task_ids("redis://127.0.0.1:1/0", "training") is None
     assert republish_lost_runs(pool, app, "redis://127.0.0.1:1/0", lost_after_s=60) == []
     assert _messages(client) == []
+
+
+def test_a_message_that_is_not_celerys_is_skipped_with_a_warning(setup, caplog):
+    from producers.broker import task_ids
+
+    _, _, app, redis_url, client = setup
+    sent = app.send_task("quantize", kwargs={"run_id": 1, "from_version": "v1"})
+    client.lpush("training", b"not json", b'"a string"', b"[1, 2]")
+    client.hset("unacked", "tag", b"{broken")
+    with caplog.at_level("WARNING", logger="producers.broker"):
+        assert task_ids(redis_url, "training") == {sent.id}
+    assert "4 message(s) in Redis for the training queue are not Celery messages" \
+        in caplog.text
