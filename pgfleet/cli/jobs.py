@@ -43,10 +43,11 @@ def submit(task: str, options: dict[str, Any], *, local: bool, wait: bool, timeo
     with context.connection(conf, autocommit=True) as conn:
         run_id = runs.create(conn, task, options)
         if local:
-            from workers.tasks.train import JOBS, run_job
+            from workers.tasks.train import run_job
+            from workers.training.specs import SPECS
 
             console.print(f"training run {run_id} ({task}) runs here")
-            run_job(task, JOBS[task], options, run_id)
+            run_job(SPECS[task], options, run_id)
         else:
             from workers.app import create_app
 
