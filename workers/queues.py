@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from workers.training.specs import SPECS
+
 #: torch engine; fp16 on CUDA, fp32 on CPU where no GPU exists
 QUEUE_GPU = "embed.gpu"
 #: ONNX Runtime INT8 engine on CPU
@@ -10,9 +12,9 @@ QUEUE_CPU = "embed.cpu"
 QUEUE_TRAINING = "training"
 
 ALL_QUEUES = (QUEUE_GPU, QUEUE_CPU, QUEUE_TRAINING)
-#: tasks routed to the training queue (also when sent by name, as ``celery call`` does)
-TRAINING_TASKS = ("quantize", "train_embeddings", "distill_embeddings", "train_text2sql",
-                  "distill_text2sql")
+#: tasks routed to the training queue (also when sent by name, as ``celery call`` does):
+#: the training jobs (workers/training/specs.py)
+TRAINING_TASKS = tuple(SPECS)
 
 TASK_EMBED = "pgfleet.embed_docs"
 #: SQL for a question (interactive; on QUEUE_CPU, see workers/tasks/text2sql.py)

@@ -1,6 +1,7 @@
-"""How the ``pgfleet train`` commands run a training job: the options they share, queueing
-the job on the training queue (or running it here), following its run, and printing what it
-produced: the registered version and its metrics, per job."""
+"""How the ``pgfleet train`` commands run a training job: its options (made from the job's
+spec, and those every job shares), queueing the job on the training queue (or running it
+here), following its run, and printing what it produced: the registered version and its
+metrics, per job."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from rich.table import Table
 
 from pgfleet.cli.output import console, out
 from workers.errors import PgfleetError
+from workers.training.options import ALWAYS_SENT, Option
+from workers.training.specs import JobSpec
 
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -32,21 +35,70 @@ def job_options(func):
     return func
 
 
-def submit(task: str, options: dict[str, Any], *, local: bool, wait: bool, timeout_s: int,
+def spec_options(spec: JobSpec):
+    """The command's options for the job's own options, made from its spec: each with its
+    flag, type, default and help, its range in the type where the help shows it, and the
+    spec's rule checked on the parsed value."""
+    def decorate(func):
+        for name, option in reversed(list(spec.options.items())):
+            if option.cli:
+                func = _click_option(name, option)(func)
+        return func
+    return decorate
+
+
+def _click_option(name: str, option: Option):
+    flag = option.flag or "--" + name.replace("_", "-")
+    if option.type is bool:
+        flag = f"{flag}/--no-{flag[2:]}"
+    kwargs: dict[str, Any] = {"type": _click_type(option), "help": option.help,
+                              "show_default": option.show_default or None,
+                              "callback": _check(name, option)}
+    if option.required:
+        kwargs["required"] = True
+    else:
+        kwargs["default"] = (option.default if option.cli_unset is ALWAYS_SENT
+                             else option.cli_unset)
+    return click.option(flag, name, **kwargs)
+
+
+def _click_type(option: Option):
+    if option.choices:
+        return click.Choice(list(option.choices))
+    bounds = option.cli_range and (option.min is not None or option.max is not None)
+    if bounds and option.type is int:
+        return click.IntRange(option.min, option.max)
+    if bounds and option.type is float:
+        return click.FloatRange(option.min, option.max, min_open=option.min_open,
+                                max_open=option.max_open)
+    return None if option.type is bool else option.type
+
+
+def _check(name: str, option: Option):
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        problem = option.problem(name, value) if value is not None else None
+        if problem:
+            raise click.BadParameter(problem, ctx, param)
+        return value
+    return check
+
+
+def submit(spec: JobSpec, values: dict[str, Any], *, local: bool, wait: bool, timeout_s: int,
            as_json: bool) -> None:
-    """Create a run of TASK with OPTIONS, queue it (or run it here with ``local``), follow it
-    when asked to, and print what it produced."""
+    """Create a run of the job with the options the command parsed (``values``), queue it
+    (or run it here with ``local``), follow it when asked to, and print what it produced."""
     from pgfleet import context
     from workers.training import runs
 
+    task, options = spec.name, spec.command_options(values)
     conf = context.settings()
     with context.connection(conf, autocommit=True) as conn:
         run_id = runs.create(conn, task, options)
         if local:
-            from workers.tasks.train import JOBS, run_job
+            from workers.tasks.train import run_job
 
             console.print(f"training run {run_id} ({task}) runs here")
-            run_job(task, JOBS[task], options, run_id)
+            run_job(spec, options, run_id)
         else:
             from workers.app import create_app
 

@@ -12,9 +12,10 @@ from typing import Any
 import click
 from rich.table import Table
 
-from pgfleet.cli.jobs import job_options, jsonable, submit
+from pgfleet.cli.jobs import job_options, jsonable, spec_options, submit
 from pgfleet.cli.output import console, out, progress_bar
 from workers.errors import PgfleetError
+from workers.training.specs import DISTILL_EMBEDDINGS, QUANTIZE, TRAIN_EMBEDDINGS
 
 
 @click.group()
@@ -89,75 +90,34 @@ def data_mine(limit: int | None, dry_run: bool, as_json: bool) -> None:
 
 # ------------------------------------------------------------------------------ jobs
 @train.command("embeddings")
-@click.option("--from", "from_version", default="v1", show_default=True,
-              help="the torch version to fine-tune: id, v1 or name@v1")
-@click.option("--pairs", type=click.Choice(["auto", "table", "mined"]), default="auto",
-              show_default=True, help="training_pairs, pairs mined from docs, or the table "
-                                      "when it holds pairs and else mined")
-@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=2), default=16, show_default=True)
-@click.option("--learning-rate", type=float, default=2e-5, show_default=True)
-@click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--eval-fraction", type=float, default=0.1, show_default=True,
-              help="pairs held out for the before/after metric")
-@click.option("--max-pairs", type=click.IntRange(min=0), default=0, help="0: all")
-@click.option("--max-seq-length", type=click.IntRange(min=0), default=0,
-              help="tokens per text while training (0: the model's)")
+@spec_options(TRAIN_EMBEDDINGS)
 @job_options
-def train_embeddings(from_version: str, pairs: str, epochs: int, batch_size: int,
-                     learning_rate: float, seed: int, eval_fraction: float, max_pairs: int,
-                     max_seq_length: int, local: bool, wait: bool, timeout_s: int,
-                     as_json: bool) -> None:
+def train_embeddings(local: bool, wait: bool, timeout_s: int, as_json: bool,
+                     **options: Any) -> None:
     """Fine-tune an embedding version on pairs; register the result (inactive) with MRR@10
     and recall@10 of the base and the new model on held-out pairs."""
-    options = {"from_version": from_version, "pairs": pairs, "epochs": epochs,
-               "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
-               "eval_fraction": eval_fraction, "max_pairs": max_pairs,
-               "max_seq_length": max_seq_length}
-    submit("train_embeddings", options, local=local, wait=wait, timeout_s=timeout_s,
+    submit(TRAIN_EMBEDDINGS, options, local=local, wait=wait, timeout_s=timeout_s,
            as_json=as_json)
 
 
 @train.command("distill")
-@click.option("--from", "from_version", default="v1", show_default=True,
-              help="the teacher: a torch version")
-@click.option("--layers", type=click.IntRange(min=0), default=0,
-              help="transformer layers the student keeps (0: half the teacher's)")
-@click.option("--student", default="", help="a smaller model (path or hub id) instead of "
-                                            "keeping layers")
-@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--learning-rate", type=float, default=2e-4, show_default=True)
-@click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--max-texts", type=click.IntRange(min=10), default=5000, show_default=True,
-              help="docs to distill on")
-@click.option("--eval-fraction", type=float, default=0.1, show_default=True)
-@click.option("--max-seq-length", type=click.IntRange(min=0), default=0)
+@spec_options(DISTILL_EMBEDDINGS)
 @job_options
-def train_distill(from_version: str, layers: int, student: str, epochs: int, batch_size: int,
-                  learning_rate: float, seed: int, max_texts: int, eval_fraction: float,
-                  max_seq_length: int, local: bool, wait: bool, timeout_s: int,
-                  as_json: bool) -> None:
+def train_distill(local: bool, wait: bool, timeout_s: int, as_json: bool,
+                  **options: Any) -> None:
     """Distill a version (the teacher) into a smaller student; register the student with its
     parameters, size, docs/s and the share of the teacher's MRR@10 it keeps."""
-    options = {"from_version": from_version, "layers": layers, "student": student,
-               "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-               "seed": seed, "max_texts": max_texts, "eval_fraction": eval_fraction,
-               "max_seq_length": max_seq_length}
-    submit("distill_embeddings", options, local=local, wait=wait, timeout_s=timeout_s,
+    submit(DISTILL_EMBEDDINGS, options, local=local, wait=wait, timeout_s=timeout_s,
            as_json=as_json)
 
 
 @train.command("quantize")
-@click.option("--from", "from_version", default="v1", show_default=True,
-              help="the torch version to quantize: id, v1 or name@v1")
-@click.option("--sample", default=200, show_default=True, help="docs to measure on")
+@spec_options(QUANTIZE)
 @job_options
-def train_quantize(from_version: str, sample: int, local: bool, wait: bool, timeout_s: int,
-                   as_json: bool) -> None:
+def train_quantize(local: bool, wait: bool, timeout_s: int, as_json: bool,
+                   **options: Any) -> None:
     """Export a version to ONNX, quantize it to INT8, measure and register it."""
-    submit("quantize", {"from_version": from_version, "sample": sample}, local=local,
-           wait=wait, timeout_s=timeout_s, as_json=as_json)
+    submit(QUANTIZE, options, local=local, wait=wait, timeout_s=timeout_s, as_json=as_json)
 
 
 # ------------------------------------------------------------------------------ runs

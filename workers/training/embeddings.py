@@ -25,7 +25,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,10 @@ from workers.engines.registry import resolve_artifact
 from workers.errors import PgfleetError
 from workers.settings import Settings
 from workers.training import pairs as pairs_mod
-from workers.training.jobs import register_version, run_artifact_dir, typed_options
+from workers.training.jobs import register_version, run_artifact_dir
+from workers.training.options import Option, check_options
 from workers.training.runs import Run, optimizer_step, save_loss_curve
+from workers.training.specs import DISTILL_EMBEDDINGS, TRAIN_EMBEDDINGS
 from workers.versions import embedding_version
 
 logger = logging.getLogger(__name__)
@@ -50,43 +52,15 @@ MAX_EVAL_QUERIES = 1000
 
 
 # ----------------------------------------------------------------------------- options
-TRAIN_OPTIONS: dict[str, tuple[type, Any]] = {
-    "from_version": (str, "v1"), "pairs": (str, "auto"), "epochs": (int, 1),
-    "batch_size": (int, 16), "learning_rate": (float, 2e-5), "warmup_ratio": (float, 0.1),
-    "seed": (int, 42), "eval_fraction": (float, 0.1), "max_pairs": (int, 0),
-    "max_seq_length": (int, 0),
-}
-DISTILL_OPTIONS: dict[str, tuple[type, Any]] = {
-    "from_version": (str, "v1"), "layers": (int, 0), "student": (str, ""),
-    "epochs": (int, 3), "batch_size": (int, 32), "learning_rate": (float, 2e-4),
-    "warmup_ratio": (float, 0.1), "seed": (int, 42), "eval_fraction": (float, 0.1),
-    "max_texts": (int, 5000), "max_seq_length": (int, 0),
-}
+#: the jobs' options (declared, with their rules, in :mod:`workers.training.specs`)
+TRAIN_OPTIONS = TRAIN_EMBEDDINGS.options
+DISTILL_OPTIONS = DISTILL_EMBEDDINGS.options
 
 
 def validate_options(task: str, given: dict[str, Any],
-                     spec: dict[str, tuple[type, Any]]) -> dict[str, Any]:
+                     options: Mapping[str, Option]) -> dict[str, Any]:
     """The job's options with defaults filled in, or a clear error for each bad one."""
-    options = typed_options(task, given, spec, ids_as_str=True)
-    _check_ranges(task, options)
-    return options
-
-
-def _check_ranges(task: str, options: dict[str, Any]) -> None:
-    for name in ("epochs", "batch_size"):
-        if options[name] < 1:
-            raise PgfleetError(f"{task}: {name} must be at least 1, not {options[name]}")
-    if options["batch_size"] < 2 and task == "train_embeddings":
-        raise PgfleetError("train_embeddings: batch_size must be at least 2 (in-batch negatives)")
-    if not 0 < options["learning_rate"] < 1:
-        raise PgfleetError(f"{task}: learning_rate must be between 0 and 1")
-    if not 0 <= options["warmup_ratio"] < 1:
-        raise PgfleetError(f"{task}: warmup_ratio must be in [0, 1)")
-    if not 0 < options["eval_fraction"] < 1:
-        raise PgfleetError(f"{task}: eval_fraction must be between 0 and 1")
-    for name in ("max_pairs", "max_texts", "max_seq_length", "layers"):
-        if options.get(name, 0) < 0:
-            raise PgfleetError(f"{task}: {name} must not be negative")
+    return check_options(task, given, options)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -229,12 +203,12 @@ def _torch_version(conn: psycopg.Connection, ref: str, verb: str) -> ModelSpec:
 
 
 def train_embeddings(conn: psycopg.Connection, settings: Settings, run: Run,
-                     **given: Any) -> dict[str, Any]:
-    """Fine-tune a torch version on pairs; register the result (inactive)."""
+                     **options: Any) -> dict[str, Any]:
+    """Fine-tune a torch version on pairs; register the result (inactive). ``options`` are
+    checked (:meth:`~workers.training.specs.JobSpec.execute` runs it)."""
     import torch
     from sentence_transformers.sentence_transformer import losses
 
-    options = validate_options("train_embeddings", given, TRAIN_OPTIONS)
     source = _torch_version(conn, options["from_version"], "fine-tune")
     pairs, pairs_source = pairs_mod.load_pairs(conn, source=options["pairs"],
                                                limit=options["max_pairs"] or None)
@@ -329,12 +303,12 @@ def build_student(teacher_path: str, device: str, keep: int, max_seq_length: int
 
 
 def distill_embeddings(conn: psycopg.Connection, settings: Settings, run: Run,
-                       **given: Any) -> dict[str, Any]:
-    """Distill a torch version (the teacher) into a smaller student; register the student."""
+                       **options: Any) -> dict[str, Any]:
+    """Distill a torch version (the teacher) into a smaller student; register the student.
+    ``options`` are checked (:meth:`~workers.training.specs.JobSpec.execute` runs it)."""
     import torch
     from sentence_transformers.sentence_transformer import losses
 
-    options = validate_options("distill_embeddings", given, DISTILL_OPTIONS)
     teacher_spec = _torch_version(conn, options["from_version"], "distill")
     device = _device(settings)
     teacher_path = resolve_artifact(teacher_spec.artifact)

@@ -24,29 +24,6 @@ from workers.versions import embedding_version
 logger = logging.getLogger(__name__)
 
 
-def typed_options(task: str, given: dict[str, Any], spec: dict[str, tuple[type, Any]], *,
-                  ids_as_str: bool = False) -> dict[str, Any]:
-    """``given`` with defaults from ``spec`` (name -> (type, default)), each of its type, or
-    a clear error naming the option. An int stands for a float; with ``ids_as_str``, for a
-    string too (a version id)."""
-    unknown = sorted(set(given) - set(spec))
-    if unknown:
-        raise PgfleetError(f"{task}: unknown option(s) {unknown}; known: {sorted(spec)}")
-    options: dict[str, Any] = {}
-    for name, (kind, default) in spec.items():
-        value = given.get(name, default)
-        is_int = isinstance(value, int) and not isinstance(value, bool)
-        if kind is str and is_int and ids_as_str:
-            value = str(value)
-        if kind is float and is_int:
-            value = float(value)
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise PgfleetError(f"{task}: option {name} must be {kind.__name__}, "
-                               f"not {type(value).__name__} ({value!r})")
-        options[name] = value
-    return options
-
-
 def models_dir(settings: Settings) -> Path:
     """Where produced models are written. Every worker that serves them must see the same
     path (one machine, or shared storage): ``PGFLEET_MODELS_DIR``, else ``$PGFLEET_HOME/models``."""
@@ -138,8 +115,6 @@ def run_quantize(conn: psycopg.Connection, settings: Settings, from_ref: str | i
     from workers.training.measure import fidelity, throughput
     from workers.training.quantize import export_and_quantize
 
-    if sample_size < 20:
-        raise PgfleetError("the measurement sample needs at least 20 docs")
     source = embedding_version(conn, str(from_ref))
     if source.format != "torch":
         raise PgfleetError(f"model version {source.label} is {source.format}; quantize a torch "
@@ -185,3 +160,10 @@ def run_quantize(conn: psycopg.Connection, settings: Settings, from_ref: str | i
     logger.info("registered %s@%s (onnx-int8): %s", source.name, registered["version"],
                 metrics["speedup"])
     return registered
+
+
+def quantize_job(conn: psycopg.Connection, settings: Settings, run, *, from_version: str,
+                 sample: int) -> dict[str, Any]:
+    """The ``quantize`` job: :func:`run_quantize` under its run, with checked options."""
+    run.phase("export to ONNX, quantize, measure")
+    return run_quantize(conn, settings, from_version, sample_size=sample, run_id=run.id)

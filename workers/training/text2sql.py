@@ -33,23 +33,14 @@ import schema as sql_files
 from workers.errors import PgfleetError
 from workers.settings import Settings, resolve_urls
 from workers.text2sql.readonly import Reader
-from workers.training.jobs import register_under_lock, run_artifact_dir, typed_options
+from workers.training.jobs import register_under_lock, run_artifact_dir
 from workers.training.runs import Run, optimizer_step, save_loss_curve
+from workers.training.specs import TRAIN_TEXT2SQL
 
 logger = logging.getLogger(__name__)
 
-#: name -> (type, default)
-OPTIONS: dict[str, tuple[type, Any]] = {
-    "base_model": (str, ""), "name": (str, "text2sql"), "epochs": (int, 40),
-    "batch_size": (int, 16), "learning_rate": (float, 1e-3), "warmup_ratio": (float, 0.05),
-    "seed": (int, 42), "eval_fraction": (float, 0.2), "max_examples": (int, 0),
-    "max_eval": (int, 200), "beams": (int, 4), "synth_if_empty": (bool, True),
-    "synth_per_template": (int, 200), "synth_phrasings": (int, 4), "synth_rounds": (int, 4),
-    "d_model": (int, 0), "layers": (int, 0), "tokenizer": (str, "bpe"),
-    "mask_values": (bool, True), "max_copies": (int, 4),
-    "link_columns": (bool, True),
-}
-TOKENIZERS = ("bpe", "bytes")
+#: the job's options (declared, with their rules, in :mod:`workers.training.specs`)
+OPTIONS = TRAIN_TEXT2SQL.options
 #: the size of a BPE vocabulary trained on the examples (smaller when they hold fewer pieces)
 BPE_VOCAB = 1000
 EVAL_TIMEOUT_MS = 5000
@@ -58,40 +49,7 @@ EVAL_ROW_CAP = 2000
 
 def validate_options(given: dict[str, Any]) -> dict[str, Any]:
     """The options with defaults filled in, or a clear error naming each bad one."""
-    options = typed_options("train_text2sql", given, OPTIONS)
-    _check_ranges("train_text2sql", options)
-    return options
-
-
-def check_shared_ranges(task: str, options: dict[str, Any]) -> None:
-    """The ranges of the options that training and distillation share."""
-    for name in ("epochs", "batch_size", "beams", "max_eval", "synth_per_template",
-                 "synth_phrasings", "synth_rounds", "max_copies"):
-        if options[name] < 1:
-            raise PgfleetError(f"{task}: {name} must be at least 1, not {options[name]}")
-    for name in ("max_examples", "d_model", "layers"):
-        if options[name] < 0:
-            raise PgfleetError(f"{task}: {name} must not be negative, not {options[name]}")
-    if options["d_model"] % 8:
-        raise PgfleetError(f"{task}: d_model must be a multiple of 8, not {options['d_model']}")
-    if not 0 < options["learning_rate"] < 1:
-        raise PgfleetError(f"{task}: learning_rate must be between 0 and 1")
-    if not 0 <= options["warmup_ratio"] < 1:
-        raise PgfleetError(f"{task}: warmup_ratio must be in [0, 1)")
-    if not 0 < options["eval_fraction"] < 1:
-        raise PgfleetError(f"{task}: eval_fraction must be between 0 and 1")
-
-
-def _check_ranges(task: str, options: dict[str, Any]) -> None:
-    check_shared_ranges(task, options)
-    if not options["name"].strip():
-        raise PgfleetError(f"{task}: name must not be empty")
-    if options["tokenizer"] not in TOKENIZERS:
-        raise PgfleetError(f"{task}: tokenizer must be one of {list(TOKENIZERS)}, not "
-                           f"{options['tokenizer']!r}")
-    if options["base_model"] and (options["d_model"] or options["layers"]):
-        raise PgfleetError(f"{task}: d_model and layers size a model built from scratch; "
-                           "they cannot change base_model")
+    return TRAIN_TEXT2SQL.validate(given)
 
 
 # ----------------------------------------------------------------------------- data
@@ -441,17 +399,14 @@ def set_max_new_tokens(seq, train: list[Pair]) -> None:
 
 
 def train_text2sql(conn: psycopg.Connection, settings: Settings, run: Run,
-                   **given: Any) -> dict[str, Any]:
+                   **options: Any) -> dict[str, Any]:
     """Train (or fine-tune ``base_model``) on the examples, measure on the held-out ones,
-    register the model as a new inactive text2sql version."""
+    register the model as a new inactive text2sql version. ``options`` are checked
+    (:meth:`~workers.training.specs.JobSpec.execute` runs it)."""
     import torch
 
     from workers.text2sql import model as t2s_model
 
-    options = validate_options(given)
-    if options["base_model"] and "tokenizer" in given:
-        raise PgfleetError("train_text2sql: tokenizer applies to a model built from scratch; "
-                           "base_model brings its own")
     torch.set_num_threads(max(1, settings.torch_threads or torch.get_num_threads()))
     if options["base_model"]:  # fail early when it cannot be loaded
         run.phase("loading the model")

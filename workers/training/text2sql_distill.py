@@ -20,15 +20,10 @@ from typing import Any
 
 import psycopg
 
-from workers.errors import PgfleetError
 from workers.settings import Settings
-from workers.training.jobs import typed_options
 from workers.training.runs import Run
+from workers.training.specs import DISTILL_TEXT2SQL
 from workers.training.text2sql import (
-    OPTIONS as TRAIN_OPTIONS,
-)
-from workers.training.text2sql import (
-    check_shared_ranges,
     evaluate,
     examples_for,
     fit,
@@ -37,31 +32,14 @@ from workers.training.text2sql import (
     set_max_new_tokens,
 )
 
-#: name -> (type, default); the training options that apply, and the teacher's
-OPTIONS: dict[str, tuple[type, Any]] = {
-    "from_version": (str, ""), "name": (str, ""), "d_model": (int, 0), "layers": (int, 0),
-    "alpha": (float, 0.5), "temperature": (float, 2.0),
-    **{k: TRAIN_OPTIONS[k] for k in (
-        "epochs", "batch_size", "learning_rate", "warmup_ratio", "seed", "eval_fraction",
-        "max_examples", "max_eval", "beams", "synth_if_empty", "synth_per_template",
-        "synth_phrasings", "synth_rounds", "max_copies")},
-}
+#: the job's options (declared, with their rules, in :mod:`workers.training.specs`)
+OPTIONS = DISTILL_TEXT2SQL.options
 SPEED_SAMPLE = 64
 
 
 def validate_options(given: dict[str, Any]) -> dict[str, Any]:
-    task = "distill_text2sql"
-    options = typed_options(task, given, OPTIONS)
-    if not options["from_version"].strip():
-        raise PgfleetError(f"{task}: from_version is required: the text2sql version to "
-                           "distill (id, v2 or name@v2)")
-    check_shared_ranges(task, options)
-    if not 0 <= options["alpha"] <= 1:
-        raise PgfleetError(f"{task}: alpha must be between 0 and 1, not {options['alpha']}")
-    if options["temperature"] <= 0:
-        raise PgfleetError(f"{task}: temperature must be positive, not "
-                           f"{options['temperature']}")
-    return options
+    """The options with defaults filled in, or a clear error naming each bad one."""
+    return DISTILL_TEXT2SQL.validate(given)
 
 
 def student_config(teacher_config, d_model: int = 0, layers: int = 0) -> dict[str, Any]:
@@ -91,13 +69,14 @@ def generation_speed(seq, inputs: list[str], beams: int) -> float:
 
 
 def distill_text2sql(conn: psycopg.Connection, settings: Settings, run: Run,
-                     **given: Any) -> dict[str, Any]:
+                     **options: Any) -> dict[str, Any]:
+    """Distill ``from_version`` into a student and register it. ``options`` are checked
+    (:meth:`~workers.training.specs.JobSpec.execute` runs it)."""
     import torch
 
     from workers.text2sql import model as t2s_model
     from workers.text2sql.generate import find_version
 
-    options = validate_options(given)
     torch.set_num_threads(max(1, settings.torch_threads or torch.get_num_threads()))
     run.phase("loading the teacher")
     spec = find_version(conn, options["from_version"])
