@@ -32,8 +32,9 @@ from psycopg.types.json import Jsonb
 
 from pgfleet import corpus
 from pgfleet.fleet import prepare_database, servers
+from pgfleet.models import stats
 from pgfleet.supervisor import Supervisor, fleet_children
-from workers import ab, db
+from workers import db
 from workers.settings import Settings
 
 #: the bare model is measured at each of these batch sizes; the best is the reference
@@ -222,9 +223,9 @@ def _torch_phase(conn, home, env, conf, config, salt, texts, result) -> None:
     # inside the worker, from inference_logs (fetch to write, per doc)
     result["cache_worker_ms_per_doc"] = {"hit": round(hit_cost, 3), "model": round(model_cost, 3)}
     result.update(idle_samples=len(latencies),
-                  idle_p50_ms=round(ab.percentile(latencies, 50), 1),
-                  idle_p95_ms=round(ab.percentile(latencies, 95), 1),
-                  idle_p99_ms=round(ab.percentile(latencies, 99), 1))
+                  idle_p50_ms=round(stats.percentile(latencies, 50), 1),
+                  idle_p95_ms=round(stats.percentile(latencies, 95), 1),
+                  idle_p99_ms=round(stats.percentile(latencies, 99), 1))
 
 
 def _batching_phase(conn, home, env, config, salt, result) -> None:

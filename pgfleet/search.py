@@ -20,7 +20,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 import schema
-from workers import ab, db
+from pgfleet.models import splits
+from workers import db
 from workers.batching import as_array
 from workers.engines import Engine, ModelSpec
 from workers.versions import embedding_version
@@ -82,7 +83,7 @@ def route(conn: psycopg.Connection, version_ref: str | None, key: str | None,
     rows = db.fetch_all(conn, "model_versions")
     serving = [r for r in rows if r["name"] == name and r["active"] and r["traffic_percent"] > 0
                and r["kind"] == "embedding"]
-    version = ab.assign(name, [(r["version"], r["traffic_percent"]) for r in serving], key=key)
+    version = splits.assign(name, [(r["version"], r["traffic_percent"]) for r in serving], key=key)
     assigned = ModelSpec.from_row(next(r for r in serving if r["version"] == version))
     if not _backfilling(conn, assigned.version_id):
         return Route(assigned, assigned)

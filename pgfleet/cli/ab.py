@@ -22,7 +22,7 @@ def ab() -> None:
 def ab_set(name: str, split: tuple[str, ...]) -> None:
     """Set the split: pgfleet ab set NAME v1=80 v2=20 [v3=shadow]."""
     from pgfleet import abtest, context
-    from workers.ab import parse_split
+    from pgfleet.models.splits import parse_split
 
     try:
         parsed = parse_split(split)

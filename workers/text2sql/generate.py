@@ -130,9 +130,9 @@ def find_version(conn: psycopg.Connection, ref: str | int | None = None) -> Text
 def route(conn: psycopg.Connection, ref: str | int | None = None,
           key: str | None = None) -> Text2SqlVersion:
     """The version that answers: ``ref`` when given; else one of the serving versions of the
-    active text2sql model, chosen by traffic percent (:func:`workers.ab.assign`): sticky
+    active text2sql model, chosen by traffic percent (:func:`pgfleet.models.splits.assign`): sticky
     for a ``key`` (a user or session id), random without one."""
-    from workers import ab
+    from pgfleet.models import splits
 
     if ref is not None and ref != "":
         return find_version(conn, ref)
@@ -140,7 +140,7 @@ def route(conn: psycopg.Connection, ref: str | int | None = None,
     serving = conn.execute(sql_files.query("text2sql_serving"), {"name": active.name}).fetchall()
     if len(serving) <= 1:
         return active
-    chosen = ab.assign(active.name, [(r[2], r[4]) for r in serving], key=key)
+    chosen = splits.assign(active.name, [(r[2], r[4]) for r in serving], key=key)
     row = next(r for r in serving if r[2] == chosen)
     return Text2SqlVersion(int(row[0]), row[1], row[2], row[3])
 
