@@ -261,7 +261,7 @@ def _int8_version(conn, conf):
 
 
 def _int8_phase(conn, home, env, conf, config, salt, texts, result) -> None:
-    from pgfleet import abtest
+    from pgfleet.models import abtest
     from workers.engines import load_for
 
     source, spec = _int8_version(conn, conf)
@@ -319,7 +319,7 @@ def _scale_phase(conn, home, env, conf, config, salt, result) -> None:
     """A backlog of ``config.scale`` docs inserted up front (in chunks of 10,000, each its
     own transaction), then drained by the fleet while the embedded count and the resident
     memory of every process are sampled every ``sample_s`` seconds."""
-    from pgfleet import abtest
+    from pgfleet.models import abtest
 
     base = (corpus.stdlib_paragraphs(5000) if config.texts == "paragraphs"
             else corpus.short_rows(5000))
