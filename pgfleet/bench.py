@@ -244,11 +244,11 @@ def _batching_phase(conn, home, env, config, salt, result) -> None:
 
 def _int8_version(conn, conf):
     """Quantize the default version (as ``pgfleet train quantize`` does) and register it."""
+    from pgfleet.models.versions import embedding_version
     from workers.engines import ModelSpec
     from workers.engines.registry import resolve_artifact
     from workers.training.jobs import models_dir, register_version
     from workers.training.quantize import export_and_quantize
-    from workers.versions import embedding_version
 
     source = embedding_version(conn, "v1")
     directory = models_dir(conf) / "bench-int8"

@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 import schema as sql_files
-from workers.errors import PgfleetError, UnknownModelVersion
+from pgfleet.models import routing
+from pgfleet.models.versions import Version
+from workers.errors import PgfleetError
 
 if TYPE_CHECKING:
     from workers.text2sql.readonly import Reader
@@ -100,49 +102,12 @@ def choose(candidates: Sequence[str], check: Callable[[str], Any],
 
 
 # ------------------------------------------------------------------------- versions
-@dataclass(frozen=True)
-class Text2SqlVersion:
-    id: int
-    name: str
-    version: str
-    artifact: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}@{self.version}"
-
-
-def find_version(conn: psycopg.Connection, ref: str | int | None = None) -> Text2SqlVersion:
-    """The text2sql version ``ref`` names (id, ``v2`` or ``name@v2``), else the active one."""
-    if ref is None or ref == "":
-        row = conn.execute(sql_files.query("text2sql_active_version")).fetchone()
-        if row is None:
-            raise UnknownModelVersion("no active text2sql version: train one (pgfleet train "
-                                      "text2sql), activate it (pgfleet ab set text2sql "
-                                      "v1=100), or name one with --version")
-    else:
-        row = conn.execute(sql_files.query("text2sql_version"), {"ref": str(ref)}).fetchone()
-        if row is None:
-            raise UnknownModelVersion(f"no text2sql version {ref!r}")
-    return Text2SqlVersion(int(row[0]), row[1], row[2], row[3])
-
-
 def route(conn: psycopg.Connection, ref: str | int | None = None,
-          key: str | None = None) -> Text2SqlVersion:
-    """The version that answers: ``ref`` when given; else one of the serving versions of the
-    active text2sql model, chosen by traffic percent (:func:`pgfleet.models.splits.assign`): sticky
-    for a ``key`` (a user or session id), random without one."""
-    from pgfleet.models import splits
-
-    if ref is not None and ref != "":
-        return find_version(conn, ref)
-    active = find_version(conn, None)
-    serving = conn.execute(sql_files.query("text2sql_serving"), {"name": active.name}).fetchall()
-    if len(serving) <= 1:
-        return active
-    chosen = splits.assign(active.name, [(r[2], r[4]) for r in serving], key=key)
-    row = next(r for r in serving if r[2] == chosen)
-    return Text2SqlVersion(int(row[0]), row[1], row[2], row[3])
+          key: str | None = None) -> Version:
+    """The version that answers: ``ref`` when given (an empty one is none); else one of the
+    serving versions of the active text2sql model, by its split: sticky for a ``key`` (a
+    user or session id), random without one (:func:`pgfleet.models.routing.route`)."""
+    return routing.route(conn, "text2sql", None if ref == "" else ref, key)
 
 
 @functools.lru_cache(maxsize=2)
@@ -176,7 +141,7 @@ class Answer:
 
 
 def answer_for(question: str, choice: Choice, latency_ms: float,
-               version: Text2SqlVersion | None) -> Answer:
+               version: Version | None) -> Answer:
     return Answer(question, version.label if version else None,
                   version.id if version else None, choice.sql, choice.beam, choice.why,
                   choice.candidates, [asdict(r) for r in choice.rejected], round(latency_ms, 1))

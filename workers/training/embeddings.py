@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from pgfleet.models.versions import embedding_version
 from workers.engines.base import ModelSpec
 from workers.engines.registry import resolve_artifact
 from workers.errors import PgfleetError
@@ -39,7 +40,6 @@ from workers.settings import Settings
 from workers.training import pairs as pairs_mod
 from workers.training.jobs import register_version, run_artifact_dir, typed_options
 from workers.training.runs import Run, optimizer_step, save_loss_curve
-from workers.versions import embedding_version
 
 logger = logging.getLogger(__name__)
 

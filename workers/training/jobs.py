@@ -14,12 +14,12 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 import schema
+from pgfleet.models.versions import embedding_version
 from workers.corpus import stdlib_paragraphs
 from workers.engines.base import ModelSpec
 from workers.engines.registry import resolve_artifact
 from workers.errors import PgfleetError
 from workers.settings import Settings
-from workers.versions import embedding_version
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,86 @@
+"""Model versions, of either kind (embedding, text2sql): looking one up by what a person
+types (an id, ``v1`` or ``name@v1``, else the active one).
+
+One rule chooses among versions everywhere: the most traffic, and on a tie the oldest (the
+lowest id). The active version, the A/B control and the search fallback all follow it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+
+from workers import db
+from workers.engines.base import ModelSpec
+from workers.errors import UnknownModelVersion
+
+Kind = Literal["embedding", "text2sql"]
+
+#: what to do when no version of a kind is active
+_NO_ACTIVE = {
+    "embedding": "no active embedding version; activate one first",
+    "text2sql": "no active text2sql version: train one (pgfleet train text2sql), activate it "
+                "(pgfleet ab set text2sql v1=100), or name one with --version",
+}
+
+
+@dataclass(frozen=True)
+class Version:
+    """A row of ``model_versions``."""
+
+    id: int
+    name: str
+    version: str
+    kind: Kind
+    format: str
+    artifact: str
+    dimensions: int | None
+    max_seq_length: int | None
+    status: str
+    traffic_percent: int
+    active: bool
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Version:
+        return cls(int(row["id"]), row["name"], row["version"], row["kind"], row["format"],
+                   row["artifact"], row["dimensions"], row["max_seq_length"], row["status"],
+                   int(row["traffic_percent"]), bool(row["active"]))
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def spec(self) -> ModelSpec:
+        """What an embedding engine needs to load this version."""
+        return ModelSpec(self.id, self.name, self.version, self.format, self.artifact,
+                         self.dimensions, self.max_seq_length)
+
+
+def find(conn: psycopg.Connection, kind: Kind, ref: str | int | None = None) -> Version:
+    """The version of ``kind`` that ``ref`` names (an id, ``v2`` or ``name@v2``; the oldest
+    when a bare label names versions of several models), else (``None``) the active one."""
+    if ref is None:
+        row = db.fetch_one(conn, "active_version", {"kind": kind})
+        if row is None:
+            raise UnknownModelVersion(_NO_ACTIVE[kind])
+    else:
+        row = db.fetch_one(conn, "version_by_ref", {"kind": kind, "ref": str(ref)})
+        if row is None:
+            raise UnknownModelVersion(_unknown(conn, kind, ref))
+    return Version.from_row(row)
+
+
+def embedding_version(conn: psycopg.Connection, ref: str | None) -> ModelSpec:
+    """:func:`find` for an embedding version, as its engines take it."""
+    return find(conn, "embedding", ref).spec
+
+
+def _unknown(conn: psycopg.Connection, kind: Kind, ref: str | int) -> str:
+    if kind == "text2sql":
+        return f"no text2sql version {ref!r}"
+    known = ", ".join(f"{r['name']}@{r['version']} (id {r['id']})"
+                      for r in db.fetch_all(conn, "model_versions") if r["kind"] == kind)
+    return f"no {kind} version {ref!r}; known: {known or 'none'}"
