@@ -20,7 +20,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 import schema
-from pgfleet.models import routing
+from pgfleet.models import inference_logs, routing
 from workers import db
 from workers.batching import as_array
 from workers.engines import Engine, ModelSpec
@@ -130,11 +130,9 @@ def routed_search(conn: psycopg.Connection, engines, text: str, k: int, *,
     vector, cache_hit = _query_vector(conn, engine, chosen.spec, text)
     hits = _nearest(conn, chosen.spec, vector, k)
     latency_ms = (routed_s + time.perf_counter() - started) * 1000
-    key_hash = hashlib.sha256(key.encode()).hexdigest()[:16] if key is not None else None
-    log_id = conn.execute(
-        "INSERT INTO inference_logs (version_id, assigned_version_id, task, latency_ms, "
-        "batch_size, cache_hits, model_calls, request_key, results) "
-        "VALUES (%s, %s, 'search', %s, 1, %s, %s, %s, %s) RETURNING id",
-        (chosen.spec.version_id, chosen.assigned.version_id, latency_ms, int(cache_hit),
-         int(not cache_hit), key_hash, [h.doc_id for h in hits])).fetchone()[0]
+    log_id = inference_logs.write(conn, inference_logs.row(
+        "search", version_id=chosen.spec.version_id,
+        assigned_version_id=chosen.assigned.version_id, latency_ms=latency_ms,
+        cache_hits=int(cache_hit), model_calls=int(not cache_hit), key=key,
+        results=[h.doc_id for h in hits]))
     return Answer(text, chosen, hits, latency_ms, cache_hit, log_id)

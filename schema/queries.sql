@@ -638,13 +638,14 @@ RETURNING id;
 -- name: text2sql_version_names
 SELECT version FROM model_versions WHERE name = %(name)s;
 
--- name: text2sql_log_inference
--- For text2sql, results holds the chosen beam (0 = the best-scored one), NULL when no
--- candidate passed the guard (error then says why).
+-- name: log_inference
+-- One request's row, every column given (pgfleet.models.inference_logs.row). results holds
+-- a search's doc ids, or text2sql's chosen beam (0 = the best-scored one; NULL when no
+-- candidate passed the guard, and error says why).
 INSERT INTO inference_logs (version_id, assigned_version_id, task, latency_ms, batch_size,
-                            model_calls, worker, request_key, results, error)
-VALUES (%(version_id)s, %(version_id)s, 'text2sql', %(latency_ms)s, 1, 1, %(worker)s,
-        %(request_key)s, %(results)s, %(error)s)
+                            cache_hits, model_calls, worker, request_key, results, error)
+VALUES (%(version_id)s, %(assigned_version_id)s, %(task)s, %(latency_ms)s, %(batch_size)s,
+        %(cache_hits)s, %(model_calls)s, %(worker)s, %(request_key)s, %(results)s, %(error)s)
 RETURNING id;
 
 -- name: cache_prune_unused

@@ -13,7 +13,6 @@ live schema, the guard and the ``inference_logs`` row.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import socket
 import time
@@ -23,8 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-import schema as sql_files
-from pgfleet.models import routing
+from pgfleet.models import inference_logs, routing
 from pgfleet.models.versions import Version
 from workers.errors import PgfleetError
 
@@ -188,11 +186,11 @@ def generate_sql(conn: psycopg.Connection, question: str, *, reader: Reader,
 
 
 def log_request(conn: psycopg.Connection, answer: Answer, key: str | None = None) -> int:
-    row = conn.execute(sql_files.query("text2sql_log_inference"), {
-        "version_id": answer.version_id, "latency_ms": answer.latency_ms,
-        "worker": socket.gethostname(),
-        "request_key": hashlib.sha256((key if key is not None else answer.question)
-                                      .encode()).hexdigest()[:32],
-        "results": None if answer.beam is None else [answer.beam],
-        "error": None if answer.ok else NO_CANDIDATE}).fetchone()
-    return int(row[0])
+    """The answer's row in ``inference_logs``: the chosen beam, or why there is none; the
+    request is told apart by its key, else by its question."""
+    return inference_logs.write(conn, inference_logs.row(
+        "text2sql", version_id=answer.version_id, assigned_version_id=answer.version_id,
+        latency_ms=answer.latency_ms, worker=socket.gethostname(),
+        key=key if key is not None else answer.question,
+        results=None if answer.beam is None else [answer.beam],
+        error=None if answer.ok else NO_CANDIDATE))
