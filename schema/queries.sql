@@ -627,17 +627,6 @@ WHERE db_name IS NULL ORDER BY id;
 -- name: text2sql_other_examples
 SELECT count(*) FROM text2sql_examples WHERE db_name IS NOT NULL;
 
--- name: text2sql_register_version
--- A text2sql version has no dimensions; it is registered ready, inactive, without traffic.
-INSERT INTO model_versions (name, version, kind, format, artifact, dimensions,
-                            max_seq_length, status, active, traffic_percent, metrics, parent_id)
-VALUES (%(name)s, %(version)s, 'text2sql', 'torch', %(artifact)s, NULL,
-        %(max_seq_length)s, 'ready', false, 0, %(metrics)s, %(parent_id)s)
-RETURNING id;
-
--- name: text2sql_version_names
-SELECT version FROM model_versions WHERE name = %(name)s;
-
 -- name: log_inference
 -- One request's row, every column given (pgfleet.models.inference_logs.row). results holds
 -- a search's doc ids, or text2sql's chosen beam (0 = the best-scored one; NULL when no
@@ -852,10 +841,10 @@ ORDER BY l.virtualtransaction, a.xact_start;
 SELECT DISTINCT virtualtransaction FROM pg_locks
 WHERE virtualtransaction = ANY(%(vxids)s::text[]);
 
--- name: register_embedding_version
--- A trained embedding version: ready, inactive, without traffic (pgfleet ab set serves it).
+-- name: register_version
+-- A new version of either kind: ready, inactive, without traffic (pgfleet ab set serves it).
 INSERT INTO model_versions (name, version, kind, format, artifact, dimensions,
                             max_seq_length, status, active, traffic_percent, metrics, parent_id)
-VALUES (%(name)s, %(version)s, 'embedding', %(format)s, %(artifact)s, %(dimensions)s,
+VALUES (%(name)s, %(version)s, %(kind)s, %(format)s, %(artifact)s, %(dimensions)s,
         %(max_seq_length)s, 'ready', false, 0, %(metrics)s, %(parent_id)s)
 RETURNING id;
