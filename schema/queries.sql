@@ -396,6 +396,11 @@ SELECT (SELECT count(*) FROM docs) AS docs,
 SELECT EXISTS (SELECT 1 FROM pending_embeddings
                WHERE version_id = %(version_id)s AND priority = 1) AS backfilling;
 
+-- name: backfill_pending
+-- How many docs a version's backfill (priority 1) has left.
+SELECT count(*) AS pending FROM pending_embeddings
+WHERE version_id = %(version_id)s AND priority = 1;
+
 -- name: ab_splits
 -- Per model name, the versions that serve (traffic > 0) or shadow (0), and the last change
 -- of its split.

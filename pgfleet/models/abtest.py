@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 
 import schema
 from pgfleet.models import stats
-from workers import vector_index
+from workers import db, vector_index
 from workers.errors import PgfleetError, UnknownModelVersion
 
 
@@ -223,8 +223,7 @@ def _retire(conn: psycopg.Connection, name: str, version: str, wait_s: float) ->
 
 
 def backfill_pending(conn: psycopg.Connection, version_id: int) -> int:
-    return conn.execute("SELECT count(*) FROM pending_embeddings WHERE version_id = %s "
-                        "AND priority = 1", (version_id,)).fetchone()[0]
+    return db.fetch_one(conn, "backfill_pending", {"version_id": version_id})["pending"]
 
 
 def report(conn: psycopg.Connection, name: str, since: dt.timedelta) -> dict[str, Any]:
@@ -243,7 +242,6 @@ def report(conn: psycopg.Connection, name: str, since: dt.timedelta) -> dict[str
             "SELECT f.log_id, f.doc_id FROM search_feedback f WHERE f.log_id = ANY(%s) "
             "AND f.relevance > 0", ([r[0] for r in logs],)):
         chosen.setdefault(log_id, []).append(doc_id)
-    docs = conn.execute("SELECT count(*) FROM docs").fetchone()[0]
     entries, samples = [], {}
     for v in versions:
         rows = [r for r in logs if r[1] == v["id"]]
@@ -252,8 +250,7 @@ def report(conn: psycopg.Connection, name: str, since: dt.timedelta) -> dict[str
         latencies = [float(r[2]) for r in rows if r[4] is None]
         ranks = [stats.reciprocal_rank(r[5] or [], chosen[r[0]]) for r in rows if r[0] in chosen]
         samples[v["version"]] = (latencies, ranks)
-        embedded = conn.execute("SELECT count(*) FROM embeddings WHERE version_id = %s AND "
-                                "chunk = 0", (v["id"],)).fetchone()[0]
+        counts = db.fetch_one(conn, "version_coverage", {"version_id": v["id"]})
         entries.append({
             "version": v["version"], "active": v["active"], "traffic_percent": v["traffic_percent"],
             "shadow": v["active"] and v["traffic_percent"] == 0, "requests": len(rows),
@@ -265,7 +262,7 @@ def report(conn: psycopg.Connection, name: str, since: dt.timedelta) -> dict[str
             "feedback": len(ranks),
             "mrr": _round(sum(ranks) / len(ranks)) if ranks else None,
             "click_through": _round(len(ranks) / len(rows)) if rows else None,
-            "coverage": _round(embedded / docs) if docs else 1.0,
+            "coverage": _coverage(counts["embedded"], counts["docs"]),
             "backfill_pending": backfill_pending(conn, v["id"]),
         })
     comparisons = []
@@ -290,7 +287,8 @@ def report(conn: psycopg.Connection, name: str, since: dt.timedelta) -> dict[str
 
 
 def _control(entries: list[dict[str, Any]]) -> str | None:
-    """The version the others are compared with: the one serving the most traffic."""
+    """The version the others are compared with: the one serving the most traffic; on a tie
+    the oldest (the entries are in id order, and the sort keeps it)."""
     serving = sorted((e for e in entries if e["traffic_percent"] > 0),
                      key=lambda e: -e["traffic_percent"])
     return serving[0]["version"] if serving else None
@@ -343,6 +341,12 @@ def _text2sql_report(conn: psycopg.Connection, name: str, versions: list[dict],
 
 def _round(value: float) -> float:
     return round(float(value), 4)
+
+
+def _coverage(embedded: int, docs: int) -> float:
+    """As the report shows it: with no docs there is nothing to miss (1.0)."""
+    ratio = stats.coverage(embedded, docs)
+    return 1.0 if ratio is None else _round(ratio)
 
 
 def _interval(interval: stats.Interval | None) -> dict[str, float] | None:

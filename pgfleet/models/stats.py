@@ -1,14 +1,20 @@
-"""The statistics of the A/B report. Pure: no database here.
+"""The statistics of the A/B report and of the fleet's status. Pure: no database here.
 
-Latency percentiles and quality (reciprocal rank) per version, bootstrap confidence
-intervals for the difference between a candidate and the control, with a verdict in plain
-language.
+Coverage, latency percentiles and quality (reciprocal rank) per version, bootstrap
+confidence intervals for the difference between a candidate and the control, with a
+verdict in plain language.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+
+def coverage(embedded: int, docs: int) -> float | None:
+    """The share of docs with a vector of a version, at most 1 (a vector counted while its
+    doc was being deleted); None when there are no docs. Rounding is the reader's."""
+    return min(embedded, docs) / docs if docs > 0 else None
 
 
 def percentile(values: Sequence[float], q: float) -> float:
