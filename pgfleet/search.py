@@ -20,7 +20,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 import schema
-from pgfleet.models import inference_logs, routing
+from pgfleet.models import inference_logs, routing, splits
 from workers import db
 from workers.batching import as_array
 from workers.engines import Engine, ModelSpec
@@ -80,8 +80,8 @@ def route(conn: psycopg.Connection, version_ref: str | None, key: str | None,
     assigned = routing.route(conn, "embedding", version_ref, key, name)
     if version_ref is not None or not _backfilling(conn, assigned.id):
         return Route(assigned.spec, assigned.spec)
-    complete = routing.most_traffic([v for v in routing.serving(conn, "embedding", assigned.name)
-                                     if not _backfilling(conn, v.id)])
+    complete = splits.leader([v for v in routing.serving(conn, "embedding", assigned.name)
+                              if not _backfilling(conn, v.id)], lambda v: v.traffic_percent)
     if complete is not None:
         return Route(complete.spec, assigned.spec, fallback_from=assigned.label)
     return Route(assigned.spec, assigned.spec, incomplete=True)

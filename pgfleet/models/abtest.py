@@ -17,7 +17,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 import schema
-from pgfleet.models import stats
+from pgfleet.models import splits, stats
 from workers import db, vector_index
 from workers.errors import PgfleetError, UnknownModelVersion
 
@@ -287,11 +287,11 @@ def report(conn: psycopg.Connection, name: str, since: dt.timedelta) -> dict[str
 
 
 def _control(entries: list[dict[str, Any]]) -> str | None:
-    """The version the others are compared with: the one serving the most traffic; on a tie
-    the oldest (the entries are in id order, and the sort keeps it)."""
-    serving = sorted((e for e in entries if e["traffic_percent"] > 0),
-                     key=lambda e: -e["traffic_percent"])
-    return serving[0]["version"] if serving else None
+    """The version the others are compared with: the one serving the most traffic, the
+    oldest on a tie (the entries are in id order)."""
+    control = splits.leader([e for e in entries if e["traffic_percent"] > 0],
+                            lambda e: e["traffic_percent"])
+    return control["version"] if control else None
 
 
 def _text2sql_report(conn: psycopg.Connection, name: str, versions: list[dict],

@@ -32,8 +32,3 @@ def route(conn: psycopg.Connection, kind: Kind, ref: str | int | None = None,
         raise UnknownModelVersion(f"no version of {name} serves traffic")
     chosen = splits.assign(name, [(v.version, v.traffic_percent) for v in candidates], key=key)
     return next(v for v in candidates if v.version == chosen)
-
-
-def most_traffic(candidates: list[Version]) -> Version | None:
-    """The version with the most traffic; on a tie the oldest."""
-    return min(candidates, key=lambda v: (-v.traffic_percent, v.id), default=None)

@@ -1,4 +1,5 @@
-"""A/B splits: parsing one as typed, and assigning a request to a version by it. Pure.
+"""A/B splits: parsing one as typed, assigning a request to a version by it, and the
+version that leads it (the most traffic, the oldest on a tie). Pure.
 
 A version is chosen by traffic percent over 10,000 buckets. With a key (a user or session
 id) the bucket is a hash of the model name and the key, so the same key always gets the
@@ -9,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 BUCKETS = 10_000
+
+T = TypeVar("T")
 
 
 def parse_split(items: Sequence[str]) -> dict[str, int]:
@@ -58,3 +62,9 @@ def assign(name: str, split: Sequence[tuple[str, int]], key: str | None = None,
         if point < edge:
             return version
     return serving[-1][0]
+
+
+def leader(candidates: Sequence[T], traffic: Callable[[T], int]) -> T | None:
+    """The candidate with the most traffic; on a tie the first, so the oldest for candidates
+    in id order (the rule every choice among versions follows, in SQL too)."""
+    return max(candidates, key=traffic, default=None)  # max keeps the first of equals

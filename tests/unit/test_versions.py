@@ -3,7 +3,7 @@ inference log's row."""
 
 import hashlib
 
-from pgfleet.models import inference_logs, routing, stats, versions
+from pgfleet.models import inference_logs, splits, stats, versions
 
 
 def _version(id_: int, traffic: int) -> versions.Version:
@@ -12,9 +12,12 @@ def _version(id_: int, traffic: int) -> versions.Version:
 
 
 def test_the_most_traffic_wins_and_the_oldest_wins_a_tie():
-    assert routing.most_traffic([_version(3, 50), _version(2, 50), _version(1, 0)]).id == 2
-    assert routing.most_traffic([_version(1, 20), _version(2, 80)]).id == 2
-    assert routing.most_traffic([]) is None
+    def traffic(v):
+        return v.traffic_percent
+
+    assert splits.leader([_version(1, 0), _version(2, 50), _version(3, 50)], traffic).id == 2
+    assert splits.leader([_version(1, 20), _version(2, 80)], traffic).id == 2
+    assert splits.leader([], traffic) is None
 
 
 def test_an_embedding_version_gives_its_engine_spec():
