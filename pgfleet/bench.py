@@ -32,8 +32,9 @@ from psycopg.types.json import Jsonb
 
 from pgfleet import corpus
 from pgfleet.fleet import prepare_database, servers
+from pgfleet.models import stats
 from pgfleet.supervisor import Supervisor, fleet_children
-from workers import ab, db
+from workers import db
 from workers.settings import Settings
 
 #: the bare model is measured at each of these batch sizes; the best is the reference
@@ -222,9 +223,9 @@ def _torch_phase(conn, home, env, conf, config, salt, texts, result) -> None:
     # inside the worker, from inference_logs (fetch to write, per doc)
     result["cache_worker_ms_per_doc"] = {"hit": round(hit_cost, 3), "model": round(model_cost, 3)}
     result.update(idle_samples=len(latencies),
-                  idle_p50_ms=round(ab.percentile(latencies, 50), 1),
-                  idle_p95_ms=round(ab.percentile(latencies, 95), 1),
-                  idle_p99_ms=round(ab.percentile(latencies, 99), 1))
+                  idle_p50_ms=round(stats.percentile(latencies, 50), 1),
+                  idle_p95_ms=round(stats.percentile(latencies, 95), 1),
+                  idle_p99_ms=round(stats.percentile(latencies, 99), 1))
 
 
 def _batching_phase(conn, home, env, config, salt, result) -> None:
@@ -243,11 +244,11 @@ def _batching_phase(conn, home, env, config, salt, result) -> None:
 
 def _int8_version(conn, conf):
     """Quantize the default version (as ``pgfleet train quantize`` does) and register it."""
+    from pgfleet.models.versions import embedding_version
     from workers.engines import ModelSpec
     from workers.engines.registry import resolve_artifact
     from workers.training.jobs import models_dir, register_version
     from workers.training.quantize import export_and_quantize
-    from workers.versions import embedding_version
 
     source = embedding_version(conn, "v1")
     directory = models_dir(conf) / "bench-int8"
@@ -260,7 +261,7 @@ def _int8_version(conn, conf):
 
 
 def _int8_phase(conn, home, env, conf, config, salt, texts, result) -> None:
-    from pgfleet import abtest
+    from pgfleet.models import abtest
     from workers.engines import load_for
 
     source, spec = _int8_version(conn, conf)
@@ -318,7 +319,7 @@ def _scale_phase(conn, home, env, conf, config, salt, result) -> None:
     """A backlog of ``config.scale`` docs inserted up front (in chunks of 10,000, each its
     own transaction), then drained by the fleet while the embedded count and the resident
     memory of every process are sampled every ``sample_s`` seconds."""
-    from pgfleet import abtest
+    from pgfleet.models import abtest
 
     base = (corpus.stdlib_paragraphs(5000) if config.texts == "paragraphs"
             else corpus.short_rows(5000))

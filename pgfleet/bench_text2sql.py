@@ -31,8 +31,9 @@ REFERENCES = ("gold", "select1")
 def model_predictor(database_url: str, reader_url: str | None, version: str | None, beams: int,
                     stack: contextlib.ExitStack):
     """``predict(question, db_name, schema_text)`` with a text2sql version, and its label."""
+    from pgfleet.models import versions
     from workers import db
-    from workers.text2sql.generate import cached_model, choose, find_version
+    from workers.text2sql.generate import cached_model, choose
     from workers.text2sql.guard import check_sql
     from workers.text2sql.inputs import prepare
     from workers.text2sql.model import generate
@@ -40,7 +41,7 @@ def model_predictor(database_url: str, reader_url: str | None, version: str | No
     from workers.text2sql.values import unmask_sql
 
     with db.connect(database_url, autocommit=True) as conn:
-        spec = find_version(conn, version)
+        spec = versions.find(conn, "text2sql", version or None)
     model = cached_model(spec.artifact)
     connect = defog.url_factory(database_url)
     open_reader = defog.reader_factory(reader_url)

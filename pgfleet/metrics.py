@@ -38,6 +38,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from pgfleet.models.stats import coverage as share_embedded
 from workers import cache, db
 from workers.errors import PgfleetError
 from workers.settings import Settings
@@ -117,8 +118,9 @@ def latency_buckets(counts: Counter[int], bounds: tuple[float, ...] = LATENCY_BU
 
 
 def coverage(embedded: int, docs: int) -> float:
-    """Share of docs with a vector (1.0 when there are no docs)."""
-    return min(1.0, embedded / docs) if docs > 0 else 1.0
+    """Share of docs with a vector (1.0 when there are no docs: a gauge is never null)."""
+    ratio = share_embedded(embedded, docs)
+    return 1.0 if ratio is None else ratio
 
 
 class FleetCollector(Collector):

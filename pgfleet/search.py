@@ -20,10 +20,10 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 import schema
-from workers import ab, db
+from pgfleet.models import inference_logs, routing, splits
+from workers import db
 from workers.batching import as_array
 from workers.engines import Engine, ModelSpec
-from workers.versions import embedding_version
 
 
 @dataclass
@@ -74,28 +74,21 @@ def search_sql(dims: int) -> sql.Composed:
 
 def route(conn: psycopg.Connection, version_ref: str | None, key: str | None,
           name: str | None = None) -> Route:
-    if version_ref is not None:
-        spec = embedding_version(conn, version_ref)
-        return Route(spec, spec)
-    if name is None:
-        name = embedding_version(conn, None).name
-    rows = db.fetch_all(conn, "model_versions")
-    serving = [r for r in rows if r["name"] == name and r["active"] and r["traffic_percent"] > 0
-               and r["kind"] == "embedding"]
-    version = ab.assign(name, [(r["version"], r["traffic_percent"]) for r in serving], key=key)
-    assigned = ModelSpec.from_row(next(r for r in serving if r["version"] == version))
-    if not _backfilling(conn, assigned.version_id):
-        return Route(assigned, assigned)
-    complete = [r for r in sorted(serving, key=lambda r: -r["traffic_percent"])
-                if not _backfilling(conn, r["id"])]
-    if complete:
-        return Route(ModelSpec.from_row(complete[0]), assigned, fallback_from=assigned.label)
-    return Route(assigned, assigned, incomplete=True)
+    """The version named, else the one the split assigns (:func:`pgfleet.models.routing.route`);
+    one still being backfilled hands over to the complete serving version with the most
+    traffic."""
+    assigned = routing.route(conn, "embedding", version_ref, key, name)
+    if version_ref is not None or not _backfilling(conn, assigned.id):
+        return Route(assigned.spec, assigned.spec)
+    complete = splits.leader([v for v in routing.serving(conn, "embedding", assigned.name)
+                              if not _backfilling(conn, v.id)], lambda v: v.traffic_percent)
+    if complete is not None:
+        return Route(complete.spec, assigned.spec, fallback_from=assigned.label)
+    return Route(assigned.spec, assigned.spec, incomplete=True)
 
 
 def _backfilling(conn: psycopg.Connection, version_id: int) -> bool:
-    return conn.execute("SELECT EXISTS (SELECT 1 FROM pending_embeddings WHERE version_id = %s "
-                        "AND priority = 1)", (version_id,)).fetchone()[0]
+    return db.fetch_one(conn, "backfilling", {"version_id": version_id})["backfilling"]
 
 
 def _query_vector(conn: psycopg.Connection, engine: Engine, spec: ModelSpec, text: str):
@@ -137,11 +130,9 @@ def routed_search(conn: psycopg.Connection, engines, text: str, k: int, *,
     vector, cache_hit = _query_vector(conn, engine, chosen.spec, text)
     hits = _nearest(conn, chosen.spec, vector, k)
     latency_ms = (routed_s + time.perf_counter() - started) * 1000
-    key_hash = hashlib.sha256(key.encode()).hexdigest()[:16] if key is not None else None
-    log_id = conn.execute(
-        "INSERT INTO inference_logs (version_id, assigned_version_id, task, latency_ms, "
-        "batch_size, cache_hits, model_calls, request_key, results) "
-        "VALUES (%s, %s, 'search', %s, 1, %s, %s, %s, %s) RETURNING id",
-        (chosen.spec.version_id, chosen.assigned.version_id, latency_ms, int(cache_hit),
-         int(not cache_hit), key_hash, [h.doc_id for h in hits])).fetchone()[0]
+    log_id = inference_logs.write(conn, inference_logs.row(
+        "search", version_id=chosen.spec.version_id,
+        assigned_version_id=chosen.assigned.version_id, latency_ms=latency_ms,
+        cache_hits=int(cache_hit), model_calls=int(not cache_hit), key=key,
+        results=[h.doc_id for h in hits]))
     return Answer(text, chosen, hits, latency_ms, cache_hit, log_id)

@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 
+from pgfleet.models import stats
 from producers import broker
 from workers import db
 from workers.queues import ALL_QUEUES
@@ -40,8 +41,9 @@ def version_rows(conn: psycopg.Connection) -> list[dict[str, Any]]:
 
 
 def coverage(embedded: int, docs: int) -> float | None:
-    """The share of docs with a vector (None when there are no docs)."""
-    return round(min(embedded, docs) / docs, 4) if docs else None
+    """The share of docs with a vector, to 4 places (None when there are no docs)."""
+    ratio = stats.coverage(embedded, docs)
+    return round(ratio, 4) if ratio is not None else None
 
 
 def recent_failures(conn: psycopg.Connection, limit: int = 10) -> list[dict[str, Any]]:

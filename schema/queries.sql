@@ -109,6 +109,36 @@ SELECT id, name, version, kind, format, artifact, dimensions, max_seq_length, st
 FROM model_versions
 WHERE id = %(version_id)s;
 
+-- name: version_by_ref
+-- A version of one kind by what a person types: its id, its label (of any model name) or
+-- name@label; the oldest when a bare label names versions of several models.
+SELECT id, name, version, kind, format, artifact, dimensions, max_seq_length, status,
+       traffic_percent, active
+FROM model_versions
+WHERE kind = %(kind)s
+  AND (id::text = %(ref)s OR version = %(ref)s OR name || '@' || version = %(ref)s)
+ORDER BY id
+LIMIT 1;
+
+-- name: active_version
+-- The active version of one kind with the most traffic; the oldest on a tie, the rule of
+-- every choice among versions (ab_splits, the A/B control, the search fallback).
+SELECT id, name, version, kind, format, artifact, dimensions, max_seq_length, status,
+       traffic_percent, active
+FROM model_versions
+WHERE kind = %(kind)s AND active AND status = 'ready'
+ORDER BY traffic_percent DESC, id
+LIMIT 1;
+
+-- name: serving_versions
+-- The versions of one model that serve traffic, in a stable order (the A/B split's).
+SELECT id, name, version, kind, format, artifact, dimensions, max_seq_length, status,
+       traffic_percent, active
+FROM model_versions
+WHERE kind = %(kind)s AND name = %(name)s AND active AND status = 'ready'
+  AND traffic_percent > 0
+ORDER BY id;
+
 -- name: fetch_batch
 -- One round trip: marks the docs still pending for this version as started by this pool
 -- process, and returns their current content hash, the text the model is given (from the
@@ -355,6 +385,22 @@ FROM model_versions v
 WHERE v.kind = 'embedding'
 ORDER BY v.id;
 
+-- name: version_coverage
+-- The docs, and those with a vector of one version (chunk 0: a doc's first).
+SELECT (SELECT count(*) FROM docs) AS docs,
+       (SELECT count(*) FROM embeddings e
+        WHERE e.version_id = %(version_id)s AND e.chunk = 0) AS embedded;
+
+-- name: backfilling
+-- Whether a version still has docs queued by its backfill (priority 1).
+SELECT EXISTS (SELECT 1 FROM pending_embeddings
+               WHERE version_id = %(version_id)s AND priority = 1) AS backfilling;
+
+-- name: backfill_pending
+-- How many docs a version's backfill (priority 1) has left.
+SELECT count(*) AS pending FROM pending_embeddings
+WHERE version_id = %(version_id)s AND priority = 1;
+
 -- name: ab_splits
 -- Per model name, the versions that serve (traffic > 0) or shadow (0), and the last change
 -- of its split.
@@ -586,44 +632,14 @@ WHERE db_name IS NULL ORDER BY id;
 -- name: text2sql_other_examples
 SELECT count(*) FROM text2sql_examples WHERE db_name IS NOT NULL;
 
--- name: text2sql_register_version
--- A text2sql version has no dimensions; it is registered ready, inactive, without traffic.
-INSERT INTO model_versions (name, version, kind, format, artifact, dimensions,
-                            max_seq_length, status, active, traffic_percent, metrics, parent_id)
-VALUES (%(name)s, %(version)s, 'text2sql', 'torch', %(artifact)s, NULL,
-        %(max_seq_length)s, 'ready', false, 0, %(metrics)s, %(parent_id)s)
-RETURNING id;
-
--- name: text2sql_version_names
-SELECT version FROM model_versions WHERE name = %(name)s;
-
--- name: text2sql_version
--- A text2sql version by id, by version label (any name) or by name@version.
-SELECT id, name, version, artifact, format, status, active FROM model_versions
-WHERE kind = 'text2sql'
-  AND (id::text = %(ref)s OR version = %(ref)s OR name || '@' || version = %(ref)s)
-ORDER BY id DESC LIMIT 1;
-
--- name: text2sql_serving
--- The versions of a text2sql model that serve traffic, in a stable order (for the A/B split).
-SELECT id, name, version, artifact, traffic_percent FROM model_versions
-WHERE kind = 'text2sql' AND name = %(name)s AND active AND status = 'ready'
-  AND traffic_percent > 0
-ORDER BY id;
-
--- name: text2sql_active_version
--- The active text2sql version with the most traffic (newest first on a tie).
-SELECT id, name, version, artifact, format, status, active FROM model_versions
-WHERE kind = 'text2sql' AND active AND status = 'ready'
-ORDER BY traffic_percent DESC, id DESC LIMIT 1;
-
--- name: text2sql_log_inference
--- For text2sql, results holds the chosen beam (0 = the best-scored one), NULL when no
--- candidate passed the guard (error then says why).
+-- name: log_inference
+-- One request's row, every column given (pgfleet.models.inference_logs.row). results holds
+-- a search's doc ids, or text2sql's chosen beam (0 = the best-scored one; NULL when no
+-- candidate passed the guard, and error says why).
 INSERT INTO inference_logs (version_id, assigned_version_id, task, latency_ms, batch_size,
-                            model_calls, worker, request_key, results, error)
-VALUES (%(version_id)s, %(version_id)s, 'text2sql', %(latency_ms)s, 1, 1, %(worker)s,
-        %(request_key)s, %(results)s, %(error)s)
+                            cache_hits, model_calls, worker, request_key, results, error)
+VALUES (%(version_id)s, %(assigned_version_id)s, %(task)s, %(latency_ms)s, %(batch_size)s,
+        %(cache_hits)s, %(model_calls)s, %(worker)s, %(request_key)s, %(results)s, %(error)s)
 RETURNING id;
 
 -- name: cache_prune_unused
@@ -830,10 +846,10 @@ ORDER BY l.virtualtransaction, a.xact_start;
 SELECT DISTINCT virtualtransaction FROM pg_locks
 WHERE virtualtransaction = ANY(%(vxids)s::text[]);
 
--- name: register_embedding_version
--- A trained embedding version: ready, inactive, without traffic (pgfleet ab set serves it).
+-- name: register_version
+-- A new version of either kind: ready, inactive, without traffic (pgfleet ab set serves it).
 INSERT INTO model_versions (name, version, kind, format, artifact, dimensions,
                             max_seq_length, status, active, traffic_percent, metrics, parent_id)
-VALUES (%(name)s, %(version)s, 'embedding', %(format)s, %(artifact)s, %(dimensions)s,
+VALUES (%(name)s, %(version)s, %(kind)s, %(format)s, %(artifact)s, %(dimensions)s,
         %(max_seq_length)s, 'ready', false, 0, %(metrics)s, %(parent_id)s)
 RETURNING id;

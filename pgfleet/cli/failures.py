@@ -19,8 +19,8 @@ from pgfleet.cli.output import out
 def failures(retry: bool, version_ref: str | None, limit: int, as_json: bool) -> None:
     """Docs that could not be embedded, with why; --retry queues them again."""
     from pgfleet import context
+    from pgfleet.models.versions import embedding_version
     from workers import db as wdb
-    from workers.versions import embedding_version
 
     with context.connection() as conn:
         if retry:

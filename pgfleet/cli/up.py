@@ -40,6 +40,8 @@ def _demo(conf, extra_docs: int):
 
     def on_ready(_supervisor):
         from pgfleet import context, corpus, loader
+        from pgfleet.models import versions
+        from workers import db
 
         docs = [(d["content"], d.get("metadata", {})) for d in corpus.sample_docs()]
         docs += [(p, {"source": "python docstrings"})
@@ -69,10 +71,9 @@ def _demo(conf, extra_docs: int):
             last[0] = time.monotonic()
             try:
                 with context.connection(conf) as conn:
-                    embedded = conn.execute(
-                        "SELECT count(*) FROM embeddings WHERE chunk = 0 AND version_id = "
-                        "(SELECT id FROM model_versions WHERE active ORDER BY traffic_percent "
-                        "DESC, id LIMIT 1)").fetchone()[0]
+                    active = versions.find(conn, "embedding")
+                    embedded = db.fetch_one(conn, "version_coverage",
+                                            {"version_id": active.id})["embedded"]
             except PgfleetError:
                 return
             progress.update(task, completed=max(0, min(len(docs), embedded - total["baseline"])))

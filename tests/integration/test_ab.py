@@ -10,7 +10,7 @@ import time
 import psycopg
 import pytest
 
-from pgfleet import abtest
+from pgfleet.models import abtest
 from tests.conftest import run_cli, wait_until
 from workers.engines.registry import resolve_artifact
 

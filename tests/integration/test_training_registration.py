@@ -36,9 +36,9 @@ def _at_once(target, count: int = RUNS) -> tuple[dict, dict]:
 
 def test_embedding_runs_registering_at_once_get_their_own_labels_and_files(scratch_url,
                                                                            scratch, tmp_path):
+    from pgfleet.models.versions import embedding_version
     from workers.settings import Settings
     from workers.training.jobs import register_version, run_artifact_dir
-    from workers.versions import embedding_version
 
     source = embedding_version(scratch, "v1")
     settings = Settings(home=tmp_path)

@@ -2,12 +2,10 @@ import random
 
 import pytest
 
-from workers.ab import (
-    assign,
+from pgfleet.models.splits import assign, bucket, parse_split
+from pgfleet.models.stats import (
     bootstrap_difference,
     bootstrap_ratio_of_means,
-    bucket,
-    parse_split,
     percentile,
     reciprocal_rank,
     verdict,

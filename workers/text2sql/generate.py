@@ -13,7 +13,6 @@ live schema, the guard and the ``inference_logs`` row.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import socket
 import time
@@ -23,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-import schema as sql_files
-from workers.errors import PgfleetError, UnknownModelVersion
+from pgfleet.models import inference_logs, routing
+from pgfleet.models.versions import Version
+from workers.errors import PgfleetError
 
 if TYPE_CHECKING:
     from workers.text2sql.readonly import Reader
@@ -100,49 +100,12 @@ def choose(candidates: Sequence[str], check: Callable[[str], Any],
 
 
 # ------------------------------------------------------------------------- versions
-@dataclass(frozen=True)
-class Text2SqlVersion:
-    id: int
-    name: str
-    version: str
-    artifact: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}@{self.version}"
-
-
-def find_version(conn: psycopg.Connection, ref: str | int | None = None) -> Text2SqlVersion:
-    """The text2sql version ``ref`` names (id, ``v2`` or ``name@v2``), else the active one."""
-    if ref is None or ref == "":
-        row = conn.execute(sql_files.query("text2sql_active_version")).fetchone()
-        if row is None:
-            raise UnknownModelVersion("no active text2sql version: train one (pgfleet train "
-                                      "text2sql), activate it (pgfleet ab set text2sql "
-                                      "v1=100), or name one with --version")
-    else:
-        row = conn.execute(sql_files.query("text2sql_version"), {"ref": str(ref)}).fetchone()
-        if row is None:
-            raise UnknownModelVersion(f"no text2sql version {ref!r}")
-    return Text2SqlVersion(int(row[0]), row[1], row[2], row[3])
-
-
 def route(conn: psycopg.Connection, ref: str | int | None = None,
-          key: str | None = None) -> Text2SqlVersion:
-    """The version that answers: ``ref`` when given; else one of the serving versions of the
-    active text2sql model, chosen by traffic percent (:func:`workers.ab.assign`): sticky
-    for a ``key`` (a user or session id), random without one."""
-    from workers import ab
-
-    if ref is not None and ref != "":
-        return find_version(conn, ref)
-    active = find_version(conn, None)
-    serving = conn.execute(sql_files.query("text2sql_serving"), {"name": active.name}).fetchall()
-    if len(serving) <= 1:
-        return active
-    chosen = ab.assign(active.name, [(r[2], r[4]) for r in serving], key=key)
-    row = next(r for r in serving if r[2] == chosen)
-    return Text2SqlVersion(int(row[0]), row[1], row[2], row[3])
+          key: str | None = None) -> Version:
+    """The version that answers: ``ref`` when given (an empty one is none); else one of the
+    serving versions of the active text2sql model, by its split: sticky for a ``key`` (a
+    user or session id), random without one (:func:`pgfleet.models.routing.route`)."""
+    return routing.route(conn, "text2sql", None if ref == "" else ref, key)
 
 
 @functools.lru_cache(maxsize=2)
@@ -176,7 +139,7 @@ class Answer:
 
 
 def answer_for(question: str, choice: Choice, latency_ms: float,
-               version: Text2SqlVersion | None) -> Answer:
+               version: Version | None) -> Answer:
     return Answer(question, version.label if version else None,
                   version.id if version else None, choice.sql, choice.beam, choice.why,
                   choice.candidates, [asdict(r) for r in choice.rejected], round(latency_ms, 1))
@@ -223,11 +186,11 @@ def generate_sql(conn: psycopg.Connection, question: str, *, reader: Reader,
 
 
 def log_request(conn: psycopg.Connection, answer: Answer, key: str | None = None) -> int:
-    row = conn.execute(sql_files.query("text2sql_log_inference"), {
-        "version_id": answer.version_id, "latency_ms": answer.latency_ms,
-        "worker": socket.gethostname(),
-        "request_key": hashlib.sha256((key if key is not None else answer.question)
-                                      .encode()).hexdigest()[:32],
-        "results": None if answer.beam is None else [answer.beam],
-        "error": None if answer.ok else NO_CANDIDATE}).fetchone()
-    return int(row[0])
+    """The answer's row in ``inference_logs``: the chosen beam, or why there is none; the
+    request is told apart by its key, else by its question."""
+    return inference_logs.write(conn, inference_logs.row(
+        "text2sql", version_id=answer.version_id, assigned_version_id=answer.version_id,
+        latency_ms=answer.latency_ms, worker=socket.gethostname(),
+        key=key if key is not None else answer.question,
+        results=None if answer.beam is None else [answer.beam],
+        error=None if answer.ok else NO_CANDIDATE))

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from pgfleet.models.versions import embedding_version
 from workers.engines.base import ModelSpec
 from workers.engines.registry import resolve_artifact
 from workers.errors import PgfleetError
@@ -41,7 +42,6 @@ from workers.training.jobs import register_version, run_artifact_dir
 from workers.training.options import Option, check_options
 from workers.training.runs import Run, optimizer_step, save_loss_curve
 from workers.training.specs import DISTILL_EMBEDDINGS, TRAIN_EMBEDDINGS
-from workers.versions import embedding_version
 
 logger = logging.getLogger(__name__)
 

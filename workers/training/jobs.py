@@ -6,20 +6,18 @@ import datetime as dt
 import logging
 import platform
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
-import schema
+from pgfleet.models import versions
+from pgfleet.models.versions import embedding_version, register_under_lock
 from workers.corpus import stdlib_paragraphs
 from workers.engines.base import ModelSpec
 from workers.engines.registry import resolve_artifact
 from workers.errors import PgfleetError
 from workers.settings import Settings
-from workers.versions import embedding_version
 
 logger = logging.getLogger(__name__)
 
@@ -52,38 +50,6 @@ def run_artifact_dir(settings: Settings, name: str, run_id: int) -> Path:
     return directory
 
 
-def next_version(conn: psycopg.Connection, name: str, base: str) -> str:
-    """``base``, or ``base-2``, ``base-3``... the first label ``name`` does not have yet."""
-    taken = {r[0] for r in conn.execute(schema.query("version_labels"), {"name": name})}
-    candidate, n = base, 1
-    while candidate in taken:
-        n += 1
-        candidate = f"{base}-{n}"
-    return candidate
-
-
-#: a registration that still meets a taken label (one inserted without the lock) tries again
-REGISTER_ATTEMPTS = 5
-
-
-def register_under_lock(conn: psycopg.Connection, name: str, choose: Callable[[], str],
-                        insert: Callable[[str], int]) -> tuple[str, int]:
-    """Choose a free version label of ``name`` and insert the version with it, in one
-    transaction holding the name's advisory lock: two runs registering at once get two
-    labels. Returns the label and the new version's id."""
-    for attempt in range(REGISTER_ATTEMPTS):
-        try:
-            with conn.transaction():
-                conn.execute(schema.query("lock_model_name"), {"name": name})
-                version = choose()
-                return version, insert(version)
-        except psycopg.errors.UniqueViolation:
-            if attempt == REGISTER_ATTEMPTS - 1:
-                raise
-            logger.info("%s@%s was registered meanwhile; taking the next label", name, version)
-    raise AssertionError("unreachable")
-
-
 def register_version(conn: psycopg.Connection, source: ModelSpec, *, fmt: str, artifact: str,
                      metrics: dict[str, Any], base: str | None = None,
                      version: str | None = None) -> dict[str, Any]:
@@ -94,14 +60,15 @@ def register_version(conn: psycopg.Connection, source: ModelSpec, *, fmt: str, a
         raise ValueError("give the version label or the base to choose it from")
 
     def insert(label: str) -> int:
-        return conn.execute(schema.query("register_embedding_version"), {
-            "name": source.name, "version": label, "format": fmt, "artifact": artifact,
-            "dimensions": source.dimensions, "max_seq_length": source.max_seq_length,
-            "metrics": Jsonb(metrics), "parent_id": source.version_id}).fetchone()[0]
+        return versions.insert(
+            conn, kind="embedding", name=source.name, version=label, fmt=fmt,
+            artifact=artifact, dimensions=source.dimensions,
+            max_seq_length=source.max_seq_length, metrics=metrics, parent_id=source.version_id)
 
     label, version_id = register_under_lock(
         conn, source.name, (lambda: version) if version is not None
-        else (lambda: next_version(conn, source.name, base)), insert)
+        else (lambda: versions.label_from_base(versions.taken_labels(conn, source.name), base)),
+        insert)
     return {"version_id": version_id, "name": source.name, "version": label, "format": fmt,
             "artifact": artifact, "parent": source.label, "metrics": metrics}
 

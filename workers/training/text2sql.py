@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 import schema as sql_files
+from pgfleet.models import versions
 from workers.errors import PgfleetError
 from workers.settings import Settings, resolve_urls
 from workers.text2sql.readonly import Reader
@@ -321,21 +321,15 @@ def run_step(run: Run) -> int:
 
 # ----------------------------------------------------------------------------- the job
 def _version_label(conn: psycopg.Connection, name: str) -> str:
-    taken = {r[0] for r in conn.execute(sql_files.query("text2sql_version_names"),
-                                        {"name": name})}
-    n = len(taken) + 1
-    while f"v{n}" in taken:
-        n += 1
-    return f"v{n}"
+    """A text2sql version is labelled ``v1``, ``v2``... in the order its model gets them."""
+    return versions.numbered_label(versions.taken_labels(conn, name))
 
 
 def register(conn: psycopg.Connection, *, name: str, version: str, artifact: str,
              max_seq_length: int, metrics: dict[str, Any], parent_id: int | None = None) -> int:
-    row = conn.execute(sql_files.query("text2sql_register_version"),
-                       {"name": name, "version": version, "artifact": artifact,
-                        "max_seq_length": max_seq_length, "metrics": Jsonb(metrics),
-                        "parent_id": parent_id}).fetchone()
-    return int(row[0])
+    return versions.insert(conn, kind="text2sql", name=name, version=version, fmt="torch",
+                           artifact=artifact, dimensions=None, max_seq_length=max_seq_length,
+                           metrics=metrics, parent_id=parent_id)
 
 
 def _scratch_config(options: dict[str, Any]) -> dict[str, Any]:

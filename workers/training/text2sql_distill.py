@@ -74,12 +74,12 @@ def distill_text2sql(conn: psycopg.Connection, settings: Settings, run: Run,
     (:meth:`~workers.training.specs.JobSpec.execute` runs it)."""
     import torch
 
+    from pgfleet.models import versions
     from workers.text2sql import model as t2s_model
-    from workers.text2sql.generate import find_version
 
     torch.set_num_threads(max(1, settings.torch_threads or torch.get_num_threads()))
     run.phase("loading the teacher")
-    spec = find_version(conn, options["from_version"])
+    spec = versions.find(conn, "text2sql", options["from_version"])
     teacher = t2s_model.load(spec.artifact)
     teacher.model.eval()
     # the student reads as the teacher does

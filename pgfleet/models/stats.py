@@ -1,67 +1,20 @@
-"""A/B tests between model versions: assignment and statistics. Pure: no database here.
+"""The statistics of the A/B report and of the fleet's status. Pure: no database here.
 
-Assignment: a version is chosen by traffic percent over 10,000 buckets. With a key (a user
-or session id) the bucket is a hash of the model name and the key, so the same key always
-gets the same version for a given split; without a key it is random.
-
-Statistics: latency and quality per version, and bootstrap confidence intervals for the
-difference between a candidate and the control, with a verdict in plain language.
+Coverage, latency percentiles and quality (reciprocal rank) per version, bootstrap
+confidence intervals for the difference between a candidate and the control, with a
+verdict in plain language.
 """
 
 from __future__ import annotations
 
-import hashlib
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-BUCKETS = 10_000
 
-
-def parse_split(items: Sequence[str]) -> dict[str, int]:
-    """``["v1=80", "v2=20", "v3=shadow"]`` -> ``{"v1": 80, "v2": 20, "v3": 0}``; the served
-    percentages must sum to 100."""
-    split: dict[str, int] = {}
-    for item in items:
-        version, sep, value = item.partition("=")
-        if not sep or not version:
-            raise ValueError(f"{item!r}: write VERSION=PERCENT or VERSION=shadow")
-        if version in split:
-            raise ValueError(f"{version} is given twice")
-        if value == "shadow":
-            split[version] = 0
-            continue
-        try:
-            percent = int(value)
-        except ValueError:
-            raise ValueError(f"{item!r}: the percent must be a whole number or 'shadow'") from None
-        if not 0 <= percent <= 100:
-            raise ValueError(f"{item!r}: the percent must be between 0 and 100")
-        split[version] = percent
-    total = sum(split.values())
-    if total != 100:
-        raise ValueError(f"the split sums to {total}%, it must be 100%")
-    return split
-
-
-def bucket(name: str, key: str) -> int:
-    digest = hashlib.sha256(f"{name}\x00{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % BUCKETS
-
-
-def assign(name: str, split: Sequence[tuple[str, int]], key: str | None = None,
-           rng: random.Random | None = None) -> str:
-    """The version serving this request. ``split`` is ordered (version, percent) pairs."""
-    serving = [(v, p) for v, p in split if p > 0]
-    if not serving:
-        raise ValueError(f"no version of {name} serves traffic")
-    point = bucket(name, key) if key is not None else (rng or random).randrange(BUCKETS)
-    edge = 0
-    for version, percent in serving:
-        edge += percent * BUCKETS // 100
-        if point < edge:
-            return version
-    return serving[-1][0]
+def coverage(embedded: int, docs: int) -> float | None:
+    """The share of docs with a vector of a version, at most 1 (a vector counted while its
+    doc was being deleted); None when there are no docs. Rounding is the reader's."""
+    return min(embedded, docs) / docs if docs > 0 else None
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -17,7 +17,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 import schema
-from workers import ab, vector_index
+from pgfleet.models import splits, stats
+from workers import db, vector_index
 from workers.errors import PgfleetError, UnknownModelVersion
 
 
@@ -222,8 +223,7 @@ def _retire(conn: psycopg.Connection, name: str, version: str, wait_s: float) ->
 
 
 def backfill_pending(conn: psycopg.Connection, version_id: int) -> int:
-    return conn.execute("SELECT count(*) FROM pending_embeddings WHERE version_id = %s "
-                        "AND priority = 1", (version_id,)).fetchone()[0]
+    return db.fetch_one(conn, "backfill_pending", {"version_id": version_id})["pending"]
 
 
 def report(conn: psycopg.Connection, name: str, since: dt.timedelta) -> dict[str, Any]:
@@ -242,29 +242,27 @@ def report(conn: psycopg.Connection, name: str, since: dt.timedelta) -> dict[str
             "SELECT f.log_id, f.doc_id FROM search_feedback f WHERE f.log_id = ANY(%s) "
             "AND f.relevance > 0", ([r[0] for r in logs],)):
         chosen.setdefault(log_id, []).append(doc_id)
-    docs = conn.execute("SELECT count(*) FROM docs").fetchone()[0]
     entries, samples = [], {}
     for v in versions:
         rows = [r for r in logs if r[1] == v["id"]]
         if not rows and not v["active"]:
             continue
         latencies = [float(r[2]) for r in rows if r[4] is None]
-        ranks = [ab.reciprocal_rank(r[5] or [], chosen[r[0]]) for r in rows if r[0] in chosen]
+        ranks = [stats.reciprocal_rank(r[5] or [], chosen[r[0]]) for r in rows if r[0] in chosen]
         samples[v["version"]] = (latencies, ranks)
-        embedded = conn.execute("SELECT count(*) FROM embeddings WHERE version_id = %s AND "
-                                "chunk = 0", (v["id"],)).fetchone()[0]
+        counts = db.fetch_one(conn, "version_coverage", {"version_id": v["id"]})
         entries.append({
             "version": v["version"], "active": v["active"], "traffic_percent": v["traffic_percent"],
             "shadow": v["active"] and v["traffic_percent"] == 0, "requests": len(rows),
             "latency_ms": {"mean": _round(sum(latencies) / len(latencies)) if latencies else None,
-                           "p50": _round(ab.percentile(latencies, 50)) if latencies else None,
-                           "p95": _round(ab.percentile(latencies, 95)) if latencies else None},
+                           "p50": _round(stats.percentile(latencies, 50)) if latencies else None,
+                           "p95": _round(stats.percentile(latencies, 95)) if latencies else None},
             "cache_hit_rate": _round(sum(1 for r in rows if r[3]) / len(rows)) if rows else None,
             "errors": sum(1 for r in rows if r[4] is not None),
             "feedback": len(ranks),
             "mrr": _round(sum(ranks) / len(ranks)) if ranks else None,
             "click_through": _round(len(ranks) / len(rows)) if rows else None,
-            "coverage": _round(embedded / docs) if docs else 1.0,
+            "coverage": _coverage(counts["embedded"], counts["docs"]),
             "backfill_pending": backfill_pending(conn, v["id"]),
         })
     comparisons = []
@@ -276,23 +274,24 @@ def report(conn: psycopg.Connection, name: str, since: dt.timedelta) -> dict[str
                 continue
             speed = quality = None
             if len(samples[control][0]) >= 2 and len(samples[candidate][0]) >= 2:
-                speed = ab.bootstrap_ratio_of_means(samples[control][0], samples[candidate][0])
+                speed = stats.bootstrap_ratio_of_means(samples[control][0], samples[candidate][0])
             if len(samples[control][1]) >= 2 and len(samples[candidate][1]) >= 2:
-                quality = ab.bootstrap_difference(samples[control][1], samples[candidate][1])
+                quality = stats.bootstrap_difference(samples[control][1], samples[candidate][1])
             comparisons.append({
                 "candidate": candidate, "control": control,
                 "faster_by": _interval(speed), "mrr_difference": _interval(quality),
-                "verdict": ab.verdict(candidate, control, speed, quality)})
+                "verdict": stats.verdict(candidate, control, speed, quality)})
     return {"name": name, "since_s": since.total_seconds(), "versions": entries,
             "comparisons": comparisons}
 
 
 
 def _control(entries: list[dict[str, Any]]) -> str | None:
-    """The version the others are compared with: the one serving the most traffic."""
-    serving = sorted((e for e in entries if e["traffic_percent"] > 0),
-                     key=lambda e: -e["traffic_percent"])
-    return serving[0]["version"] if serving else None
+    """The version the others are compared with: the one serving the most traffic, the
+    oldest on a tie (the entries are in id order)."""
+    control = splits.leader([e for e in entries if e["traffic_percent"] > 0],
+                            lambda e: e["traffic_percent"])
+    return control["version"] if control else None
 
 
 def _text2sql_report(conn: psycopg.Connection, name: str, versions: list[dict],
@@ -318,8 +317,8 @@ def _text2sql_report(conn: psycopg.Connection, name: str, versions: list[dict],
             "version": v["version"], "active": v["active"],
             "traffic_percent": v["traffic_percent"], "requests": len(rows),
             "latency_ms": {"mean": _round(sum(times) / len(times)) if times else None,
-                           "p50": _round(ab.percentile(times, 50)) if times else None,
-                           "p95": _round(ab.percentile(times, 95)) if times else None},
+                           "p50": _round(stats.percentile(times, 50)) if times else None,
+                           "p95": _round(stats.percentile(times, 95)) if times else None},
             "errors": sum(1 for r in rows if r[2] is not None),
             "answered_rate": _round(sum(1 for r in rows if r[2] is None) / len(rows))
             if rows else None,
@@ -333,10 +332,10 @@ def _text2sql_report(conn: psycopg.Connection, name: str, versions: list[dict],
             if candidate == control or len(latencies[candidate]) < 2 \
                     or len(latencies[control]) < 2:
                 continue
-            speed = ab.bootstrap_ratio_of_means(latencies[control], latencies[candidate])
+            speed = stats.bootstrap_ratio_of_means(latencies[control], latencies[candidate])
             comparisons.append({"candidate": candidate, "control": control,
                                 "faster_by": _interval(speed),
-                                "verdict": ab.verdict(candidate, control, speed, None)})
+                                "verdict": stats.verdict(candidate, control, speed, None)})
     return {"name": name, "kind": "text2sql", "since_s": since.total_seconds(),
             "versions": entries, "comparisons": comparisons}
 
@@ -344,7 +343,13 @@ def _round(value: float) -> float:
     return round(float(value), 4)
 
 
-def _interval(interval: ab.Interval | None) -> dict[str, float] | None:
+def _coverage(embedded: int, docs: int) -> float:
+    """As the report shows it: with no docs there is nothing to miss (1.0)."""
+    ratio = stats.coverage(embedded, docs)
+    return 1.0 if ratio is None else _round(ratio)
+
+
+def _interval(interval: stats.Interval | None) -> dict[str, float] | None:
     if interval is None:
         return None
     return {"estimate": _round(interval.estimate), "low": _round(interval.low),
@@ -368,8 +373,8 @@ def plot_latencies(conn: psycopg.Connection, name: str, since: dt.timedelta, pat
     figure, axis = plt.subplots(figsize=(8, 4.5))
     for version, latencies in by_version.items():
         axis.hist(latencies, bins=40, alpha=0.55,
-                  label=f"{version} (n={len(latencies)}, p50 {ab.percentile(latencies, 50):.0f} ms, "
-                        f"p95 {ab.percentile(latencies, 95):.0f} ms)")
+                  label=f"{version} (n={len(latencies)}, p50 {stats.percentile(latencies, 50):.0f} ms, "
+                        f"p95 {stats.percentile(latencies, 95):.0f} ms)")
     axis.set_xlabel("search latency (ms)")
     axis.set_ylabel("requests")
     axis.set_title(f"{name}: search latency by version")
