@@ -122,12 +122,14 @@ def test_a_tiny_model_trains_on_the_training_queue_and_is_registered(trained, sh
 SMALL = {"d_model": 96, "layers": 2, "max_eval": 120, "beams": 2}
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)
 def test_a_small_model_answers_held_out_questions_of_its_templates(env, worker, shop):
     """The accuracy the feature exists for, at test scale: trained from scratch on the
     synthesized set, through the training queue, measured on held-out examples (SQL never
     seen, values masked) by execution accuracy."""
-    run = _final_run(shop, _call(env, SMALL), timeout_s=800)
+    # the run's own heartbeat and time limit end it: the wait only bounds a hang (on two
+    # cores shared with other work it took 790 s and 1,009 s)
+    run = _final_run(shop, _call(env, SMALL), timeout_s=1700)
     assert run["status"] == "succeeded", run["error"]
     metrics = shop.execute("SELECT metrics FROM model_versions WHERE id = %s",
                            (run["version_id"],)).fetchone()[0]
