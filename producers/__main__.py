@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 
-from workers.errors import ConfigurationError, PgfleetError
+from pgfleet.errors import ConfigurationError, PgfleetError
 
 logger = logging.getLogger("producers")
 
@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(*, once: bool) -> int:
+    from pgfleet.settings import Settings
     from producers.loop import ProducerLoop
-    from workers.settings import Settings
 
     loop = ProducerLoop(Settings.from_env())
     if once:

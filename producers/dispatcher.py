@@ -16,9 +16,9 @@ from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
 from psycopg_pool import ConnectionPool
 
-from workers import db
-from workers.batching import chunked
-from workers.errors import BrokerUnavailable
+from pgfleet import db
+from pgfleet.embedding.batching import chunked
+from pgfleet.errors import BrokerUnavailable
 from workers.queues import TASK_EMBED, queue_for_format
 
 logger = logging.getLogger(__name__)

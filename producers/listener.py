@@ -12,8 +12,8 @@ import time
 import psycopg
 from psycopg import sql
 
-from workers import db
-from workers.errors import DatabaseUnavailable
+from pgfleet import db
+from pgfleet.errors import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -6,6 +6,9 @@ import logging
 import threading
 import time
 
+from pgfleet import db
+from pgfleet.errors import PgfleetError
+from pgfleet.settings import Settings, redact, resolve_urls
 from producers.broker import BrokerWatch, backlog
 from producers.dispatcher import Dispatcher, Published
 from producers.listener import Listener
@@ -17,10 +20,7 @@ from producers.reconcile import (
     republish_lost_runs,
     requeue_stale,
 )
-from workers import db
-from workers.errors import PgfleetError
 from workers.queues import NOTIFY_CHANNEL, QUEUE_CPU, QUEUE_GPU
-from workers.settings import Settings, redact, resolve_urls
 
 logger = logging.getLogger(__name__)
 

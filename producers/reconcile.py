@@ -7,8 +7,8 @@ import logging
 from psycopg_pool import ConnectionPool
 
 import schema
+from pgfleet import db
 from producers import broker
-from workers import db
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def drop_retired(pool: ConnectionPool, grace_s: float) -> int:
 
 def reap_stale_runs(pool: ConnectionPool, stale_after_s: float) -> list[int]:
     """Mark failed the training runs whose worker stopped heartbeating (it died)."""
-    from workers.training.runs import reap_stale
+    from pgfleet.training.runs import reap_stale
 
     with db.pooled(pool) as conn, conn.transaction():
         return reap_stale(conn, stale_after_s)

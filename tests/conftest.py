@@ -54,8 +54,8 @@ class Services:
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory) -> Iterator[Services]:
-    from pgfleet.fleet import prepare_database, servers
-    from workers.settings import Settings
+    from pgfleet.ops.fleet import prepare_database, servers
+    from pgfleet.settings import Settings
 
     home = tmp_path_factory.mktemp("pgfleet-home")
     conf = Settings(home=home)
@@ -67,7 +67,7 @@ def services(tmp_path_factory) -> Iterator[Services]:
 
 @pytest.fixture
 def conn(services):
-    from workers import db
+    from pgfleet import db
 
     with db.connect(services.database_url, autocommit=True) as connection:
         yield connection
@@ -96,8 +96,8 @@ def scratch_url(services) -> str:
 
 def create_database(services: Services, name: str) -> str:
     """A new, migrated database on the test server (dropped first if it exists)."""
+    from pgfleet import db
     from schema.migrate import migrate
-    from workers import db
 
     with db.connect(services.database_url, autocommit=True) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -110,7 +110,7 @@ def create_database(services: Services, name: str) -> str:
 
 @pytest.fixture
 def scratch(scratch_url):
-    from workers import db
+    from pgfleet import db
 
     with db.connect(scratch_url, autocommit=True) as connection:
         reset_database(connection)
@@ -162,7 +162,7 @@ class Fleet:
 
 
 def fleet_procs(services: Services, log_dir: Path, **env: str) -> tuple[Proc, Proc]:
-    from pgfleet.supervisor import fleet_children
+    from pgfleet.ops.supervisor import fleet_children
 
     specs = {s.name: s for s in fleet_children(flower_port=None)}
     environment = services.env(PGFLEET_BATCH_MAX_WAIT_MS="50", PGFLEET_RETRY_BASE_S="0.1",
@@ -182,7 +182,7 @@ def wait_worker_ready(services: Services, conn, timeout_s: float = 90.0) -> None
 
 @pytest.fixture(scope="session")
 def fleet(services, tmp_path_factory) -> Iterator[Fleet]:
-    from workers import db
+    from pgfleet import db
 
     log_dir = tmp_path_factory.mktemp("fleet-logs")
     producer, worker = fleet_procs(services, log_dir)

@@ -7,9 +7,9 @@ import logging
 from celery import Celery
 from kombu import Queue
 
+from pgfleet.errors import ConfigurationError
+from pgfleet.settings import Settings, resolve_urls
 from workers import queues
-from workers.errors import ConfigurationError
-from workers.settings import Settings, resolve_urls
 
 logger = logging.getLogger(__name__)
 

@@ -66,7 +66,7 @@ def batch_kwargs(version_id: int, messages: int, docs: int) -> dict[str, int]:
 
 
 def batch_result(report: Any, duration_s: float) -> dict[str, Any]:
-    """What a batch did, from its :class:`~workers.pipeline.BatchReport`: docs asked for,
+    """What a batch did, from its :class:`~pgfleet.embedding.pipeline.BatchReport`: docs asked for,
     docs still pending when fetched, vectors written, cache hits, texts encoded, failures."""
     return {"docs": report.requested, "fetched": report.fetched, "written": report.written,
             "cache_hits": report.cache_hits, "encoded": report.model_calls,

@@ -12,7 +12,7 @@ import threading
 
 from celery import signals
 
-from workers.settings import Settings, resolve_urls
+from pgfleet.settings import Settings, resolve_urls
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +30,9 @@ def settings() -> Settings:
 
 def pipeline():
     """The embedding pipeline of this process, created on first use."""
-    from workers import db
-    from workers.engines import load_for
-    from workers.pipeline import EmbedPipeline
+    from pgfleet import db
+    from pgfleet.embedding.engines import load_for
+    from pgfleet.embedding.pipeline import EmbedPipeline
 
     conf = settings()
     with _lock:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.training.specs import SPECS
+from pgfleet.training.specs import SPECS
 
 #: torch engine; fp16 on CUDA, fp32 on CPU where no GPU exists
 QUEUE_GPU = "embed.gpu"

@@ -21,7 +21,7 @@ def ab() -> None:
 @click.argument("split", nargs=-1, required=True)
 def ab_set(name: str, split: tuple[str, ...]) -> None:
     """Set the split: pgfleet ab set NAME v1=80 v2=20 [v3=shadow]."""
-    from pgfleet import context
+    from pgfleet.cli import context
     from pgfleet.models import abtest
     from pgfleet.models.splits import parse_split
 
@@ -50,7 +50,7 @@ def _print_split_problems(result: dict) -> None:
 @click.argument("version")
 def ab_promote(name: str, version: str) -> None:
     """All traffic to VERSION in one transaction; the others stay as shadows for rollback."""
-    from pgfleet import context
+    from pgfleet.cli import context
     from pgfleet.models import abtest
 
     conf = context.settings()
@@ -65,7 +65,7 @@ def ab_promote(name: str, version: str) -> None:
 @click.argument("name")
 def ab_rollback(name: str) -> None:
     """Restore the split in force before the last change."""
-    from pgfleet import context
+    from pgfleet.cli import context
     from pgfleet.models import abtest
 
     conf = context.settings()
@@ -80,7 +80,7 @@ def ab_rollback(name: str) -> None:
 @click.argument("version")
 def ab_retire(name: str, version: str) -> None:
     """Stop embedding for VERSION; its vectors are dropped after PGFLEET_RETIRE_GRACE_S."""
-    from pgfleet import context
+    from pgfleet.cli import context
     from pgfleet.models import abtest
 
     conf = context.settings()
@@ -96,7 +96,7 @@ def ab_retire(name: str, version: str) -> None:
 def ab_feedback(log_id: int, doc_id: int, relevance: float) -> None:
     """Record that the user of logged search LOG_ID chose DOC_ID (applications can insert
     into search_feedback directly)."""
-    from pgfleet import context
+    from pgfleet.cli import context
 
     with context.connection(autocommit=True) as conn:
         conn.execute("INSERT INTO search_feedback (log_id, doc_id, relevance) VALUES (%s, %s, %s)",
@@ -112,7 +112,7 @@ def ab_feedback(log_id: int, doc_id: int, relevance: float) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def ab_status(name: str, since: str, plot_path: str | None, as_json: bool) -> None:
     """Per version: requests, latency, cache hits, errors, quality; and the verdict."""
-    from pgfleet import context
+    from pgfleet.cli import context
     from pgfleet.models import abtest
 
     with context.connection(autocommit=True) as conn:

@@ -15,7 +15,7 @@ def beat() -> None:
     """Run Celery beat: it sends the fleet's scheduled tasks (inference cache pruning every
     PGFLEET_CACHE_PRUNE_INTERVAL_S). Run exactly one per fleet. Its schedule file is
     $PGFLEET_HOME/celerybeat-schedule, never in the working directory."""
-    from pgfleet import context
+    from pgfleet.cli import context
 
     conf = context.settings()
     urls = context.urls(conf)
@@ -23,7 +23,7 @@ def beat() -> None:
     try:
         home.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        from workers.errors import ConfigurationError
+        from pgfleet.errors import ConfigurationError
 
         raise ConfigurationError(f"cannot create PGFLEET_HOME {home} for beat's schedule "
                                  f"file: {exc.strerror}") from None

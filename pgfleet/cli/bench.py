@@ -42,8 +42,8 @@ def bench(ctx: click.Context, docs: int, texts: str, short_docs: int, idle_sampl
     own embedded servers and fleet in a temporary directory.
 
     `pgfleet bench text2sql` scores a text2sql version on the defog benchmark instead."""
-    from pgfleet import bench as bench_mod
-    from pgfleet import context
+    from pgfleet.cli import context
+    from pgfleet.ops import bench as bench_mod
 
     if ctx.invoked_subcommand is not None:
         return
@@ -85,7 +85,8 @@ def bench_text2sql(version: str | None, beams: int, limit: int | None, reference
     """A text2sql version on the defog benchmark (../shared/benchmarks/text2sql/defog or
     $PGFLEET_DEFOG_DIR): execution accuracy overall, per category and per database. Its
     databases are loaded on the fleet's PostgreSQL server as defog_NAME."""
-    from pgfleet import bench_text2sql, context
+    from pgfleet.cli import context
+    from pgfleet.ops import bench_text2sql
 
     urls = context.urls()
     report = bench_text2sql.run(urls.database_url, reader_url=urls.reader_url, version=version,

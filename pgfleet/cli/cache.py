@@ -1,6 +1,6 @@
 """``pgfleet cache stats`` and ``pgfleet cache prune``: the inference cache, by hand.
 
-The same pruning runs on a schedule (``pgfleet beat``); see :mod:`workers.cache`.
+The same pruning runs on a schedule (``pgfleet beat``); see :mod:`pgfleet.embedding.cache`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pgfleet.cli.output import out
 
 
 def _policy():
-    from pgfleet import context
-    from workers.cache import CachePolicy
+    from pgfleet.cli import context
+    from pgfleet.embedding.cache import CachePolicy
 
     conf = context.settings()
     return conf, CachePolicy.from_settings(conf)
@@ -31,8 +31,8 @@ def cache() -> None:
 def cache_stats(as_json: bool) -> None:
     """Entries, hits, hit ratio over the last hour, size on disk, and what the next prune
     would remove, per model version."""
-    from pgfleet import context
-    from workers import cache as cache_mod
+    from pgfleet.cli import context
+    from pgfleet.embedding import cache as cache_mod
 
     conf, policy = _policy()
     with context.connection(conf, autocommit=True) as conn:
@@ -64,8 +64,8 @@ def cache_prune(as_json: bool) -> None:
     """Prune now, as the schedule does: entries unused for PGFLEET_CACHE_MAX_AGE_S with
     fewer than PGFLEET_CACHE_MIN_HITS hits, then the least useful down to
     PGFLEET_CACHE_MAX_ENTRIES."""
-    from pgfleet import context
-    from workers import cache as cache_mod
+    from pgfleet.cli import context
+    from pgfleet.embedding import cache as cache_mod
 
     conf, policy = _policy()
     with context.connection(conf, autocommit=True) as conn:

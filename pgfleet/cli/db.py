@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from pgfleet.cli.output import out
-from workers.errors import ConfigurationError
+from pgfleet.errors import ConfigurationError
 
 
 @click.group()
@@ -22,8 +22,8 @@ def db_migrate(reader_login: bool) -> None:
     """Create or upgrade the schema (idempotent; safe to run concurrently)."""
     from urllib.parse import unquote, urlsplit
 
-    from pgfleet import context
-    from pgfleet.fleet import READER_ROLE, enable_reader_login
+    from pgfleet.cli import context
+    from pgfleet.ops.fleet import READER_ROLE, enable_reader_login
     from schema.migrate import migrate
 
     conf = context.settings()
@@ -51,7 +51,7 @@ def db_migrate(reader_login: bool) -> None:
 def db_url(reader: bool) -> None:
     """Print the database URL in use (embedded or not), password included: connect any SQL
     client with it. The embedded server's password is in $PGFLEET_HOME/credentials.json."""
-    from pgfleet import context
+    from pgfleet.cli import context
 
     urls = context.urls()
     if not reader:

@@ -18,9 +18,9 @@ from pgfleet.cli.output import out
 @click.option("--json", "as_json", is_flag=True)
 def failures(retry: bool, version_ref: str | None, limit: int, as_json: bool) -> None:
     """Docs that could not be embedded, with why; --retry queues them again."""
-    from pgfleet import context
+    from pgfleet import db as wdb
+    from pgfleet.cli import context
     from pgfleet.models.versions import embedding_version
-    from workers import db as wdb
 
     with context.connection() as conn:
         if retry:

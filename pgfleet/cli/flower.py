@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from workers.errors import ConfigurationError
+from pgfleet.errors import ConfigurationError
 
 
 @click.command()
@@ -17,7 +17,7 @@ def flower(port: int | None, address: str) -> None:
     (PGFLEET_FLOWER_USER, default admin, and PGFLEET_FLOWER_PASSWORD)."""
     import os
 
-    from pgfleet import context
+    from pgfleet.cli import context
 
     conf = context.settings()
     password = os.environ.get("PGFLEET_FLOWER_PASSWORD")

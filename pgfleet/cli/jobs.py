@@ -15,9 +15,9 @@ import click
 from rich.table import Table
 
 from pgfleet.cli.output import console, out
-from workers.errors import PgfleetError
-from workers.training.options import ALWAYS_SENT, Option
-from workers.training.specs import JobSpec
+from pgfleet.errors import PgfleetError
+from pgfleet.training.options import ALWAYS_SENT, Option
+from pgfleet.training.specs import JobSpec
 
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -87,8 +87,8 @@ def submit(spec: JobSpec, values: dict[str, Any], *, local: bool, wait: bool, ti
            as_json: bool) -> None:
     """Create a run of the job with the options the command parsed (``values``), queue it
     (or run it here with ``local``), follow it when asked to, and print what it produced."""
-    from pgfleet import context
-    from workers.training import runs
+    from pgfleet.cli import context
+    from pgfleet.training import runs
 
     task, options = spec.name, spec.command_options(values)
     conf = context.settings()
@@ -123,7 +123,7 @@ def submit(spec: JobSpec, values: dict[str, Any], *, local: bool, wait: bool, ti
 def _follow(conn, run_id: int, timeout_s: float) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from workers.training import runs
+    from pgfleet.training import runs
 
     deadline = time.monotonic() + timeout_s
     with Progress(TextColumn("run {task.fields[run]}"), TextColumn("{task.description}"),

@@ -17,7 +17,8 @@ def load(paths: tuple[Path, ...], batch_size: int) -> None:
     """Load text, markdown or JSONL files (or folders of them) into docs."""
     from rich.progress import Progress
 
-    from pgfleet import context, loader
+    from pgfleet.cli import context
+    from pgfleet.embedding import loader
 
     try:
         files = loader.files_under(paths)

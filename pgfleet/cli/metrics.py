@@ -1,5 +1,5 @@
 """``pgfleet metrics``: the fleet's Prometheus endpoint, standalone (see
-:mod:`pgfleet.metrics`). ``pgfleet up`` runs the same command as a child."""
+:mod:`pgfleet.ops.metrics`). ``pgfleet up`` runs the same command as a child."""
 
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ def metrics(port: int | None, address: str, once: bool) -> None:
     hit ratio, training runs by status. Read from PostgreSQL at every scrape."""
     from prometheus_client import generate_latest
 
-    from pgfleet import context
-    from pgfleet import metrics as metrics_mod
-    from workers.cache import CachePolicy
-    from workers.errors import DatabaseUnavailable
+    from pgfleet.cli import context
+    from pgfleet.embedding.cache import CachePolicy
+    from pgfleet.errors import DatabaseUnavailable
+    from pgfleet.ops import metrics as metrics_mod
 
     conf = context.settings()
     urls = context.urls(conf)

@@ -14,7 +14,7 @@ from pgfleet.cli.output import out
 @click.option("--json", "as_json", is_flag=True)
 def models(as_json: bool) -> None:
     """Model versions: name, version, format, status, traffic and measured metrics."""
-    from pgfleet import context
+    from pgfleet.cli import context
 
     with context.connection() as conn:
         rows = conn.execute(

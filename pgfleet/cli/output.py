@@ -14,7 +14,7 @@ import click
 from rich.console import Console
 from rich.logging import RichHandler
 
-from workers.errors import ConfigurationError, PgfleetError
+from pgfleet.errors import ConfigurationError, PgfleetError
 
 console = Console(stderr=True)
 out = Console()

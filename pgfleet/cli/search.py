@@ -24,9 +24,9 @@ from pgfleet.cli.output import out
 def search(text: str | None, k: int, version_ref: str | None, key: str | None, name: str | None,
            query_file, as_json: bool) -> None:
     """Nearest docs to TEXT (or to each line of --file)."""
-    from pgfleet import context
-    from pgfleet.search import routed_search
-    from workers.engines import load_for
+    from pgfleet.cli import context
+    from pgfleet.embedding.engines import load_for
+    from pgfleet.embedding.search import routed_search
 
     if (text is None) == (query_file is None):
         raise click.UsageError("give a query TEXT or --file, not both")

@@ -13,8 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from pgfleet.cli.output import console, out
-from workers.errors import QueryTimeout, ResultTooLarge, SqlRejected
-from workers.text2sql.readonly import DEFAULT_MAX_BYTES
+from pgfleet.errors import QueryTimeout, ResultTooLarge, SqlRejected
+from pgfleet.text2sql.readonly import DEFAULT_MAX_BYTES
 
 #: what ``--run`` holds when given without SQL: run the SQL generated for QUESTION
 RUN_GENERATED = "\x00generated"
@@ -82,14 +82,14 @@ def sql(question: str | None, check_text: str | None, run_text: str | None,
 
 def _reader():
     """A session of the reader login: where guarded SQL runs."""
-    from pgfleet import context
-    from workers.text2sql.readonly import connect_reader
+    from pgfleet.cli import context
+    from pgfleet.text2sql.readonly import connect_reader
 
     return connect_reader(context.urls().reader_url)
 
 
 def _check(text: str, timeout_ms: int, as_json: bool) -> None:
-    from workers.text2sql import check_sql
+    from pgfleet.text2sql import check_sql
 
     with _reader() as reader:
         verdict = check_sql(text, reader, timeout_ms=timeout_ms)
@@ -105,8 +105,8 @@ def _check(text: str, timeout_ms: int, as_json: bool) -> None:
 
 def _answer(question: str, version: str | None, key: str | None, beams: int, run: bool,
             timeout_ms: int, caps: tuple[int, int], as_json: bool) -> None:
-    from pgfleet import context
-    from workers.text2sql.generate import generate_sql
+    from pgfleet.cli import context
+    from pgfleet.text2sql.generate import generate_sql
 
     with context.connection(autocommit=True) as conn, _reader() as reader:
         answer = generate_sql(conn, question, reader=reader, version=version, beams=beams,
@@ -136,7 +136,7 @@ def _answer(question: str, version: str | None, key: str | None, beams: int, run
 
 def _run(text: str, timeout_ms: int, caps: tuple[int, int], as_json: bool,
          extra: dict[str, Any] | None = None) -> None:
-    from workers.text2sql import run_readonly
+    from pgfleet.text2sql import run_readonly
 
     max_rows, max_bytes = caps
     try:

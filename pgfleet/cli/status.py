@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pgfleet.cli.output import out, progress_bar
-from workers.errors import PgfleetError
+from pgfleet.errors import PgfleetError
 
 
 @click.command("status")
@@ -28,8 +28,8 @@ from workers.errors import PgfleetError
 def status(watch: bool, interval_s: float, as_json: bool) -> None:
     """Model versions (coverage, pending, lag), queues (depth, consumers), workers (queues,
     last heartbeat), A/B splits, recent training runs and failures."""
-    from pgfleet import context
-    from pgfleet.status import WorkerWatch, collect
+    from pgfleet.cli import context
+    from pgfleet.ops.status import WorkerWatch, collect
 
     # the event listener's "Connected to redis://..." is not part of the dashboard
     logging.getLogger("kombu").setLevel(logging.WARNING)
@@ -99,7 +99,7 @@ def _watch_live(gather, interval_s: float) -> None:
 
 # ------------------------------------------------------------------------------ rendering
 def render(data: dict[str, Any], *, problem: str | None = None) -> Group:
-    """The dashboard for what :func:`pgfleet.status.collect` gathered."""
+    """The dashboard for what :func:`pgfleet.ops.status.collect` gathered."""
     parts: list[Any] = [_headline(data)]
     if problem:
         parts.append(Text(f"cannot refresh: {problem} (showing the last view)", style="red"))

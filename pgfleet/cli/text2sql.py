@@ -11,7 +11,7 @@ import click
 from rich.table import Table
 
 from pgfleet.cli.output import console, out
-from workers.errors import PgfleetError
+from pgfleet.errors import PgfleetError
 
 
 def _quiet_sqlglot() -> None:
@@ -35,9 +35,9 @@ def load(path: Path, skip_bad: bool, as_json: bool) -> None:
     Every bad row is reported with its line, and so is every SQL that does not pass the
     guard on the live schema (the allow-list, then EXPLAIN in a session of the pgfleet_reader
     login). By default nothing is loaded when any row is bad."""
-    from pgfleet import context
-    from workers.text2sql.examples import load_file
-    from workers.text2sql.readonly import connect_reader
+    from pgfleet.cli import context
+    from pgfleet.text2sql.examples import load_file
+    from pgfleet.text2sql.readonly import connect_reader
 
     _quiet_sqlglot()
     with context.connection(autocommit=True) as conn, \
@@ -81,11 +81,11 @@ def synth(per_template: int, phrasings: int, seed: int, schemas: tuple[str, ...]
 
     Values come from the tables themselves; every SQL passes the guard (pgfleet_reader must
     be able to read the tables). See docs/text2sql.md for what such examples can teach."""
-    from pgfleet import context
-    from workers.text2sql.examples import insert_examples
-    from workers.text2sql.readonly import connect_reader
-    from workers.text2sql.schema_text import introspect
-    from workers.text2sql.synth import synthesize
+    from pgfleet.cli import context
+    from pgfleet.text2sql.examples import insert_examples
+    from pgfleet.text2sql.readonly import connect_reader
+    from pgfleet.text2sql.schema_text import introspect
+    from pgfleet.text2sql.synth import synthesize
 
     _quiet_sqlglot()
     with context.connection(autocommit=True) as conn, \

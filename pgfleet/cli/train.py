@@ -14,8 +14,8 @@ from rich.table import Table
 
 from pgfleet.cli.jobs import job_options, jsonable, spec_options, submit
 from pgfleet.cli.output import console, out, progress_bar
-from workers.errors import PgfleetError
-from workers.training.specs import DISTILL_EMBEDDINGS, QUANTIZE, TRAIN_EMBEDDINGS
+from pgfleet.errors import PgfleetError
+from pgfleet.training.specs import DISTILL_EMBEDDINGS, QUANTIZE, TRAIN_EMBEDDINGS
 
 
 @click.group()
@@ -37,8 +37,8 @@ def data() -> None:
 def data_load(path: Path, skip_bad: bool, as_json: bool) -> None:
     """Load pairs from a CSV (header text_a,text_b[,score]) or JSONL file. Every bad row is
     reported with its line; by default nothing is loaded when any row is bad."""
-    from pgfleet import context
-    from workers.training.pairs import insert_pairs, parse_file
+    from pgfleet.cli import context
+    from pgfleet.training.pairs import insert_pairs, parse_file
 
     parsed = parse_file(path)
     problems = [str(p) for p in parsed.problems]
@@ -72,8 +72,8 @@ def data_load(path: Path, skip_bad: bool, as_json: bool) -> None:
 def data_mine(limit: int | None, dry_run: bool, as_json: bool) -> None:
     """Mine positive pairs from docs (headings, titles, questions, first sentences) into
     training_pairs. See `pgfleet train data mine --help` and docs/training.md."""
-    from pgfleet import context
-    from workers.training.pairs import insert_pairs, mine_docs
+    from pgfleet.cli import context
+    from pgfleet.training.pairs import insert_pairs, mine_docs
 
     with context.connection(autocommit=True) as conn:
         pairs, rules = mine_docs(conn, limit)
@@ -137,8 +137,8 @@ def train_status(run_id: int | None, limit: int, watch: bool, as_json: bool) -> 
     """Training runs: status, progress, loss, heartbeat and what they produced."""
     from rich.live import Live
 
-    from pgfleet import context
-    from workers.training import runs
+    from pgfleet.cli import context
+    from pgfleet.training import runs
 
     with context.connection(autocommit=True) as conn:
         def rows() -> list[dict[str, Any]]:
@@ -196,8 +196,8 @@ def _print_run_details(row: dict[str, Any]) -> None:
 @click.argument("run_id", type=int)
 def train_cancel(run_id: int) -> None:
     """Cancel a run: a queued run at once, a running one within a heartbeat."""
-    from pgfleet import context
-    from workers.training import runs
+    from pgfleet.cli import context
+    from pgfleet.training import runs
 
     with context.connection(autocommit=True) as conn:
         status = runs.cancel(conn, run_id)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from pgfleet.cli.jobs import job_options, spec_options, submit
-from workers.training.specs import DISTILL_TEXT2SQL, TRAIN_TEXT2SQL
+from pgfleet.training.specs import DISTILL_TEXT2SQL, TRAIN_TEXT2SQL
 
 
 @click.command("text2sql")

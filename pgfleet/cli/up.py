@@ -11,7 +11,7 @@ import time
 import click
 
 from pgfleet.cli.output import console, out
-from workers.errors import PgfleetError
+from pgfleet.errors import PgfleetError
 
 
 @click.command()
@@ -25,7 +25,8 @@ def up(demo: bool, demo_docs: int, flower: bool, metrics: bool) -> None:
     """Start the fleet: embedded PostgreSQL and Redis when no URLs are set, migrations,
     a producer, one worker per queue, Celery beat, Flower and the Prometheus endpoint.
     Ctrl-C stops everything."""
-    from pgfleet import context, fleet
+    from pgfleet.cli import context
+    from pgfleet.ops import fleet
 
     conf = context.settings()
     on_ready = _demo(conf, demo_docs) if demo else None
@@ -39,9 +40,10 @@ def _demo(conf, extra_docs: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     def on_ready(_supervisor):
-        from pgfleet import context, corpus, loader
+        from pgfleet import corpus, db
+        from pgfleet.cli import context
+        from pgfleet.embedding import loader
         from pgfleet.models import versions
-        from workers import db
 
         docs = [(d["content"], d.get("metadata", {})) for d in corpus.sample_docs()]
         docs += [(p, {"source": "python docstrings"})

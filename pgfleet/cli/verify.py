@@ -15,9 +15,9 @@ from pgfleet.cli.output import out
 @click.option("--json", "as_json", is_flag=True)
 def verify(as_json: bool) -> None:
     """Check that every doc has exactly the right vectors; exit 1 if anything is wrong."""
-    from pgfleet import context
-    from pgfleet.verify import consistent
-    from pgfleet.verify import verify as run_verify
+    from pgfleet.cli import context
+    from pgfleet.embedding.verify import consistent
+    from pgfleet.embedding.verify import verify as run_verify
 
     with context.connection() as conn:
         report = run_verify(conn)

@@ -17,9 +17,10 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 import schema
+from pgfleet import db
+from pgfleet.db import vector_index
+from pgfleet.errors import PgfleetError, UnknownModelVersion
 from pgfleet.models import splits, stats
-from workers import db, vector_index
-from workers.errors import PgfleetError, UnknownModelVersion
 
 
 class SplitError(PgfleetError):

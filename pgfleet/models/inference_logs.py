@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from workers import db
+from pgfleet import db
 
 #: how many hex digits of the key's SHA-256 each task stores as ``request_key`` (stored data:
 #: kept as each task has always written it)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import psycopg
 
+from pgfleet import db
+from pgfleet.errors import UnknownModelVersion
 from pgfleet.models import splits, versions
 from pgfleet.models.versions import Kind, Version
-from workers import db
-from workers.errors import UnknownModelVersion
 
 
 def serving(conn: psycopg.Connection, kind: Kind, name: str) -> list[Version]:

@@ -17,9 +17,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 import schema
-from workers import db
-from workers.engines.base import ModelSpec
-from workers.errors import UnknownModelVersion
+from pgfleet import db
+from pgfleet.errors import UnknownModelVersion
+from pgfleet.models.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ CREATE OR REPLACE FUNCTION pgfleet_is_blank_v1(content text) RETURNS boolean
 -- The text a worker encodes: the content from its first non-blank character, cut to
 -- max_chars characters ('' for a blank doc). Leading blanks produce no tokens, so dropping
 -- them changes nothing the model reads; the cut is sized by the worker from the model's
--- window (workers.batching.max_chars). At most the first 2 × max_chars characters are read,
+-- window (pgfleet.embedding.batching.max_chars). At most the first 2 × max_chars characters are read,
 -- unless those are all blank.
 CREATE OR REPLACE FUNCTION pgfleet_model_text_v1(content text, max_chars integer) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE

@@ -37,7 +37,7 @@ WORDS = ("database vector index query worker queue model batch cache crash resta
 
 class ChaosFleet:
     def __init__(self, home: Path):
-        from pgfleet.services import EmbeddedPostgres, EmbeddedRedis
+        from pgfleet.ops.services import EmbeddedPostgres, EmbeddedRedis
 
         self.home = home
         self.pg = EmbeddedPostgres(home)
@@ -47,8 +47,8 @@ class ChaosFleet:
         self._stop_polling = threading.Event()
 
     def start_servers(self) -> None:
+        from pgfleet import db
         from schema.migrate import migrate
-        from workers import db
 
         self.admin_url = self.pg.start()
         self.redis.start()
@@ -65,7 +65,7 @@ class ChaosFleet:
                     PGFLEET_REDIS_URL=self.redis.url, PGFLEET_HOME=str(self.home), **FLEET_ENV)
 
     def start_fleet(self) -> None:
-        from pgfleet.supervisor import Supervisor, fleet_children
+        from pgfleet.ops.supervisor import Supervisor, fleet_children
 
         specs = [s for s in fleet_children(flower_port=None) if s.name in ("producer", "worker-gpu")]
         self.supervisor = Supervisor(specs, env=self.env(), log_dir=self.home / "logs",
@@ -110,7 +110,7 @@ class ChaosFleet:
         return wait_until(live, timeout_s, message="a live pool process")
 
     def connect(self):
-        from workers import db
+        from pgfleet import db
 
         return db.connect(self.admin_url, autocommit=True)
 
@@ -136,7 +136,7 @@ class Load(threading.Thread):
         return f"{self.counter}: " + " ".join(self.rng.choices(WORDS, k=self.rng.randint(4, 20)))
 
     def run(self) -> None:
-        from workers.errors import PgfleetError
+        from pgfleet.errors import PgfleetError
 
         deadline = time.monotonic() + self.duration_s
         conn = None
@@ -186,7 +186,7 @@ class Outcome:
 
 def settle_and_verify(fleet: ChaosFleet, outcome: Outcome, *, timeout_s: float = 120.0) -> None:
     """Wait for the fleet to finish, then check the end state and record the figures."""
-    from pgfleet.verify import verify
+    from pgfleet.embedding.verify import verify
 
     started = time.monotonic()
     with fleet.connect() as conn:

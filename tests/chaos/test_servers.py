@@ -49,7 +49,7 @@ class UpFleet:
         return (self.state().get("children") or {}).get(name)
 
     def connect(self):
-        from workers import db
+        from pgfleet import db
 
         return db.connect(self.state()["database_url"], autocommit=True)
 

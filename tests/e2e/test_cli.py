@@ -14,9 +14,9 @@ import sys
 import psutil
 import pytest
 
+from pgfleet import db
+from pgfleet.errors import DatabaseUnavailable
 from tests.conftest import ROOT, run_cli, wait_until
-from workers import db
-from workers.errors import DatabaseUnavailable
 
 pytestmark = pytest.mark.e2e
 

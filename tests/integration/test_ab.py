@@ -10,9 +10,9 @@ import time
 import psycopg
 import pytest
 
+from pgfleet.embedding.engines.registry import resolve_artifact
 from pgfleet.models import abtest
 from tests.conftest import run_cli, wait_until
-from workers.engines.registry import resolve_artifact
 
 pytestmark = pytest.mark.integration
 NAME = "all-minilm-l6-v2"
@@ -263,8 +263,8 @@ def test_ab_commands(services, clean, tmp_path):
 
 
 def test_retiring_a_version_drops_its_vectors_after_the_grace_period(fleet, clean):
+    from pgfleet import db
     from producers.reconcile import drop_retired
-    from workers import db
 
     _add(clean, "v2")
     clean.execute("INSERT INTO docs (content) SELECT 'retire ' || g FROM generate_series(1, 5) g")
@@ -321,8 +321,8 @@ def _idle_in_transaction(url: str, statement: str, params: tuple = ()):
 
 @pytest.mark.timeout(180)
 def test_an_idle_writer_of_docs_neither_hangs_ab_set_nor_blocks_inserts(services, clean):
+    from pgfleet import db
     from producers.reconcile import reconcile_missing
-    from workers import db
 
     v2 = _add(clean, "v2")
     blocker, pid = _idle_in_transaction(

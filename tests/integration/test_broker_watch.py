@@ -11,7 +11,7 @@ pytestmark = pytest.mark.integration
 def test_a_broker_that_lost_its_data_is_noticed_once(tmp_path):
     import redis
 
-    from pgfleet.services import EmbeddedRedis
+    from pgfleet.ops.services import EmbeddedRedis
     from producers.broker import BrokerWatch
 
     server = EmbeddedRedis(tmp_path, password="w4tch")

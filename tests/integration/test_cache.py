@@ -8,9 +8,9 @@ import json
 
 import pytest
 
+from pgfleet.embedding import cache
+from pgfleet.embedding.cache import CachePolicy
 from tests.conftest import ROOT, Proc, run_cli, wait_until
-from workers import cache
-from workers.cache import CachePolicy
 
 pytestmark = pytest.mark.integration
 
@@ -133,7 +133,7 @@ def test_bad_cache_settings_give_one_clear_line(services, name, value, fragment)
 @pytest.mark.slow
 def test_beat_sends_the_prune_to_a_cpu_worker_and_keeps_its_file_in_home(
         services, scratch, scratch_url, tmp_path):
-    from pgfleet.supervisor import fleet_children
+    from pgfleet.ops.supervisor import fleet_children
 
     add_entry(scratch, "stale", age_days=31)
     add_entry(scratch, "fresh", age_days=1)

@@ -13,12 +13,12 @@ import numpy as np
 import psycopg
 import pytest
 
-from pgfleet.verify import verify
+from pgfleet import db
+from pgfleet.embedding.pipeline import EmbedPipeline
+from pgfleet.embedding.verify import verify
+from pgfleet.settings import Settings
+from pgfleet.testing import FakeEngine
 from tests.conftest import wait_until
-from workers import db
-from workers.pipeline import EmbedPipeline
-from workers.settings import Settings
-from workers.testing import FakeEngine
 
 pytestmark = pytest.mark.integration
 
@@ -146,7 +146,7 @@ class Died(BaseException):
 
 
 def test_only_the_docs_a_dead_process_had_started_spend_an_attempt(make_pipeline, scratch):
-    from workers.deaths import record_deaths
+    from pgfleet.embedding.deaths import record_deaths
 
     def die(texts):
         if any("KILLER" in t for t in texts):
@@ -375,7 +375,7 @@ def test_a_huge_doc_is_cut_at_fetch_and_embedded(make_pipeline, scratch, caplog)
     rows = {r["doc_id"]: r for r in run._fetch(run.spec(1), ids)}
     assert len(rows[ids[0]]["content"]) == limit and rows[ids[0]]["hash"] == sha(huge)
     assert rows[ids[1]]["content"] == "the words after a long blank run"
-    with caplog.at_level("INFO", logger="workers.pipeline"):
+    with caplog.at_level("INFO", logger="pgfleet.embedding.pipeline"):
         run.run(1, ids)
     assert vector_hash(scratch, ids[0]) == sha(huge)
     assert vector_hash(scratch, ids[1]) == sha(buried)

@@ -70,7 +70,7 @@ def test_the_embedded_redis_requires_its_password(services):
 
 
 def test_credentials_are_generated_once_in_a_private_file(tmp_path):
-    from pgfleet import credentials
+    from pgfleet.ops import credentials
 
     previous = os.umask(0)  # even a careless umask cannot make the file readable by others
     try:
@@ -96,9 +96,9 @@ def test_credentials_are_generated_once_in_a_private_file(tmp_path):
 
 
 def test_flower_password_is_shown_on_a_terminal_only(tmp_path):
-    from pgfleet import credentials
-    from pgfleet.fleet import _announce_flower
-    from workers.settings import Settings
+    from pgfleet.ops import credentials
+    from pgfleet.ops.fleet import _announce_flower
+    from pgfleet.settings import Settings
 
     secrets = credentials.load_or_create(tmp_path)
     conf = Settings(home=tmp_path)
@@ -112,7 +112,7 @@ def test_flower_password_is_shown_on_a_terminal_only(tmp_path):
 
 
 def _supervise_until_restarted(server, timeout_s: float = 90.0):
-    from pgfleet.supervisor import ChildSpec, Supervisor
+    from pgfleet.ops.supervisor import ChildSpec, Supervisor
 
     supervisor = Supervisor([], env=dict(os.environ), log_dir=server.log.parent)
     supervisor.adopt(ChildSpec(server.name, [], launch=server.restart), server.process,
@@ -135,7 +135,7 @@ def _supervise_until_restarted(server, timeout_s: float = 90.0):
 def test_a_killed_embedded_redis_is_started_again_with_its_port_and_password(tmp_path):
     import redis
 
-    from pgfleet.services import EmbeddedRedis
+    from pgfleet.ops.services import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path, password="s3cret-r")
     url = server.start()
@@ -150,7 +150,7 @@ def test_a_killed_embedded_redis_is_started_again_with_its_port_and_password(tmp
 
 
 def test_a_killed_embedded_postgres_is_started_again_with_its_data_and_password(tmp_path):
-    from pgfleet.services import EmbeddedPostgres
+    from pgfleet.ops.services import EmbeddedPostgres
 
     server = EmbeddedPostgres(tmp_path, password="s3cret-p")
     url = server.start()
@@ -171,7 +171,7 @@ def test_a_data_directory_made_with_trust_is_secured_before_it_listens(tmp_path)
     lost: the server takes the current password, and nothing else, from its first start."""
     import shutil
 
-    from pgfleet.services import EmbeddedPostgres
+    from pgfleet.ops.services import EmbeddedPostgres
 
     first = EmbeddedPostgres(tmp_path, password="0ld-one")
     first._prepare()

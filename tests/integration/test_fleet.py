@@ -182,9 +182,9 @@ def test_bad_content_is_handled_and_recorded(fleet, clean):
 
 
 def test_bad_messages_get_a_clear_error_in_their_result_and_never_crash_the_worker(fleet, clean):
+    from pgfleet.settings import Settings
     from workers.app import create_app
     from workers.queues import QUEUE_GPU, TASK_EMBED
-    from workers.settings import Settings
 
     [real] = insert(clean, "a real doc next to bad ones")
     wait_embedded(clean, [real])
@@ -242,8 +242,8 @@ def test_two_producers_at_once_publish_each_doc_once(fleet, clean, tmp_path):
 
 
 def test_a_doc_emptied_after_embedding_loses_its_vector(fleet, clean):
-    from pgfleet.search import search_sql
-    from pgfleet.verify import consistent, verify
+    from pgfleet.embedding.search import search_sql
+    from pgfleet.embedding.verify import consistent, verify
 
     [doc] = insert(clean, "a doc about lighthouses that is about to be emptied")
     wait_embedded(clean, [doc])
@@ -262,7 +262,7 @@ def test_a_doc_emptied_after_embedding_loses_its_vector(fleet, clean):
 
 
 def test_writes_made_with_triggers_off_are_repaired_by_the_reconciler(fleet, clean):
-    from pgfleet.verify import consistent, verify
+    from pgfleet.embedding.verify import consistent, verify
 
     changed, deleted, twice = insert(clean, "the original words of a doc", "a doc soon deleted",
                                      "a doc changed twice")

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
+from pgfleet import db
 from tests.conftest import ROOT, Proc, create_database, wait_until
-from workers import db
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -75,8 +75,8 @@ class Flower:
 
 @pytest.fixture(scope="module")
 def flower(fleet, tmp_path_factory) -> Iterator[Flower]:
-    from pgfleet.services import free_port
-    from pgfleet.supervisor import fleet_children
+    from pgfleet.ops.services import free_port
+    from pgfleet.ops.supervisor import fleet_children
 
     port = free_port()
     password = secrets.token_urlsafe(16)
@@ -170,9 +170,9 @@ def test_each_embed_message_and_each_batch_shows_what_it_did(flower, clean):
 
 
 def test_a_bad_embed_message_shows_as_failed_with_its_reason(flower, fleet):
+    from pgfleet.settings import Settings
     from workers.app import create_app
     from workers.queues import QUEUE_GPU, TASK_EMBED
-    from workers.settings import Settings
 
     app = create_app(Settings(database_url=fleet.services.database_url,
                               redis_url=fleet.services.redis_url))
@@ -205,7 +205,7 @@ def shop_env(fleet, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shop_workers(shop_env, tmp_path_factory) -> Iterator[list[Proc]]:
-    from pgfleet.supervisor import fleet_children
+    from pgfleet.ops.supervisor import fleet_children
 
     log_dir = tmp_path_factory.mktemp("flower-shop-logs")
     procs = [Proc(f"flower-{s.name}", s.argv, shop_env, log_dir).start()
@@ -221,8 +221,8 @@ def shop_workers(shop_env, tmp_path_factory) -> Iterator[list[Proc]]:
 
 @pytest.fixture(scope="module")
 def celery_app(shop_env):
+    from pgfleet.settings import Settings
     from workers.app import create_app
-    from workers.settings import Settings
 
     app = create_app(Settings.from_env(shop_env))
     yield app

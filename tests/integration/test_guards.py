@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from pgfleet import db
 from tests.conftest import wait_until
-from workers import db
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +57,7 @@ def worker_role(services, conn):
     """The login the embedded default runs its producer and embedding workers as."""
     import secrets
 
-    from pgfleet.fleet import enable_fleet_login
+    from pgfleet.ops.fleet import enable_fleet_login
 
     url = enable_fleet_login(services.database_url, secrets.token_urlsafe(16))
     with db.connect(url, autocommit=True) as role_conn:

@@ -8,7 +8,7 @@ import json
 import psycopg
 import pytest
 
-from pgfleet.loader import LoadProblem, insert_batch, read_docs
+from pgfleet.embedding.loader import LoadProblem, insert_batch, read_docs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

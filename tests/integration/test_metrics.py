@@ -13,8 +13,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pgfleet.metrics import registry
-from pgfleet.services import free_port
+from pgfleet.ops.metrics import registry
+from pgfleet.ops.services import free_port
 from tests.conftest import ROOT, run_cli, wait_until
 
 pytestmark = pytest.mark.integration

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from workers import db
-from workers.pipeline import EmbedPipeline
-from workers.settings import Settings
-from workers.testing import FakeEngine
+from pgfleet import db
+from pgfleet.embedding.pipeline import EmbedPipeline
+from pgfleet.settings import Settings
+from pgfleet.testing import FakeEngine
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +76,7 @@ def test_a_write_poison_item_is_isolated(pipeline, scratch):
 
 
 def test_a_doc_whose_worker_keeps_dying_is_recorded(pipeline, scratch):
-    from workers.deaths import record_deaths
+    from pgfleet.embedding.deaths import record_deaths
 
     run, _ = pipeline
     [doc] = _insert(scratch, ["kills the worker, say"])

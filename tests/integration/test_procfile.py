@@ -15,9 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pgfleet.services import free_port
+from pgfleet import db
+from pgfleet.ops.services import free_port
 from tests.conftest import ROOT, create_database, wait_until
-from workers import db
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
+from pgfleet import db
 from tests.conftest import Proc, run_cli, wait_until
-from workers import db
 
 pytestmark = pytest.mark.integration
 
@@ -18,8 +18,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def int8(services, tmp_path_factory):
     """An INT8 version quantized from v1, registered (inactive) in the test database."""
-    from workers.settings import Settings
-    from workers.training.jobs import run_quantize
+    from pgfleet.settings import Settings
+    from pgfleet.training.jobs import run_quantize
 
     settings = Settings(home=tmp_path_factory.mktemp("models-home"))
     from tests.conftest import reset_database
@@ -34,7 +34,7 @@ def int8(services, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cpu_worker(fleet, tmp_path_factory):
-    from pgfleet.supervisor import fleet_children
+    from pgfleet.ops.supervisor import fleet_children
 
     spec = next(s for s in fleet_children(flower_port=None) if s.name == "worker-cpu")
     proc = Proc("worker-cpu", spec.argv, fleet.producer.env, tmp_path_factory.mktemp("cpu-logs"))

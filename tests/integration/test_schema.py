@@ -6,9 +6,9 @@ import sys
 import pytest
 
 import schema
+from pgfleet import db
 from schema.migrate import migrate
 from tests.conftest import ROOT
-from workers import db
 
 pytestmark = pytest.mark.integration
 

@@ -17,11 +17,11 @@ import pytest
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
+from pgfleet import db
+from pgfleet.errors import ConfigurationError, PgfleetError, QueryTimeout, SqlRejected
+from pgfleet.text2sql import check_sql, readonly, run_readonly
 from tests.conftest import ROOT, create_database, run_cli
 from tests.unit.test_sql_guard import AUDIT, HOSTILE
-from workers import db
-from workers.errors import ConfigurationError, PgfleetError, QueryTimeout, SqlRejected
-from workers.text2sql import check_sql, readonly, run_readonly
 
 READER_ROLE = "pgfleet_reader"
 MIGRATIONS = Path(__file__).resolve().parents[2] / "schema/migrations"
@@ -307,8 +307,8 @@ def test_the_client_never_holds_the_huge_result(reader_url):
     # a process of its own, so that its peak memory is this query's
     script = (
         "import resource, sys\n"
-        "from workers.errors import SqlRejected\n"
-        "from workers.text2sql import readonly, run_readonly\n"
+        "from pgfleet.errors import SqlRejected\n"
+        "from pgfleet.text2sql import readonly, run_readonly\n"
         "reader = readonly.connect_reader(sys.argv[1])\n"
         "run_readonly(reader, 'SELECT 1')\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
@@ -413,7 +413,7 @@ def test_the_migration_keeps_the_settings_an_administrator_chose(gconn):
 
 # ------------------------------------------------------------------------- the allow-list
 def test_every_allowed_function_is_a_built_in_and_only_two_are_volatile(gconn):
-    from workers.text2sql.allow_list import ALLOWED_FUNCTIONS
+    from pgfleet.text2sql.allow_list import ALLOWED_FUNCTIONS
 
     rows = gconn.execute(
         "SELECT name, count(p.oid), bool_or(p.provolatile = 'v'), bool_or(p.prosecdef) "

@@ -29,7 +29,7 @@ def state(fleet, clean):
     that nobody consumes here."""
     import redis
 
-    from workers.training import runs
+    from pgfleet.training import runs
 
     doc_id = clean.execute("INSERT INTO docs (content) VALUES ('status is at a glance') "
                            "RETURNING id").fetchone()[0]

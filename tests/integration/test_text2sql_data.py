@@ -9,11 +9,10 @@ import time
 
 import pytest
 
-from tests.conftest import create_database, run_cli
-from workers import db
-from workers.errors import ConfigurationError
-from workers.text2sql import check_sql, connect_reader
-from workers.text2sql.defog import (
+from pgfleet import db
+from pgfleet.errors import ConfigurationError
+from pgfleet.text2sql import check_sql, connect_reader
+from pgfleet.text2sql.defog import (
     Question,
     default_dir,
     read_questions,
@@ -22,12 +21,13 @@ from workers.text2sql.defog import (
     score,
     url_factory,
 )
-from workers.text2sql.examples import Example, check_examples, load_file
-from workers.text2sql.schema_text import introspect, model_input, serialize
-from workers.text2sql.scoring import expand_gold
-from workers.text2sql.synth import synthesize
-from workers.text2sql.synth_templates import TEMPLATES
-from workers.text2sql.values import database_values
+from pgfleet.text2sql.examples import Example, check_examples, load_file
+from pgfleet.text2sql.schema_text import introspect, model_input, serialize
+from pgfleet.text2sql.scoring import expand_gold
+from pgfleet.text2sql.synth import synthesize
+from pgfleet.text2sql.synth_templates import TEMPLATES
+from pgfleet.text2sql.values import database_values
+from tests.conftest import create_database, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -135,7 +135,7 @@ def test_examples_for_another_schema_or_database_are_checked_there(reader, other
 
 def test_guarded_work_refuses_the_fleets_connection_and_another_database(
         services, shop, reader, other_url, tmp_path):
-    from workers.text2sql.inputs import relevant_tables
+    from pgfleet.text2sql.inputs import relevant_tables
 
     schema = introspect(shop)
     question = "customers in paris"

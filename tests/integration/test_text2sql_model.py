@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
+from pgfleet import db
 from tests.conftest import ROOT, Proc, create_database, run_cli, wait_until
 from tests.integration.test_text2sql_data import SHOP
-from workers import db
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def shop(shop_url):
 
 @pytest.fixture
 def reader(services, shop_url):
-    from workers.text2sql import connect_reader
+    from pgfleet.text2sql import connect_reader
 
     with connect_reader(services.reader_url_for(shop_url)) as session:
         yield session
@@ -58,7 +58,7 @@ def env(services, shop_url, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def worker(env, tmp_path_factory):
-    from pgfleet.supervisor import fleet_children
+    from pgfleet.ops.supervisor import fleet_children
 
     spec = next(s for s in fleet_children(flower_port=None) if s.name == "worker-training")
     proc = Proc("worker-t2s-training", spec.argv, env,
@@ -140,8 +140,8 @@ def test_a_small_model_answers_held_out_questions_of_its_templates(env, worker, 
 
 
 def test_garbage_beams_give_no_sql_and_every_reason(trained, shop, reader, env):
-    from workers.text2sql import model
-    from workers.text2sql.generate import NO_CANDIDATE, generate_sql
+    from pgfleet.text2sql import model
+    from pgfleet.text2sql.generate import NO_CANDIDATE, generate_sql
 
     untrained = model.build(config={"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1,
                                     "num_decoder_layers": 1, "num_heads": 2}, seed=3)
@@ -163,7 +163,7 @@ def test_garbage_beams_give_no_sql_and_every_reason(trained, shop, reader, env):
     out = json.loads(result.stdout)
     assert out["version_id"] == trained["version_id"] and len(out["candidates"]) == 2
     if out["ok"]:
-        from workers.text2sql.guard import check_sql
+        from pgfleet.text2sql.guard import check_sql
 
         assert result.returncode == 0 and check_sql(out["sql"], reader).ok
     else:
@@ -171,8 +171,8 @@ def test_garbage_beams_give_no_sql_and_every_reason(trained, shop, reader, env):
 
 
 def test_hostile_candidates_are_all_rejected_and_the_safe_one_chosen(shop, reader):
-    from workers.text2sql.generate import choose
-    from workers.text2sql.guard import check_sql
+    from pgfleet.text2sql.generate import choose
+    from pgfleet.text2sql.guard import check_sql
 
     hostile = [
         "WITH gone AS (DELETE FROM orders RETURNING *) SELECT count(*) FROM gone",
@@ -232,7 +232,7 @@ def test_a_student_is_distilled_from_the_trained_version(trained, shop, env, wor
 
 # ------------------------------------------------------------------------- A/B routing
 def test_requests_follow_the_split_sticky_per_key_and_are_logged(trained, shop, env):
-    from workers.text2sql.generate import route
+    from pgfleet.text2sql.generate import route
 
     name = shop.execute("SELECT name FROM model_versions WHERE id = %s",
                         (trained["version_id"],)).fetchone()[0]
@@ -291,9 +291,9 @@ def test_bench_text2sql_scores_a_version_and_the_references_on_defog(trained, en
 def test_two_runs_ending_at_once_get_two_versions(shop, services, tmp_path, monkeypatch):
     """The label is taken at registration: a run that finds its label taken by another run
     meanwhile takes the next one, and each run's files are its own."""
-    from workers.settings import Settings
-    from workers.text2sql import model
-    from workers.training import text2sql as job
+    from pgfleet.settings import Settings
+    from pgfleet.text2sql import model
+    from pgfleet.training import text2sql as job
 
     taken = shop.execute(
         "INSERT INTO model_versions (name, version, kind, format, artifact, status, active, "

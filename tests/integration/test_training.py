@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from pgfleet import db
 from tests.conftest import ROOT, Proc, create_database, run_cli, wait_until
-from workers import db
 
 # training a real model on 2 shared cores: minutes, not seconds
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -32,7 +32,7 @@ TINY = {"max_pairs": 80, "epochs": 1, "batch_size": 8, "max_seq_length": 32, "ev
 @pytest.fixture(scope="module")
 def training_db(services):
     """A database of its own with documentation paragraphs in docs."""
-    from workers.corpus import stdlib_paragraphs
+    from pgfleet.corpus import stdlib_paragraphs
 
     url = create_database(services, "pgfleet_training")
     with db.connect(url, autocommit=True) as conn:
@@ -50,7 +50,7 @@ def env(services, training_db, tmp_path_factory):
 
 
 def _worker(env, log_dir) -> Proc:
-    from pgfleet.supervisor import fleet_children
+    from pgfleet.ops.supervisor import fleet_children
 
     spec = next(s for s in fleet_children(flower_port=None) if s.name == "worker-training")
     return Proc("worker-training", spec.argv, env, log_dir).start()
@@ -73,7 +73,7 @@ def conn(training_db):
 
 
 def _run(conn, run_id: int) -> dict:
-    from workers.training import runs
+    from pgfleet.training import runs
 
     return runs.get(conn, run_id)
 
@@ -86,8 +86,8 @@ def _wait_final(conn, run_id: int, timeout_s: float = 600) -> dict:
 
 @pytest.fixture(scope="module")
 def app(env):
+    from pgfleet.settings import Settings
     from workers.app import create_app
-    from workers.settings import Settings
 
     celery_app = create_app(Settings.from_env(env))
     yield celery_app
@@ -96,7 +96,7 @@ def app(env):
 
 def _start_long_run(conn, app) -> int:
     """A run of many epochs, once it has made a few steps."""
-    from workers.training import runs
+    from pgfleet.training import runs
 
     options = {**TINY, "epochs": 200}
     run_id = runs.create(conn, "train_embeddings", options)
@@ -160,7 +160,7 @@ def test_distillation_called_through_celery_keeps_the_student_close(env, worker,
 
 
 def test_a_run_delivered_twice_is_trained_once(env, worker, conn, app):
-    from workers.training import runs
+    from pgfleet.training import runs
 
     run_id = runs.create(conn, "train_embeddings", TINY)
     first = app.send_task("train_embeddings", kwargs={"run_id": run_id, **TINY})

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from workers import db
+from pgfleet import db
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -37,8 +37,8 @@ def _at_once(target, count: int = RUNS) -> tuple[dict, dict]:
 def test_embedding_runs_registering_at_once_get_their_own_labels_and_files(scratch_url,
                                                                            scratch, tmp_path):
     from pgfleet.models.versions import embedding_version
-    from workers.settings import Settings
-    from workers.training.jobs import register_version, run_artifact_dir
+    from pgfleet.settings import Settings
+    from pgfleet.training.jobs import register_version, run_artifact_dir
 
     source = embedding_version(scratch, "v1")
     settings = Settings(home=tmp_path)
@@ -64,8 +64,8 @@ def test_embedding_runs_registering_at_once_get_their_own_labels_and_files(scrat
 
 
 def test_text2sql_runs_registering_at_once_get_their_own_labels(scratch_url, scratch):
-    from workers.training import text2sql as job
-    from workers.training.jobs import register_under_lock
+    from pgfleet.training import text2sql as job
+    from pgfleet.training.jobs import register_under_lock
 
     def one_run(i, start):
         with db.connect(scratch_url, autocommit=True) as conn:
@@ -84,8 +84,8 @@ def test_text2sql_runs_registering_at_once_get_their_own_labels(scratch_url, scr
 
 
 def test_a_run_writes_only_its_own_directory(tmp_path):
-    from workers.settings import Settings
-    from workers.training.jobs import run_artifact_dir
+    from pgfleet.settings import Settings
+    from pgfleet.training.jobs import run_artifact_dir
 
     settings = Settings(home=tmp_path)
     first = run_artifact_dir(settings, "m", 1)

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
+from pgfleet import db
 from tests.conftest import create_database
-from workers import db
 
 pytestmark = pytest.mark.integration
 
@@ -19,8 +19,8 @@ pytestmark = pytest.mark.integration
 def setup(services):
     import redis
 
+    from pgfleet.settings import Settings
     from workers.app import create_app
-    from workers.settings import Settings
 
     url = create_database(services, "pgfleet_republish")
     redis_url = services.redis_url.rsplit("/", 1)[0] + "/7"
@@ -42,8 +42,8 @@ def _messages(client) -> list[dict]:
 
 
 def test_a_queued_run_whose_message_was_lost_is_published_again_once(setup):
+    from pgfleet.training import runs
     from producers.reconcile import republish_lost_runs
-    from workers.training import runs
 
     conn, pool, app, redis_url, client = setup
     lost = runs.create(conn, "quantize", {"from_version": "v1", "sample": 10})
@@ -70,9 +70,9 @@ def test_a_queued_run_whose_message_was_lost_is_published_again_once(setup):
 
 
 def test_when_redis_cannot_be_read_nothing_is_published(setup):
+    from pgfleet.training import runs
     from producers.broker import task_ids
     from producers.reconcile import republish_lost_runs
-    from workers.training import runs
 
     conn, pool, app, _, client = setup
     run = runs.create(conn, "quantize", {})

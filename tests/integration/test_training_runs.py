@@ -13,9 +13,9 @@ import time
 
 import pytest
 
+from pgfleet import db
+from pgfleet.training import runs
 from tests.conftest import ROOT, create_database, wait_until
-from workers import db
-from workers.training import runs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -74,7 +74,7 @@ def test_a_run_reconnects_when_its_connection_is_lost(conn, runs_url):
 def test_a_run_survives_a_postgresql_restart(tmp_path):
     """The embedded server stops and starts again under the run: the heartbeat resumes, and
     the outcome is recorded."""
-    from pgfleet.services import EmbeddedPostgres
+    from pgfleet.ops.services import EmbeddedPostgres
     from schema.migrate import migrate
 
     server = EmbeddedPostgres(tmp_path / "pg", port=0)
@@ -148,8 +148,8 @@ def test_the_time_limit_stops_a_job_that_never_reports_progress(conn, runs_url):
 
 STUCK_SCRIPT = """
 import sys, time
-from workers import db
-from workers.training import runs
+from pgfleet import db
+from pgfleet.training import runs
 
 url = sys.argv[1]
 

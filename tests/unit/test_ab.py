@@ -81,7 +81,7 @@ def test_bootstrap_intervals_and_verdict():
 def test_a_blocking_session_is_described_by_pid_state_age_and_query():
     import datetime as dt
 
-    from workers.vector_index import describe
+    from pgfleet.db.vector_index import describe
 
     since = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     holders = [{"virtualtransaction": "7/42", "pid": 4242, "state": "idle in transaction",

@@ -3,14 +3,14 @@ import random
 import numpy as np
 import pytest
 
-from workers.batching import (
+from pgfleet.embedding.batching import (
     MAX_IDS_PER_MESSAGE,
     backoff_s,
     chunked,
     plan_batch,
     validate_embed_args,
 )
-from workers.errors import InvalidTaskArguments
+from pgfleet.errors import InvalidTaskArguments
 
 
 def test_valid_args_by_position_and_by_name():
@@ -88,7 +88,7 @@ def test_backoff_is_capped_exponential_with_jitter():
 
 
 def test_token_budget_groups_sort_by_length_and_respect_the_budget():
-    from workers.batching import token_budget_groups
+    from pgfleet.embedding.batching import token_budget_groups
 
     lengths = [100, 10, 10, 50, 300, 10, 60]
     groups = token_budget_groups(lengths, 200)
@@ -109,7 +109,7 @@ from hypothesis import strategies as st  # noqa: E402
 @given(st.lists(st.integers(min_value=0, max_value=600), max_size=80),
        st.integers(min_value=1, max_value=5000))
 def test_token_budget_groups_cover_every_index_once(lengths, budget):
-    from workers.batching import token_budget_groups
+    from pgfleet.embedding.batching import token_budget_groups
 
     groups = token_budget_groups(lengths, budget)
     assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
@@ -129,7 +129,7 @@ def test_validation_accepts_or_refuses_clearly_never_crashes(args):
 
 
 def test_quantization_choice_follows_the_cpu():
-    from workers.training.quantize import quantization_choice
+    from pgfleet.training.quantize import quantization_choice
 
     vnni = quantization_choice({"avx2", "avx512f", "avx512_vnni"})
     assert vnni["per_channel"] and not vnni["reduce_range"] and vnni["weight_type"] == "QInt8"
@@ -137,7 +137,7 @@ def test_quantization_choice_follows_the_cpu():
 
 
 def test_fidelity_of_identical_and_perturbed_vectors():
-    from workers.training.measure import fidelity
+    from pgfleet.training.measure import fidelity
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((30, 8)).astype(np.float32)
@@ -148,7 +148,7 @@ def test_fidelity_of_identical_and_perturbed_vectors():
 
 
 def test_the_content_cut_is_the_window_times_the_characters_a_token_covers():
-    from workers.batching import MAX_CHARS_PER_TOKEN, max_chars
+    from pgfleet.embedding.batching import MAX_CHARS_PER_TOKEN, max_chars
 
     assert MAX_CHARS_PER_TOKEN == 100
     assert max_chars(256) == 25_600

@@ -2,10 +2,10 @@
 
 import pytest
 
-from workers.cache import CachePolicy, eviction_plan, hit_ratio
-from workers.errors import ConfigurationError
+from pgfleet.embedding.cache import CachePolicy, eviction_plan, hit_ratio
+from pgfleet.errors import ConfigurationError
+from pgfleet.settings import Settings
 from workers.queues import QUEUE_CPU, TASK_PRUNE_CACHE
-from workers.settings import Settings
 
 
 def test_eviction_plan_deletes_the_excess_in_chunks():
@@ -59,7 +59,7 @@ def test_beat_schedules_the_prune_on_the_cpu_queue_with_its_file_under_home(tmp_
 
 
 def test_the_fleet_runs_one_beat():
-    from pgfleet.supervisor import fleet_children
+    from pgfleet.ops.supervisor import fleet_children
 
     names = [s.name for s in fleet_children(flower_port=None)]
     assert names.count("beat") == 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import ast
 
+from pgfleet.embedding.pipeline import BatchReport, Failure
 from workers import events
-from workers.pipeline import BatchReport, Failure
 
 
 def test_message_events_carry_what_flower_shows():

@@ -1,4 +1,4 @@
-from pgfleet.loader import LoadProblem, read_docs
+from pgfleet.embedding.loader import LoadProblem, read_docs
 
 
 def test_jsonl_reports_each_bad_line(tmp_path):

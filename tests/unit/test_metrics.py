@@ -4,7 +4,8 @@ from collections import Counter
 
 import pytest
 
-from pgfleet.metrics import (
+from pgfleet.errors import ConfigurationError
+from pgfleet.ops.metrics import (
     BATCH_SIZE_BUCKETS,
     LATENCY_BUCKETS_S,
     LogTotals,
@@ -12,8 +13,7 @@ from pgfleet.metrics import (
     latency_buckets,
     size_buckets,
 )
-from workers.errors import ConfigurationError
-from workers.settings import Settings
+from pgfleet.settings import Settings
 
 
 def test_size_buckets_are_cumulative_and_inclusive():
@@ -65,7 +65,7 @@ def test_metrics_port_setting():
 
 
 def test_up_serves_metrics_as_a_child():
-    from pgfleet.supervisor import fleet_children
+    from pgfleet.ops.supervisor import fleet_children
 
     [spec] = [s for s in fleet_children(flower_port=None, metrics_port=9999)
               if s.name == "metrics"]

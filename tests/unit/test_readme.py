@@ -19,7 +19,7 @@ def _settings_section() -> str:
 
 
 def _read_variables() -> set[str]:
-    from workers.settings import PREFIX, Settings
+    from pgfleet.settings import PREFIX, Settings
 
     names = {PREFIX + f.name.upper() for f in dataclasses.fields(Settings)}
     for folder in ("workers", "pgfleet", "producers", "schema"):

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from workers.errors import ConfigurationError
-from workers.settings import STATE_FILE, Settings, redact, resolve_urls
+from pgfleet.errors import ConfigurationError
+from pgfleet.settings import Settings, redact, resolve_urls
+from pgfleet.state import STATE_FILE
 
 
 def test_defaults_and_parsing():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from workers.errors import SqlRejected
-from workers.text2sql import check_sql, policy, run_readonly
+from pgfleet.errors import SqlRejected
+from pgfleet.text2sql import check_sql, policy, run_readonly
 
 ACCEPTED = [
     "SELECT * FROM orders WHERE EXISTS (SELECT FROM customers)",

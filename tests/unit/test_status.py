@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from pgfleet.cli.status import age_text, lag_text, render, split_text
-from pgfleet.status import coverage, merge_workers, queue_rows
+from pgfleet.ops.status import coverage, merge_workers, queue_rows
 
 
 def test_workers_merge_the_broadcast_and_the_heartbeats():

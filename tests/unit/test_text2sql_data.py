@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from workers.errors import PgfleetError
-from workers.text2sql.examples import parse_csv, parse_file, parse_jsonl
-from workers.text2sql.schema_text import Column, ForeignKey, Schema, Table, model_input, serialize
-from workers.text2sql.scoring import Table as Result
-from workers.text2sql.scoring import (
+from pgfleet.errors import PgfleetError
+from pgfleet.text2sql.examples import parse_csv, parse_file, parse_jsonl
+from pgfleet.text2sql.schema_text import Column, ForeignKey, Schema, Table, model_input, serialize
+from pgfleet.text2sql.scoring import Table as Result
+from pgfleet.text2sql.scoring import (
     canonical,
     compare,
     exact_match,
@@ -22,8 +22,8 @@ from workers.text2sql.scoring import (
     split_statements,
     subset_match,
 )
-from workers.text2sql.synth import column_kind
-from workers.text2sql.synth_templates import article, plural, singular, words
+from pgfleet.text2sql.synth import column_kind
+from pgfleet.text2sql.synth_templates import article, plural, singular, words
 
 
 # ------------------------------------------------------------------------- example files

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from workers.errors import ModelLoadError, PgfleetError
-from workers.text2sql.generate import NO_CANDIDATE, choose
-from workers.text2sql.inputs import build_input, relevant_tables
-from workers.text2sql.schema_text import Column, Schema, Table
-from workers.training.text2sql import OPTIONS, held_out, normalize_sql, validate_options
+from pgfleet.errors import ModelLoadError, PgfleetError
+from pgfleet.text2sql.generate import NO_CANDIDATE, choose
+from pgfleet.text2sql.inputs import build_input, relevant_tables
+from pgfleet.text2sql.schema_text import Column, Schema, Table
+from pgfleet.training.text2sql import OPTIONS, held_out, normalize_sql, validate_options
 
 SHOP = Schema([
     Table("public", "customers", [Column("id", "integer"), Column("name", "text")]),
@@ -136,7 +136,7 @@ TINY = {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_decoder_laye
 def test_a_tiny_t5_trains_saves_loads_and_returns_every_beam(tmp_path):
     import torch
 
-    from workers.text2sql import model
+    from pgfleet.text2sql import model
 
     seq = model.build(config=TINY, seed=1)
     assert seq.source == "scratch" and model.parameters(seq) < 50_000
@@ -156,7 +156,7 @@ def test_a_tiny_t5_trains_saves_loads_and_returns_every_beam(tmp_path):
 
 
 def test_a_bpe_vocabulary_learned_from_examples_still_writes_any_text(tmp_path):
-    from workers.text2sql import model
+    from pgfleet.text2sql import model
 
     texts = ["how many orders | orders : id , amount", "SELECT count(*) FROM orders"] * 20
     tokenizer = model.bpe_tokenizer(texts, vocab_size=400)
@@ -172,7 +172,7 @@ def test_a_bpe_vocabulary_learned_from_examples_still_writes_any_text(tmp_path):
 
 
 def test_a_missing_base_model_says_so():
-    from workers.text2sql import model
+    from pgfleet.text2sql import model
 
     with pytest.raises(ModelLoadError, match="'/nonexistent': no such model directory"):
         model.build("/nonexistent")

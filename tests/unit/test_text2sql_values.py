@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from workers.errors import PgfleetError
-from workers.text2sql.generate import choose
-from workers.text2sql.values import (
+from pgfleet.errors import PgfleetError
+from pgfleet.text2sql.generate import choose
+from pgfleet.text2sql.values import (
     UnknownPlaceholder,
     Value,
     mask,
@@ -106,7 +106,7 @@ def test_a_value_inside_a_literal_stays_inside_it(value):
     kinds = [t.token_type.name for t in sqlglot.tokenize(sql, read="postgres")]
     assert kinds == ["SELECT", "STAR", "FROM", "VAR", "WHERE", "NAME", "LIKE", "STRING", "AND",
                      "VAR", "EQ", "STRING", "AND", "VAR", "EQ", "STRING"], sql
-    from workers.text2sql import check_sql
+    from pgfleet.text2sql import check_sql
 
     verdict = check_sql(sql)
     assert verdict.ok, verdict.reasons
@@ -163,7 +163,7 @@ def test_a_placeholder_the_question_lacks_rejects_the_beam():
 # ------------------------------------------------------------------------- distillation
 def test_the_distillation_loss_is_the_original_formula():
     torch = pytest.importorskip("torch")
-    from workers.training.text2sql import distillation_loss
+    from pgfleet.training.text2sql import distillation_loss
 
     torch.manual_seed(0)
     student, teacher = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
@@ -183,7 +183,7 @@ def test_the_distillation_loss_is_the_original_formula():
 def test_the_student_is_half_the_teacher_unless_sized():
     from transformers import T5Config
 
-    from workers.training.text2sql_distill import student_config
+    from pgfleet.training.text2sql_distill import student_config
 
     teacher = T5Config(d_model=256, num_layers=4, num_heads=4, d_ff=768)
     config = student_config(teacher)
@@ -203,7 +203,7 @@ def test_the_student_is_half_the_teacher_unless_sized():
     ({"from_version": 1}, "option from_version must be str, not int"),
 ])
 def test_bad_distillation_options_are_named(given, message):
-    from workers.training.text2sql_distill import validate_options
+    from pgfleet.training.text2sql_distill import validate_options
 
     with pytest.raises(PgfleetError, match="^distill_text2sql: ") as info:
         validate_options(given)
@@ -212,8 +212,8 @@ def test_bad_distillation_options_are_named(given, message):
 
 # ------------------------------------------------------------------------- column linking
 def test_the_columns_a_question_names_are_listed_in_its_order():
-    from workers.text2sql.inputs import mentioned_columns, prepare
-    from workers.text2sql.schema_text import Column, Schema, Table
+    from pgfleet.text2sql.inputs import mentioned_columns, prepare
+    from pgfleet.text2sql.schema_text import Column, Schema, Table
 
     schema = Schema([
         Table("public", "customers", [Column("id", "integer"), Column("city", "text"),
@@ -235,7 +235,7 @@ def test_the_columns_a_question_names_are_listed_in_its_order():
 
 def test_a_saved_model_remembers_how_it_reads(tmp_path):
     pytest.importorskip("torch")
-    from workers.text2sql import model
+    from pgfleet.text2sql import model
 
     seq = model.build(config={"d_model": 16, "d_kv": 4, "d_ff": 32, "num_layers": 1,
                               "num_decoder_layers": 1, "num_heads": 4})

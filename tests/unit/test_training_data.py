@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from workers.errors import PgfleetError
-from workers.training import pairs
-from workers.training.embeddings import (
+from pgfleet.errors import PgfleetError
+from pgfleet.training import pairs
+from pgfleet.training.embeddings import (
     DISTILL_OPTIONS,
     TRAIN_OPTIONS,
     keep_layers,

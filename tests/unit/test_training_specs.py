@@ -7,9 +7,9 @@ import pytest
 from click.testing import CliRunner
 
 from pgfleet.cli import main
-from workers.errors import PgfleetError
+from pgfleet.errors import PgfleetError
+from pgfleet.training.specs import SPECS
 from workers.queues import TRAINING_TASKS
-from workers.training.specs import SPECS
 
 
 def test_the_training_queue_routes_every_job_by_its_task_name():

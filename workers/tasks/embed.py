@@ -7,9 +7,9 @@ or ``PGFLEET_BATCH_MAX_WAIT_MS`` has passed, whichever comes first.
 Each message gets a result (in the result backend, for ``celery -A workers result ID``): a
 summary, or a clear error for malformed arguments, an unknown model version or unknown doc
 ids. A batch whose pool process dies is republished at once and acknowledged, after the
-death is counted against the docs that process had started (:mod:`workers.deaths`); those
+death is counted against the docs that process had started (:mod:`pgfleet.embedding.deaths`); those
 docs are then embedded one at a time, so that one doc that kills the process cannot take
-its neighbours with it (see :mod:`workers.pipeline`).
+its neighbours with it (see :mod:`pgfleet.embedding.pipeline`).
 
 celery-batches sends no task events for the messages it buffers: this module sends them
 (received, started, succeeded or failed, with each message's result), and one task per
@@ -28,12 +28,13 @@ from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 from kombu.utils.uuid import uuid
 
-from workers import deaths, events, lifecycle
+from pgfleet.embedding import deaths
+from pgfleet.embedding.batching import validate_embed_args
+from pgfleet.errors import InvalidTaskArguments, PgfleetError, UnknownModelVersion
+from pgfleet.settings import Settings
+from workers import events, lifecycle
 from workers.app import app
-from workers.batching import validate_embed_args
-from workers.errors import InvalidTaskArguments, PgfleetError, UnknownModelVersion
 from workers.queues import TASK_EMBED
-from workers.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 
-from workers import cache, db, lifecycle
+from pgfleet import db
+from pgfleet.embedding import cache
+from pgfleet.settings import resolve_urls
+from workers import lifecycle
 from workers.app import app
 from workers.queues import QUEUE_CPU, TASK_PRUNE_CACHE
-from workers.settings import resolve_urls
 
 logger = logging.getLogger(__name__)
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers import db, lifecycle
+from pgfleet import db
+from pgfleet.settings import resolve_urls
+from workers import lifecycle
 from workers.app import app
 from workers.queues import QUEUE_CPU, TASK_GENERATE_SQL
-from workers.settings import resolve_urls
 
 
 @app.task(name=TASK_GENERATE_SQL, queue=QUEUE_CPU, acks_late=False, ignore_result=False)
@@ -22,8 +23,8 @@ def generate_sql(question: str, version: str | int | None = None,
     """``{"sql": ..., "beam": ..., "why": ..., "rejected": [...], ...}``; ``sql`` is None
     when no beam passed the guard. Without ``version`` the A/B split of the active text2sql
     model chooses one, the same for every request with the same ``key``."""
-    from workers.text2sql.generate import generate_sql as generate
-    from workers.text2sql.readonly import connect_reader
+    from pgfleet.text2sql.generate import generate_sql as generate
+    from pgfleet.text2sql.readonly import connect_reader
 
     urls = resolve_urls(lifecycle.settings())
     # the fleet's connection routes and logs; the values and the beams go through a session

@@ -5,9 +5,9 @@ acknowledged when they start, so that Redis' visibility timeout never re-runs a 
 that is still running, and a run is claimed once (a duplicate delivery is skipped). A
 worker that dies mid-run stops its heartbeat; the producer then marks the run failed. A run
 has a time limit (``PGFLEET_TRAINING_TIME_LIMIT_S``), enforced by the run itself (see
-:mod:`workers.training.runs`); Celery's hard ``time_limit`` is set past it as a backstop.
+:mod:`pgfleet.training.runs`); Celery's hard ``time_limit`` is set past it as a backstop.
 
-There is one task per job of :mod:`workers.training.specs`, named as the job. Each takes
+There is one task per job of :mod:`pgfleet.training.specs`, named as the job. Each takes
 the job's options, and ``run_id`` (a run that ``pgfleet train ...`` queued) or, when called
 directly (``celery -A workers call train_embeddings --kwargs '{"epochs": 2}'``), none: it
 creates its run from the Celery task id. Progress is visible in ``pgfleet train status``, in the
@@ -22,11 +22,12 @@ from typing import Any
 
 from celery.utils.saferepr import saferepr
 
-from workers import db, events, lifecycle
+from pgfleet import db
+from pgfleet.settings import Settings, resolve_urls
+from pgfleet.training.specs import SPECS, JobSpec
+from workers import events, lifecycle
 from workers.app import app
 from workers.queues import QUEUE_TRAINING
-from workers.settings import Settings, resolve_urls
-from workers.training.specs import SPECS, JobSpec
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def run_job(spec: JobSpec, options: dict[str, Any], run_id: int | None,
             *, celery_task=None) -> dict[str, Any]:
     """Run a training job under its ``training_runs`` row (here, or in a worker). Its
     options are checked inside the run, so that a bad one fails the run with its reason."""
-    from workers.training import runs
+    from pgfleet.training import runs
 
     settings = lifecycle.settings()
     url = resolve_urls(settings).database_url
@@ -86,5 +87,5 @@ def _task(spec: JobSpec):
                     ignore_result=False, time_limit=_TIME_LIMIT_S)(task)
 
 
-#: task name -> Celery task, one for each job of :data:`~workers.training.specs.SPECS`
+#: task name -> Celery task, one for each job of :data:`~pgfleet.training.specs.SPECS`
 TASKS = {name: _task(spec) for name, spec in SPECS.items()}

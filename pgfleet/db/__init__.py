@@ -1,0 +1,111 @@
+"""The one module that talks to psycopg: connections, pools, and error mapping.
+
+Driver errors become pgfleet's own exceptions (``raise ... from exc``): a server that cannot
+be reached is a :class:`~pgfleet.errors.DatabaseUnavailable` (retryable); the message names
+the server without its password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+import schema
+from pgfleet.errors import DatabaseConflict, DatabaseRejected, DatabaseUnavailable
+from pgfleet.settings import redact
+
+logger = logging.getLogger(__name__)
+
+APPLICATION_NAME = "pgfleet"
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    # pgvector's adapters: numpy arrays in, numpy arrays out (binary)
+    from pgvector.psycopg import register_vector
+
+    register_vector(conn)
+
+
+def connect(url: str, *, autocommit: bool = False, register: bool = True,
+            connect_timeout_s: int = 5, name: str = APPLICATION_NAME) -> psycopg.Connection:
+    """A single connection, for listeners, migrations and one-shot commands."""
+    try:
+        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=connect_timeout_s,
+                               application_name=name)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(_describe(url, exc)) from exc
+    if register:
+        try:
+            _configure(conn)
+        except psycopg.ProgrammingError:
+            # the vector extension is not installed yet (before the first migrate)
+            conn.rollback()
+    return conn
+
+
+def open_pool(url: str, *, min_size: int = 1, max_size: int = 4, name: str = APPLICATION_NAME,
+              timeout_s: float = 10.0) -> ConnectionPool:
+    """A pool for workers and producers; opened after fork, in the process that uses it."""
+    pool = ConnectionPool(
+        url, min_size=min_size, max_size=max_size, configure=_configure, open=False,
+        kwargs={"application_name": name, "connect_timeout": 5}, timeout=timeout_s,
+        reconnect_timeout=60.0, check=ConnectionPool.check_connection,
+        name=name)
+    pool.open(wait=False)
+    return pool
+
+
+@contextlib.contextmanager
+def pooled(pool: ConnectionPool) -> Iterator[psycopg.Connection]:
+    """A connection from the pool, with driver errors mapped to pgfleet's."""
+    with mapped_errors(), pool.connection() as conn:
+        yield conn
+
+
+@contextlib.contextmanager
+def mapped_errors() -> Iterator[None]:
+    """Driver errors raised inside become pgfleet's (for single connections; ``pooled``
+    does this for pools)."""
+    try:
+        yield
+    except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure,
+            psycopg.errors.ForeignKeyViolation) as exc:
+        # a foreign-key violation here is a doc deleted while its batch was written: running
+        # the statement again skips it
+        raise DatabaseConflict(f"database conflict, safe to retry: {_first_line(exc)}") from exc
+    except PoolTimeout as exc:
+        raise DatabaseUnavailable(f"no database connection available: {exc}") from exc
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"database connection failed: {_first_line(exc)}") from exc
+    except (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.RaiseException,
+            psycopg.errors.InsufficientPrivilege) as exc:
+        raise DatabaseRejected(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+def fetch_all(conn: psycopg.Connection, name: str, params: dict[str, Any] | None = None,
+              ) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(schema.query(name), params or {})
+        return cur.fetchall()
+
+
+def fetch_one(conn: psycopg.Connection, name: str, params: dict[str, Any] | None = None,
+              ) -> dict[str, Any] | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(schema.query(name), params or {})
+        return cur.fetchone()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _describe(url: str, exc: BaseException) -> str:
+    return f"cannot connect to PostgreSQL at {redact(url)}: {_first_line(exc)}"

@@ -1,0 +1,1 @@
+"""Embedding: engines, batch planning (pure), the pipeline, the overlapped writer, search."""

@@ -1,0 +1,138 @@
+"""Search: routed to a model version by its A/B split, embedded by that version's own engine,
+searched only against that version's vectors, and logged.
+
+Routing: with ``--version`` the named version answers. Otherwise the version is assigned by
+traffic percent among the serving versions of the model name (sticky with a key, random
+without). If the assigned version is still being backfilled, the search **falls back** to the
+complete serving version with the most traffic and says so (``fallback_from``); a version
+that is incomplete and has no complete alternative answers anyway, flagged ``incomplete``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+import schema
+from pgfleet import db
+from pgfleet.embedding.batching import as_array
+from pgfleet.embedding.engines import Engine, ModelSpec
+from pgfleet.models import inference_logs, routing, splits
+
+
+@dataclass
+class Hit:
+    doc_id: int
+    score: float
+    content: str
+    metadata: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"doc_id": self.doc_id, "score": round(self.score, 6), "content": self.content,
+                "metadata": self.metadata}
+
+
+@dataclass
+class Route:
+    spec: ModelSpec
+    assigned: ModelSpec
+    fallback_from: str | None = None
+    incomplete: bool = False
+
+
+@dataclass
+class Answer:
+    query: str
+    route: Route
+    hits: list[Hit] = field(default_factory=list)
+    latency_ms: float = 0.0
+    cache_hit: bool = False
+    log_id: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"query": self.query, "version": self.route.spec.label,
+                               "assigned_version": self.route.assigned.label,
+                               "log_id": self.log_id, "latency_ms": round(self.latency_ms, 2),
+                               "cache_hit": self.cache_hit,
+                               "hits": [h.as_json() for h in self.hits]}
+        if self.route.fallback_from:
+            out["fallback_from"] = self.route.fallback_from
+        if self.route.incomplete:
+            out["incomplete"] = True
+        return out
+
+
+def search_sql(dims: int) -> sql.Composed:
+    return sql.SQL(schema.query("search")).format(dims=sql.Literal(dims))
+
+
+def route(conn: psycopg.Connection, version_ref: str | None, key: str | None,
+          name: str | None = None) -> Route:
+    """The version named, else the one the split assigns (:func:`pgfleet.models.routing.route`);
+    one still being backfilled hands over to the complete serving version with the most
+    traffic."""
+    assigned = routing.route(conn, "embedding", version_ref, key, name)
+    if version_ref is not None or not _backfilling(conn, assigned.id):
+        return Route(assigned.spec, assigned.spec)
+    complete = splits.leader([v for v in routing.serving(conn, "embedding", assigned.name)
+                              if not _backfilling(conn, v.id)], lambda v: v.traffic_percent)
+    if complete is not None:
+        return Route(complete.spec, assigned.spec, fallback_from=assigned.label)
+    return Route(assigned.spec, assigned.spec, incomplete=True)
+
+
+def _backfilling(conn: psycopg.Connection, version_id: int) -> bool:
+    return db.fetch_one(conn, "backfilling", {"version_id": version_id})["backfilling"]
+
+
+def _query_vector(conn: psycopg.Connection, engine: Engine, spec: ModelSpec, text: str):
+    """The query's vector, from the inference cache when this version has seen it."""
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    row = conn.execute("UPDATE model_cache SET hits = hits + 1, last_hit_at = now() "
+                       "WHERE version_id = %s AND input_hash = %s RETURNING embedding",
+                       (spec.version_id, digest)).fetchone()
+    if row is not None:
+        return as_array(row[0]), True
+    vector = engine.encode([text])[0]
+    conn.execute("INSERT INTO model_cache (version_id, input_hash, embedding) VALUES (%s, %s, %s) "
+                 "ON CONFLICT DO NOTHING", (spec.version_id, digest, vector))
+    return vector, False
+
+
+def _nearest(conn: psycopg.Connection, spec: ModelSpec, vector, k: int) -> list[Hit]:
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        # HNSW returns at most ef_search candidates; ask for at least k
+        cur.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(40, k)),))
+        cur.execute(search_sql(spec.dimensions),
+                    {"query": vector, "version_id": spec.version_id, "k": k})
+        rows = cur.fetchall()
+    return [Hit(r["id"], float(r["score"]), r["content"], r["metadata"]) for r in rows]
+
+
+def routed_search(conn: psycopg.Connection, engines, text: str, k: int, *,
+                  version_ref: str | None = None, key: str | None = None,
+                  name: str | None = None) -> Answer:
+    """Route, embed (cache first), search that version's vectors only, and log it."""
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    started = time.perf_counter()
+    chosen = route(conn, version_ref, key, name)
+    routed_s = time.perf_counter() - started
+    # loading a model the first time is not part of a search's latency
+    engine = engines(chosen.spec)
+    started = time.perf_counter()
+    vector, cache_hit = _query_vector(conn, engine, chosen.spec, text)
+    hits = _nearest(conn, chosen.spec, vector, k)
+    latency_ms = (routed_s + time.perf_counter() - started) * 1000
+    log_id = inference_logs.write(conn, inference_logs.row(
+        "search", version_id=chosen.spec.version_id,
+        assigned_version_id=chosen.assigned.version_id, latency_ms=latency_ms,
+        cache_hits=int(cache_hit), model_calls=int(not cache_hit), key=key,
+        results=[h.doc_id for h in hits]))
+    return Answer(text, chosen, hits, latency_ms, cache_hit, log_id)

@@ -1,0 +1,1 @@
+"""Operations: embedded servers, the supervisor, ``up``, status, metrics and benchmarks."""
