@@ -1,11 +1,12 @@
 """pgfleet's database schema: migrations, idempotent objects and every query, by name.
 
-Two kinds of files live here:
+Three kinds of files live here, and nothing but SQL and the code that loads it:
 
 * ``migrations/NNNN_*.sql`` run once each, in order, and never change once landed;
-* ``idempotent/*.sql`` (functions, triggers, indexes) are re-applied on every migrate.
-
-``queries.sql`` holds every query the fleet runs, each under a ``-- name: ...`` header.
+* ``idempotent/*.sql`` (functions, triggers, indexes) are re-applied on every migrate;
+* ``queries/*.sql``, one file per aggregate (pending work, embeddings, versions, runs, cache,
+  logs, text-to-SQL, ...), hold every query the fleet runs, each under a ``-- name: ...``
+  header. A name is unique across all the files.
 """
 
 from __future__ import annotations
@@ -39,13 +40,19 @@ def idempotent() -> list[SqlFile]:
     return _files("idempotent")
 
 
-def parse_queries(text: str) -> dict[str, str]:
-    """Split a queries file into ``{name: sql}``; a name given twice is an error."""
+def parse_queries(text: str, *, where: str = "queries", into: dict[str, str] | None = None,
+                  origin: dict[str, str] | None = None) -> dict[str, str]:
+    """Split a queries file into ``{name: sql}``; a name given twice is an error (also across
+    files, when ``into`` holds the queries of the files read before and ``origin`` their
+    file names)."""
     parts = _NAME_RE.split(text)
-    queries: dict[str, str] = {}
+    queries: dict[str, str] = {} if into is None else into
+    origin = {} if origin is None else origin
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in queries:
-            raise ValueError(f"query {name!r} is defined twice in queries.sql")
+            first = origin.get(name, where)
+            raise ValueError(f"query {name!r} is defined twice: in {first} and in {where}")
+        origin[name] = where
         lines = [line for line in body.strip().splitlines() if not line.startswith("--")]
         queries[name] = "\n".join(lines).strip().rstrip(";")
     return queries
@@ -53,7 +60,12 @@ def parse_queries(text: str) -> dict[str, str]:
 
 @cache
 def queries() -> dict[str, str]:
-    return parse_queries(resources.files(__name__).joinpath("queries.sql").read_text("utf-8"))
+    """Every named query, from all the files of ``queries/``."""
+    found: dict[str, str] = {}
+    origin: dict[str, str] = {}
+    for file in _files("queries"):
+        parse_queries(file.text, where=f"schema/queries/{file.name}", into=found, origin=origin)
+    return found
 
 
 def query(name: str) -> str:
@@ -61,4 +73,4 @@ def query(name: str) -> str:
     try:
         return queries()[name]
     except KeyError:
-        raise KeyError(f"no query named {name!r} in schema/queries.sql") from None
+        raise KeyError(f"no query named {name!r} in schema/queries/*.sql") from None

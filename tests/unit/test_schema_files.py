@@ -34,3 +34,11 @@ def test_routing_by_format():
     assert queue_for_format("onnx-int8") == "embed.cpu"
     with pytest.raises(ValueError, match="no queue serves"):
         queue_for_format("tflite")
+
+
+def test_a_name_given_in_two_query_files_is_refused_naming_both():
+    found: dict[str, str] = {}
+    origin: dict[str, str] = {}
+    schema.parse_queries("-- name: a\nSELECT 1;\n", where="one.sql", into=found, origin=origin)
+    with pytest.raises(ValueError, match="in one.sql and in two.sql"):
+        schema.parse_queries("-- name: a\nSELECT 2;\n", where="two.sql", into=found, origin=origin)

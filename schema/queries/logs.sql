@@ -1,0 +1,12 @@
+-- Inference logs, one row per request.
+-- Values are bound parameters; nothing here is assembled from strings.
+
+-- name: log_inference
+-- One request's row, every column given (pgfleet.models.inference_logs.row). results holds
+-- a search's doc ids, or text2sql's chosen beam (0 = the best-scored one; NULL when no
+-- candidate passed the guard, and error says why).
+INSERT INTO inference_logs (version_id, assigned_version_id, task, latency_ms, batch_size,
+                            cache_hits, model_calls, worker, request_key, results, error)
+VALUES (%(version_id)s, %(assigned_version_id)s, %(task)s, %(latency_ms)s, %(batch_size)s,
+        %(cache_hits)s, %(model_calls)s, %(worker)s, %(request_key)s, %(results)s, %(error)s)
+RETURNING id;
