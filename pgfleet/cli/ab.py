@@ -96,11 +96,12 @@ def ab_retire(name: str, version: str) -> None:
 def ab_feedback(log_id: int, doc_id: int, relevance: float) -> None:
     """Record that the user of logged search LOG_ID chose DOC_ID (applications can insert
     into search_feedback directly)."""
+    import schema
     from pgfleet.cli import context
 
     with context.connection(autocommit=True) as conn:
-        conn.execute("INSERT INTO search_feedback (log_id, doc_id, relevance) VALUES (%s, %s, %s)",
-                     (log_id, doc_id, relevance))
+        conn.execute(schema.query("record_feedback"),
+                     {"log_id": log_id, "doc_id": doc_id, "relevance": relevance})
     out.print("recorded")
 
 

@@ -14,18 +14,13 @@ from pgfleet.cli.output import out
 @click.option("--json", "as_json", is_flag=True)
 def models(as_json: bool) -> None:
     """Model versions: name, version, format, status, traffic and measured metrics."""
+    from pgfleet import db
     from pgfleet.cli import context
 
     with context.connection() as conn:
-        rows = conn.execute(
-            "SELECT v.id, v.name, v.version, v.kind, v.format, v.status, v.active, "
-            "v.traffic_percent, v.dimensions, v.artifact, v.metrics, "
-            "p.name || '@' || p.version AS parent, v.created_at "
-            "FROM model_versions v LEFT JOIN model_versions p ON p.id = v.parent_id "
-            "ORDER BY v.id").fetchall()
-    keys = ("id", "name", "version", "kind", "format", "status", "active", "traffic_percent",
-            "dimensions", "artifact", "metrics", "parent", "created_at")
-    items = [dict(zip(keys, r, strict=True)) for r in rows]
+        # id, name, version, kind, format, status, active, traffic_percent, dimensions,
+        # artifact, metrics, parent, created_at: the JSON output's keys, in its order
+        items = db.fetch_all(conn, "model_versions_listing")
     if as_json:
         for item in items:
             item["created_at"] = item["created_at"].isoformat()

@@ -7,11 +7,15 @@ import logging
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pgfleet.cli.output import console, out
 from pgfleet.errors import PgfleetError
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 @click.command()
@@ -40,7 +44,7 @@ def _demo(conf, extra_docs: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     def on_ready(_supervisor):
-        from pgfleet import corpus, db
+        from pgfleet import corpus
         from pgfleet.cli import context
         from pgfleet.embedding import loader
         from pgfleet.models import versions
@@ -52,7 +56,7 @@ def _demo(conf, extra_docs: int):
 
         def load():
             with context.connection(conf, wait_s=10) as conn:
-                total["baseline"] = conn.execute("SELECT count(*) FROM docs").fetchone()[0]
+                total["baseline"] = _one(conn, "docs_count")["count"]
                 total["target"] = total["baseline"] + len(docs)
                 for start in range(0, len(docs), 200):
                     loader.insert_batch(conn, docs[start:start + 200])
@@ -74,8 +78,8 @@ def _demo(conf, extra_docs: int):
             try:
                 with context.connection(conf) as conn:
                     active = versions.find(conn, "embedding")
-                    embedded = db.fetch_one(conn, "version_coverage",
-                                            {"version_id": active.id})["embedded"]
+                    embedded = _one(conn, "version_coverage",
+                                    {"version_id": active.id})["embedded"]
             except PgfleetError:
                 return
             progress.update(task, completed=max(0, min(len(docs), embedded - total["baseline"])))
@@ -85,3 +89,14 @@ def _demo(conf, extra_docs: int):
         return tick
 
     return on_ready
+
+
+def _one(conn: psycopg.Connection, query: str, params: dict[str, Any] | None = None
+         ) -> dict[str, Any]:
+    """The row of a query that always returns one (a count)."""
+    from pgfleet import db
+
+    row = db.fetch_one(conn, query, params)
+    if row is None:
+        raise AssertionError(f"{query} returned no row")
+    return row

@@ -27,19 +27,15 @@ class SplitError(PgfleetError):
     """A split that cannot be applied."""
 
 
-def _versions(conn: psycopg.Connection, name: str, *, lock: bool = False) -> list[dict]:
-    rows = conn.execute(
-        "SELECT id, version, active, traffic_percent, status, kind, dimensions "
-        "FROM model_versions WHERE name = %s ORDER BY id"
-        # NO KEY: a worker's write of vectors checks its foreign key to the version row
-        # (FOR KEY SHARE); FOR UPDATE would block it while this transaction waits for that
-        # write to build the new version's index: a deadlock
-        + (" FOR NO KEY UPDATE" if lock else ""),
-        (name,)).fetchall()
+def _versions(conn: psycopg.Connection, name: str, *, lock: bool = False
+              ) -> list[dict[str, Any]]:
+    """Every version of model ``name``, in id order; with ``lock``, locked for a change of
+    its split (FOR NO KEY UPDATE, which a worker's write of vectors does not wait for)."""
+    rows = db.fetch_all(conn, "split_versions_for_change" if lock else "split_versions",
+                        {"name": name})
     if not rows:
         raise UnknownModelVersion(f"no model named {name!r}")
-    keys = ("id", "version", "active", "traffic_percent", "status", "kind", "dimensions")
-    return [dict(zip(keys, r, strict=True)) for r in rows]
+    return rows
 
 
 def current_split(conn: psycopg.Connection, name: str) -> dict[str, int]:
@@ -98,7 +94,8 @@ def set_split(conn: psycopg.Connection, name: str, split: dict[str, int],
 
 
 def _apply(conn: psycopg.Connection, name: str, split: dict[str, int], action: str,
-           wait_s: float) -> tuple[dict[str, dict], list[str], list[dict[str, Any]]]:
+           wait_s: float
+           ) -> tuple[dict[str, dict[str, Any]], list[str], list[dict[str, Any]]]:
     """The split's own transaction: the versions by label, those it activated, and the
     transactions that were writing docs when it committed."""
     try:
@@ -114,18 +111,17 @@ def _apply(conn: psycopg.Connection, name: str, split: dict[str, int], action: s
                         raise SplitError(f"{name}@{version} is {versions[version]['status']}, "
                                          "not ready")
                 was_active = {v for v, row in versions.items() if row["active"]}
-                conn.execute("UPDATE model_versions SET active = false, traffic_percent = 0 "
-                             "WHERE name = %s", (name,))
+                conn.execute(schema.query("clear_split"), {"name": name})
                 activated = []
                 for version, percent in split.items():
-                    conn.execute("UPDATE model_versions SET active = true, "
-                                 "traffic_percent = %s WHERE id = %s",
-                                 (percent, versions[version]["id"]))
+                    conn.execute(schema.query("activate_version"),
+                                 {"traffic_percent": percent,
+                                  "version_id": versions[version]["id"]})
                     if version not in was_active and versions[version]["kind"] == "embedding":
                         activated.append(version)
                 conn.execute(schema.query("drop_inactive_pending"))
-                conn.execute("INSERT INTO ab_history (name, split, action) VALUES (%s, %s, %s)",
-                             (name, Jsonb(split), action))
+                conn.execute(schema.query("record_split"),
+                             {"name": name, "split": Jsonb(split), "action": action})
     except psycopg.errors.LockNotAvailable:
         raise _blocked(conn, f"{name}: the split was not changed", wait_s) from None
     # From the commit above, every new insert queues work for the new versions (the
@@ -152,15 +148,15 @@ def _lock_holders(conn: psycopg.Connection, *tables: str) -> list[dict[str, Any]
     return list(seen.values())
 
 
-def _backfill(conn: psycopg.Connection, versions: list[dict], wait_s: float
+def _backfill(conn: psycopg.Connection, versions: list[dict[str, Any]], wait_s: float
               ) -> dict[str, int]:
     """Queue every doc missing a vector of these versions, behind live changes."""
-    queued = {}
+    queued: dict[str, int] = {}
     with conn.transaction(), vector_index.lock_timeout(conn, wait_s, local=True):
         for version in versions:
             queued[version["version"]] = conn.execute(
                 schema.query("reconcile_missing"), {"version_id": version["id"]}).rowcount
-        conn.execute("SELECT pg_notify('pgfleet_pending', '')")
+        conn.execute(schema.query("notify_pending"))
     return queued
 
 
@@ -194,11 +190,10 @@ def promote(conn: psycopg.Connection, name: str, version: str, *,
 def rollback(conn: psycopg.Connection, name: str, *,
              wait_s: float = DEFAULT_WAIT_S) -> dict[str, Any]:
     """Restore the split that was in force before the last change."""
-    rows = conn.execute("SELECT split FROM ab_history WHERE name = %s ORDER BY id DESC LIMIT 2",
-                        (name,)).fetchall()
+    rows = db.fetch_all(conn, "last_splits", {"name": name})
     if len(rows) < 2:
         raise SplitError(f"{name} has no earlier split to roll back to")
-    return set_split(conn, name, rows[1][0], action="rollback", wait_s=wait_s)
+    return set_split(conn, name, rows[1]["split"], action="rollback", wait_s=wait_s)
 
 
 def retire(conn: psycopg.Connection, name: str, version: str, *,
@@ -211,20 +206,28 @@ def retire(conn: psycopg.Connection, name: str, version: str, *,
 
 def _retire(conn: psycopg.Connection, name: str, version: str, wait_s: float) -> None:
     with conn.transaction(), vector_index.lock_timeout(conn, wait_s, local=True):
-        row = conn.execute("SELECT traffic_percent FROM model_versions WHERE name = %s AND "
-                           "version = %s FOR NO KEY UPDATE", (name, version)).fetchone()
+        ref = {"name": name, "version": version}
+        row = db.fetch_one(conn, "version_traffic_for_retire", ref)
         if row is None:
             raise UnknownModelVersion(f"no version {name}@{version}")
-        if row[0] > 0:
-            raise SplitError(f"{name}@{version} still serves {row[0]}% of the traffic; move it "
-                             "elsewhere first (pgfleet ab set)")
-        conn.execute("UPDATE model_versions SET active = false, status = 'retired', "
-                     "retired_at = now() WHERE name = %s AND version = %s", (name, version))
+        if row["traffic_percent"] > 0:
+            raise SplitError(f"{name}@{version} still serves {row['traffic_percent']}% of the "
+                             "traffic; move it elsewhere first (pgfleet ab set)")
+        conn.execute(schema.query("retire_version"), ref)
         conn.execute(schema.query("drop_inactive_pending"))
 
 
 def backfill_pending(conn: psycopg.Connection, version_id: int) -> int:
-    return db.fetch_one(conn, "backfill_pending", {"version_id": version_id})["pending"]
+    """How many docs the backfill of this version has left to embed."""
+    return int(_one(conn, "backfill_pending", {"version_id": version_id})["pending"])
+
+
+def _one(conn: psycopg.Connection, query: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The row of a query that always returns one (an aggregate)."""
+    row = db.fetch_one(conn, query, params)
+    if row is None:
+        raise AssertionError(f"{query} returned no row")
+    return row
 
 
 def report(conn: psycopg.Connection, name: str, since: dt.timedelta) -> dict[str, Any]:
@@ -234,32 +237,32 @@ def report(conn: psycopg.Connection, name: str, since: dt.timedelta) -> dict[str
     by_id = {v["id"]: v for v in versions}
     if versions and versions[0]["kind"] == "text2sql":
         return _text2sql_report(conn, name, versions, since)
-    logs = conn.execute(
-        "SELECT id, version_id, latency_ms, cache_hits, error, results FROM inference_logs "
-        "WHERE task = 'search' AND created_at >= now() - %s AND version_id = ANY(%s)",
-        (since, list(by_id))).fetchall()
+    logs = db.fetch_all(conn, "report_search_logs",
+                        {"since": since, "version_ids": list(by_id)})
     chosen: dict[int, list[int]] = {}
-    for log_id, doc_id in conn.execute(
-            "SELECT f.log_id, f.doc_id FROM search_feedback f WHERE f.log_id = ANY(%s) "
-            "AND f.relevance > 0", ([r[0] for r in logs],)):
-        chosen.setdefault(log_id, []).append(doc_id)
-    entries, samples = [], {}
+    for pick in db.fetch_all(conn, "report_chosen_docs",
+                             {"log_ids": [r["id"] for r in logs]}):
+        chosen.setdefault(pick["log_id"], []).append(pick["doc_id"])
+    entries: list[dict[str, Any]] = []
+    samples: dict[str, tuple[list[float], list[float]]] = {}
     for v in versions:
-        rows = [r for r in logs if r[1] == v["id"]]
+        rows = [r for r in logs if r["version_id"] == v["id"]]
         if not rows and not v["active"]:
             continue
-        latencies = [float(r[2]) for r in rows if r[4] is None]
-        ranks = [stats.reciprocal_rank(r[5] or [], chosen[r[0]]) for r in rows if r[0] in chosen]
+        latencies = [float(r["latency_ms"]) for r in rows if r["error"] is None]
+        ranks = [stats.reciprocal_rank(r["results"] or [], chosen[r["id"]])
+                 for r in rows if r["id"] in chosen]
         samples[v["version"]] = (latencies, ranks)
-        counts = db.fetch_one(conn, "version_coverage", {"version_id": v["id"]})
+        counts = _one(conn, "version_coverage", {"version_id": v["id"]})
         entries.append({
             "version": v["version"], "active": v["active"], "traffic_percent": v["traffic_percent"],
             "shadow": v["active"] and v["traffic_percent"] == 0, "requests": len(rows),
             "latency_ms": {"mean": _round(sum(latencies) / len(latencies)) if latencies else None,
                            "p50": _round(stats.percentile(latencies, 50)) if latencies else None,
                            "p95": _round(stats.percentile(latencies, 95)) if latencies else None},
-            "cache_hit_rate": _round(sum(1 for r in rows if r[3]) / len(rows)) if rows else None,
-            "errors": sum(1 for r in rows if r[4] is not None),
+            "cache_hit_rate": _round(sum(1 for r in rows if r["cache_hits"]) / len(rows))
+            if rows else None,
+            "errors": sum(1 for r in rows if r["error"] is not None),
             "feedback": len(ranks),
             "mrr": _round(sum(ranks) / len(ranks)) if ranks else None,
             "click_through": _round(len(ranks) / len(rows)) if rows else None,
@@ -286,7 +289,6 @@ def report(conn: psycopg.Connection, name: str, since: dt.timedelta) -> dict[str
             "comparisons": comparisons}
 
 
-
 def _control(entries: list[dict[str, Any]]) -> str | None:
     """The version the others are compared with: the one serving the most traffic, the
     oldest on a tie (the entries are in id order)."""
@@ -295,23 +297,23 @@ def _control(entries: list[dict[str, Any]]) -> str | None:
     return control["version"] if control else None
 
 
-def _text2sql_report(conn: psycopg.Connection, name: str, versions: list[dict],
+def _text2sql_report(conn: psycopg.Connection, name: str, versions: list[dict[str, Any]],
                      since: dt.timedelta) -> dict[str, Any]:
     """Per text2sql version: requests, latency, how many got SQL that passed the guard
     (``answered``), and the held-out execution accuracy measured when it was trained; and
     each candidate's latency against the control's."""
     by_id = {v["id"]: v for v in versions}
-    logs = conn.execute(
-        "SELECT version_id, latency_ms, error FROM inference_logs WHERE task = 'text2sql' "
-        "AND created_at >= now() - %s AND version_id = ANY(%s)", (since, list(by_id))).fetchall()
-    metrics = dict(conn.execute("SELECT id, metrics FROM model_versions WHERE id = ANY(%s)",
-                                (list(by_id),)).fetchall())
-    entries, latencies = [], {}
+    ids = {"version_ids": list(by_id)}
+    logs = db.fetch_all(conn, "report_text2sql_logs", {"since": since, **ids})
+    metrics: dict[int, dict[str, Any]] = {
+        r["id"]: r["metrics"] for r in db.fetch_all(conn, "report_version_metrics", ids)}
+    entries: list[dict[str, Any]] = []
+    latencies: dict[str, list[float]] = {}
     for v in versions:
-        rows = [r for r in logs if r[0] == v["id"]]
+        rows = [r for r in logs if r["version_id"] == v["id"]]
         if not rows and not v["active"]:
             continue
-        times = [float(r[1]) for r in rows]
+        times = [float(r["latency_ms"]) for r in rows]
         latencies[v["version"]] = times
         held = (metrics.get(v["id"]) or {}).get("held_out") or {}
         entries.append({
@@ -320,8 +322,8 @@ def _text2sql_report(conn: psycopg.Connection, name: str, versions: list[dict],
             "latency_ms": {"mean": _round(sum(times) / len(times)) if times else None,
                            "p50": _round(stats.percentile(times, 50)) if times else None,
                            "p95": _round(stats.percentile(times, 95)) if times else None},
-            "errors": sum(1 for r in rows if r[2] is not None),
-            "answered_rate": _round(sum(1 for r in rows if r[2] is None) / len(rows))
+            "errors": sum(1 for r in rows if r["error"] is not None),
+            "answered_rate": _round(sum(1 for r in rows if r["error"] is None) / len(rows))
             if rows else None,
             "execution_accuracy_held_out": held.get("execution_accuracy_guided"),
         })
@@ -339,6 +341,7 @@ def _text2sql_report(conn: psycopg.Connection, name: str, versions: list[dict],
                                 "verdict": stats.verdict(candidate, control, speed, None)})
     return {"name": name, "kind": "text2sql", "since_s": since.total_seconds(),
             "versions": entries, "comparisons": comparisons}
+
 
 def _round(value: float) -> float:
     return round(float(value), 4)
@@ -364,13 +367,10 @@ def plot_latencies(conn: psycopg.Connection, name: str, since: dt.timedelta, pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = conn.execute(
-        "SELECT v.version, l.latency_ms FROM inference_logs l JOIN model_versions v "
-        "ON v.id = l.version_id WHERE l.task = 'search' AND v.name = %s AND l.error IS NULL "
-        "AND l.created_at >= now() - %s ORDER BY v.id", (name, since)).fetchall()
+    rows = db.fetch_all(conn, "report_search_latencies", {"name": name, "since": since})
     by_version: dict[str, list[float]] = {}
-    for version, latency in rows:
-        by_version.setdefault(version, []).append(float(latency))
+    for row in rows:
+        by_version.setdefault(row["version"], []).append(float(row["latency_ms"]))
     figure, axis = plt.subplots(figsize=(8, 4.5))
     for version, latencies in by_version.items():
         axis.hist(latencies, bins=40, alpha=0.55,

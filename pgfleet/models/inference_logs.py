@@ -37,4 +37,7 @@ def row(task: str, *, version_id: int | None, latency_ms: float,
 
 def write(conn: psycopg.Connection, log: dict[str, Any]) -> int:
     """Insert a row made by :func:`row`; its id."""
-    return int(db.fetch_one(conn, "log_inference", log)["id"])
+    inserted = db.fetch_one(conn, "log_inference", log)
+    if inserted is None:   # INSERT ... RETURNING returns the row it inserted
+        raise AssertionError(f"logging a {log['task']} request returned no id")
+    return int(inserted["id"])

@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 import schema
 from pgfleet import db
 from pgfleet.errors import UnknownModelVersion
-from pgfleet.models.spec import ModelSpec
+from pgfleet.models.spec import ModelFormat, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Version:
     name: str
     version: str
     kind: Kind
-    format: str
+    format: ModelFormat
     artifact: str
     dimensions: int | None
     max_seq_length: int | None
@@ -61,7 +61,11 @@ class Version:
 
     @property
     def spec(self) -> ModelSpec:
-        """What an embedding engine needs to load this version."""
+        """What an embedding engine needs to load this version (an embedding version always
+        has dimensions: the table's check says so)."""
+        if self.dimensions is None:
+            raise UnknownModelVersion(f"{self.label} is a {self.kind} version, not an "
+                                      "embedding version")
         return ModelSpec(self.id, self.name, self.version, self.format, self.artifact,
                          self.dimensions, self.max_seq_length)
 
@@ -121,10 +125,13 @@ def insert(conn: psycopg.Connection, *, kind: Kind, name: str, version: str, fmt
            metrics: dict[str, Any], parent_id: int | None = None) -> int:
     """A new version: ready, inactive and without traffic (``pgfleet ab set`` serves it);
     its id. A text2sql version has no dimensions."""
-    return int(db.fetch_one(conn, "register_version", {
+    row = db.fetch_one(conn, "register_version", {
         "kind": kind, "name": name, "version": version, "format": fmt, "artifact": artifact,
         "dimensions": dimensions, "max_seq_length": max_seq_length, "metrics": Jsonb(metrics),
-        "parent_id": parent_id})["id"])
+        "parent_id": parent_id})
+    if row is None:   # INSERT ... RETURNING returns the row it inserted
+        raise AssertionError(f"registering {name}@{version} returned no id")
+    return int(row["id"])
 
 
 def taken_labels(conn: psycopg.Connection, name: str) -> set[str]:

@@ -1,4 +1,4 @@
--- Model versions: lookup by reference, the active and serving versions, coverage, backfills and registration.
+-- Model versions: the listing, lookup by reference, the active and serving versions, coverage, backfills and registration.
 -- Values are bound parameters; nothing here is assembled from strings.
 
 -- name: model_versions
@@ -12,6 +12,14 @@ SELECT id, name, version, kind, format, artifact, dimensions, max_seq_length, st
        traffic_percent, active
 FROM model_versions
 WHERE id = %(version_id)s;
+
+-- name: model_versions_listing
+-- Every version with its measured metrics and the version it was trained from (pgfleet models).
+SELECT v.id, v.name, v.version, v.kind, v.format, v.status, v.active,
+       v.traffic_percent, v.dimensions, v.artifact, v.metrics,
+       p.name || '@' || p.version AS parent, v.created_at
+FROM model_versions v LEFT JOIN model_versions p ON p.id = v.parent_id
+ORDER BY v.id;
 
 -- name: version_by_ref
 -- A version of one kind by what a person types: its id, its label (of any model name) or
@@ -86,6 +94,15 @@ INSERT INTO model_versions (name, version, kind, format, artifact, dimensions,
 VALUES (%(name)s, %(version)s, %(kind)s, %(format)s, %(artifact)s, %(dimensions)s,
         %(max_seq_length)s, 'ready', false, 0, %(metrics)s, %(parent_id)s)
 RETURNING id;
+
+-- name: produced_version
+-- The version a training run registered, with the version it was trained from (pgfleet
+-- train's report).
+SELECT v.id AS version_id, v.name, v.version, v.format, v.artifact, v.metrics,
+       p.name || '@' || p.version AS parent
+FROM model_versions v
+LEFT JOIN model_versions p ON p.id = v.parent_id
+WHERE v.id = %s;
 
 -- name: embedding_version_dimensions
 SELECT dimensions FROM model_versions WHERE id = %(version_id)s AND kind = 'embedding';
