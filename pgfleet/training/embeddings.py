@@ -5,7 +5,8 @@ with scores, sentence-transformers' ``CosineSimilarityLoss`` (the original desig
 positive pairs only, ``MultipleNegativesRankingLoss`` (every other passage in the batch is
 a negative). The held-out pairs (a stable hash split) measure MRR@10 and recall@10 of the
 base and the new model: each held-out query against the held-out passages plus up to
-``DISTRACTORS`` passages from the training side.
+``DISTRACTORS`` passages from the training side (measured by
+:mod:`pgfleet.training.embeddings_eval`).
 
 **distill_embeddings** builds a student from the teacher by keeping a subset of its
 transformer layers (evenly spaced, the first and last included; or a named smaller model),
@@ -20,35 +21,43 @@ report progress, keep the run's heartbeat and stop when the run is cancelled.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import psycopg
 
+import schema
 from pgfleet.embedding.engines.base import ModelSpec
 from pgfleet.embedding.engines.registry import resolve_artifact
 from pgfleet.errors import PgfleetError
 from pgfleet.models.versions import embedding_version
 from pgfleet.settings import Settings
 from pgfleet.training import pairs as pairs_mod
+from pgfleet.training.embeddings_eval import (
+    directory_bytes,
+    docs_per_s,
+    encoder,
+    measured_on,
+    parameters,
+    pick_distractors,
+    retrieval_metrics,
+)
 from pgfleet.training.jobs import register_version, run_artifact_dir
+from pgfleet.training.loop import optimizer_step, save_loss_curve
 from pgfleet.training.options import Option, check_options
-from pgfleet.training.runs import Run, optimizer_step, save_loss_curve
+from pgfleet.training.run_handle import Run
 from pgfleet.training.specs import DISTILL_EMBEDDINGS, TRAIN_EMBEDDINGS
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import torch
 
-#: passages from the training side added to the held-out corpus, to make retrieval harder
-DISTRACTORS = 2000
-#: held-out queries at most (the metric's cost grows with them)
-MAX_EVAL_QUERIES = 1000
+logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- options
@@ -61,65 +70,6 @@ def validate_options(task: str, given: dict[str, Any],
                      options: Mapping[str, Option]) -> dict[str, Any]:
     """The job's options with defaults filled in, or a clear error for each bad one."""
     return check_options(task, given, options)
-
-
-# ----------------------------------------------------------------------------- metrics
-def retrieval_metrics(encode: Callable[[list[str]], np.ndarray], held_out: Sequence[pairs_mod.Pair],
-                      distractors: Sequence[str], k: int = 10) -> dict[str, Any]:
-    """MRR@k and recall@k of held-out queries (text_a) against the held-out passages
-    (text_b) plus the distractors; a query's relevant passages are those paired with it."""
-    queries = sorted({p.text_a for p in held_out})[:MAX_EVAL_QUERIES]
-    chosen = set(queries)
-    passages = sorted({p.text_b for p in held_out if p.text_a in chosen} | set(distractors))
-    index = {text: i for i, text in enumerate(passages)}
-    relevant: dict[str, set[int]] = {}
-    for pair in held_out:
-        if pair.text_a in chosen and (pair.score is None or pair.score >= 0.5):
-            relevant.setdefault(pair.text_a, set()).add(index[pair.text_b])
-    queries = [q for q in queries if q in relevant]
-    if not queries:
-        raise PgfleetError("no held-out query has a relevant passage (score >= 0.5)")
-    q_vectors = encode(queries)
-    p_vectors = encode(passages)
-    scores = q_vectors @ p_vectors.T
-    top = np.argsort(-scores, axis=1)[:, :k]
-    rr, recall = [], []
-    for query, ranked in zip(queries, top, strict=True):
-        wanted = relevant[query]
-        rank = next((i + 1 for i, doc in enumerate(ranked) if doc in wanted), None)
-        rr.append(1.0 / rank if rank else 0.0)
-        recall.append(len(wanted & set(ranked.tolist())) / len(wanted))
-    return {f"mrr@{k}": round(float(np.mean(rr)), 4), f"recall@{k}": round(float(np.mean(recall)), 4),
-            "queries": len(queries), "corpus": len(passages)}
-
-
-def _encoder(model, batch_size: int = 32) -> Callable[[list[str]], np.ndarray]:
-    def encode(texts: list[str]) -> np.ndarray:
-        return np.asarray(model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                                       convert_to_numpy=True, show_progress_bar=False),
-                          dtype=np.float32)
-    return encode
-
-
-def docs_per_s(model, texts: Sequence[str], repeats: int = 2) -> float:
-    """docs/s of ``model.encode`` on these texts in length-sorted batches of 32, the best
-    of ``repeats`` runs."""
-    ordered = sorted(texts, key=len)
-    model.encode(ordered[:16], batch_size=16, show_progress_bar=False)
-    best = 0.0
-    for _ in range(repeats):
-        started = time.perf_counter()
-        model.encode(ordered, batch_size=32, show_progress_bar=False)
-        best = max(best, len(ordered) / (time.perf_counter() - started))
-    return round(best, 1)
-
-
-def parameters(model) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
-
-
-def directory_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 # ----------------------------------------------------------------------------- training
@@ -188,12 +138,6 @@ def fit(run: Run, model, loss_fn, examples: list[Any],
     return losses
 
 
-def _measured_on() -> dict[str, Any]:
-    import platform
-
-    return {"cpu": platform.processor() or platform.machine(),
-            "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-
 
 def _torch_version(conn: psycopg.Connection, ref: str, verb: str) -> ModelSpec:
     spec = embedding_version(conn, ref)
@@ -220,11 +164,12 @@ def train_embeddings(conn: psycopg.Connection, settings: Settings, run: Run,
     device = _device(settings)
     path = resolve_artifact(source.artifact)
     model = load_model(path, device, options["max_seq_length"])
-    distractors = _distractors(train, held)
+    distractors = pick_distractors(train, held)
     run.phase("measuring the base model")
-    base_metrics = retrieval_metrics(_encoder(model), held, distractors)
+    base_metrics = retrieval_metrics(encoder(model), held, distractors)
     run.check_cancelled()
 
+    loss_fn: torch.nn.Module
     if scored:
         loss_fn = losses.CosineSimilarityLoss(model)
         loss_name = "CosineSimilarityLoss"
@@ -246,7 +191,7 @@ def train_embeddings(conn: psycopg.Connection, settings: Settings, run: Run,
                        phase="fine-tuning", min_batch=1 if scored else 2)
     train_s = time.perf_counter() - started
     run.phase("measuring the new model")
-    new_metrics = retrieval_metrics(_encoder(model), held, distractors)
+    new_metrics = retrieval_metrics(encoder(model), held, distractors)
 
     directory = run_artifact_dir(settings, source.name, run.id)
     model.save(str(directory))
@@ -260,7 +205,7 @@ def train_embeddings(conn: psycopg.Connection, settings: Settings, run: Run,
                      "mrr@10_gain": round(new_metrics["mrr@10"] - base_metrics["mrr@10"], 4)},
         "options": options, "train_seconds": round(train_s, 1),
         "final_loss": round(loss_history[-1], 5) if loss_history else None,
-        "device": device, "measured_on": _measured_on(),
+        "device": device, "measured_on": measured_on(),
     }
     registered = register_version(conn, source, base=f"{source.version}-ft", fmt="torch",
                                   artifact=str(directory), metrics=metrics)
@@ -269,11 +214,6 @@ def train_embeddings(conn: psycopg.Connection, settings: Settings, run: Run,
                 new_metrics["mrr@10"])
     return {**registered, "artifacts": {"loss_curve": curve, "model": str(directory)}}
 
-
-def _distractors(train: list[pairs_mod.Pair], held: list[pairs_mod.Pair]) -> list[str]:
-    held_passages = {p.text_b for p in held}
-    pool = sorted({p.text_b for p in train} - held_passages)
-    return random.Random(0).sample(pool, min(DISTRACTORS, len(pool)))
 
 
 def keep_layers(total: int, keep: int) -> list[int]:
@@ -291,13 +231,13 @@ def build_student(teacher_path: str, device: str, keep: int, max_seq_length: int
 
     student = load_model(teacher_path, device, max_seq_length)
     auto = student[0].auto_model
-    encoder = getattr(auto, "encoder", None)
-    layers = getattr(encoder, "layer", None)
-    if layers is None:
+    encoder_stack = getattr(auto, "encoder", None)
+    layers = getattr(encoder_stack, "layer", None)
+    if encoder_stack is None or layers is None:
         raise PgfleetError("distilling by layers needs a BERT-like teacher (encoder.layer); "
                            "name a smaller student model instead")
     kept = keep_layers(len(layers), keep)
-    encoder.layer = torch.nn.ModuleList([layers[i] for i in kept])
+    encoder_stack.layer = torch.nn.ModuleList([layers[i] for i in kept])
     auto.config.num_hidden_layers = len(kept)
     return student, kept
 
@@ -329,10 +269,10 @@ def distill_embeddings(conn: psycopg.Connection, settings: Settings, run: Run,
     train_pairs, held = pairs_mod.split(pairs, options["eval_fraction"])
     texts = _distill_texts(conn, options["max_texts"], held, train_pairs)
     run.phase(f"encoding {len(texts)} texts with the teacher")
-    targets = _encoder(teacher)(texts)
+    targets = encoder(teacher)(texts)
     held_passages = sorted({p.text_b for p in held})[:500]
-    teacher_held = _encoder(teacher)(held_passages)
-    cos_before = float(np.mean(np.sum(teacher_held * _encoder(student)(held_passages), axis=1)))
+    teacher_held = encoder(teacher)(held_passages)
+    cos_before = float(np.mean(np.sum(teacher_held * encoder(student)(held_passages), axis=1)))
     run.check_cancelled()
     loss_fn = losses.MSELoss(student)
     examples = list(range(len(texts)))
@@ -349,12 +289,12 @@ def distill_embeddings(conn: psycopg.Connection, settings: Settings, run: Run,
     train_s = time.perf_counter() - started
 
     run.phase("measuring teacher and student")
-    distractors = _distractors(train_pairs, held)
-    teacher_metrics = retrieval_metrics(_encoder(teacher), held, distractors)
-    student_metrics = retrieval_metrics(_encoder(student), held, distractors)
+    distractors = pick_distractors(train_pairs, held)
+    teacher_metrics = retrieval_metrics(encoder(teacher), held, distractors)
+    student_metrics = retrieval_metrics(encoder(student), held, distractors)
     speed_texts = sorted({p.text_b for p in held})[:500]
     teacher_speed, student_speed = docs_per_s(teacher, speed_texts), docs_per_s(student, speed_texts)
-    cos = float(np.mean(np.sum(teacher_held * _encoder(student)(held_passages), axis=1)))
+    cos = float(np.mean(np.sum(teacher_held * encoder(student)(held_passages), axis=1)))
 
     suffix = f"distill{len(kept)}l" if kept is not None else "distill"
     directory = run_artifact_dir(settings, teacher_spec.name, run.id)
@@ -364,7 +304,7 @@ def distill_embeddings(conn: psycopg.Connection, settings: Settings, run: Run,
     teacher_bytes = directory_bytes(Path(teacher_path))
     student_bytes = directory_bytes(directory) - (directory / "loss.png").stat().st_size \
         if curve else directory_bytes(directory)
-    metrics = {
+    metrics: dict[str, Any] = {
         "task": "distill_embeddings", "run_id": run.id, "loss": "MSELoss",
         "student": options["student"] or f"teacher layers {kept}",
         "texts": len(texts), "pairs": {"source": pairs_source, "held_out": len(held)},
@@ -381,7 +321,7 @@ def distill_embeddings(conn: psycopg.Connection, settings: Settings, run: Run,
                      "cosine_to_teacher_untrained": round(cos_before, 4)},
         "options": options, "train_seconds": round(train_s, 1),
         "final_loss": round(loss_history[-1], 6) if loss_history else None,
-        "device": device, "measured_on": _measured_on(),
+        "device": device, "measured_on": measured_on(),
     }
     registered = register_version(conn, teacher_spec,
                                   base=f"{teacher_spec.version}-{suffix}", fmt="torch",
@@ -399,9 +339,7 @@ def _distill_texts(conn: psycopg.Connection, limit: int, held: list[pairs_mod.Pa
     the training queries, so that the student learns short queries as well as passages."""
     held_docs = [p.doc_id for p in held if p.doc_id is not None]
     held_texts = {p.text_a for p in held} | {p.text_b for p in held}
-    rows = conn.execute("SELECT content FROM docs WHERE length(btrim(content)) > 0 "
-                        "AND NOT (id = ANY(%s)) ORDER BY md5(id::text) LIMIT %s",
-                        (held_docs, limit)).fetchall()
+    rows = conn.execute(schema.query("training_distill_docs"), (held_docs, limit)).fetchall()
     docs = [r[0] for r in rows if r[0] not in held_texts]
     queries = [p.text_a for p in train_pairs if p.text_a not in held_texts]
     texts = list(dict.fromkeys(docs + queries[:max(limit // 2, 1)]))

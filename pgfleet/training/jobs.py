@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 
+import schema
 from pgfleet.corpus import stdlib_paragraphs
 from pgfleet.embedding.engines.base import ModelSpec
 from pgfleet.embedding.engines.registry import resolve_artifact
@@ -31,8 +32,7 @@ def models_dir(settings: Settings) -> Path:
 def sample_texts(conn: psycopg.Connection, size: int) -> tuple[list[str], str]:
     """A fixed sample of the table's own docs; topped up with documentation paragraphs when
     the table holds fewer non-empty docs than asked for."""
-    rows = conn.execute("SELECT content FROM docs WHERE length(btrim(content)) > 0 "
-                        "ORDER BY md5(id::text) LIMIT %s", (size,)).fetchall()
+    rows = conn.execute(schema.query("training_sample_docs"), (size,)).fetchall()
     texts = [r[0] for r in rows]
     if len(texts) >= size:
         return texts, "docs"
@@ -56,7 +56,13 @@ def register_version(conn: psycopg.Connection, source: ModelSpec, *, fmt: str, a
     """Register a new, inactive embedding version derived from ``source``: labelled
     ``version`` exactly, or the first free label from ``base`` (chosen atomically). Its
     index is built when it is activated (``pgfleet ab set``), concurrently."""
-    if (base is None) == (version is None):
+    if version is not None and base is None:
+        def label_of() -> str:
+            return version
+    elif base is not None and version is None:
+        def label_of() -> str:  # the first free one, read under the name's lock
+            return versions.label_from_base(versions.taken_labels(conn, source.name), base)
+    else:
         raise ValueError("give the version label or the base to choose it from")
 
     def insert(label: str) -> int:
@@ -65,10 +71,7 @@ def register_version(conn: psycopg.Connection, source: ModelSpec, *, fmt: str, a
             artifact=artifact, dimensions=source.dimensions,
             max_seq_length=source.max_seq_length, metrics=metrics, parent_id=source.version_id)
 
-    label, version_id = register_under_lock(
-        conn, source.name, (lambda: version) if version is not None
-        else (lambda: versions.label_from_base(versions.taken_labels(conn, source.name), base)),
-        insert)
+    label, version_id = register_under_lock(conn, source.name, label_of, insert)
     return {"version_id": version_id, "name": source.name, "version": label, "format": fmt,
             "artifact": artifact, "parent": source.label, "metrics": metrics}
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import psycopg
 
+import schema
 from pgfleet import records
 from pgfleet.errors import PgfleetError
 
@@ -124,9 +125,7 @@ def insert_pairs(conn: psycopg.Connection, pairs: list[Pair]) -> int:
         return 0
     with conn.transaction():
         cur = conn.execute(
-            "INSERT INTO training_pairs (text_a, text_b, score, source, doc_id) "
-            "SELECT * FROM unnest(%s::text[], %s::text[], %s::real[], %s::text[], %s::bigint[]) "
-            "ON CONFLICT DO NOTHING",
+            schema.query("training_insert_pairs"),
             ([p.text_a for p in pairs], [p.text_b for p in pairs], [p.score for p in pairs],
              [p.source for p in pairs], [p.doc_id for p in pairs]))
     return cur.rowcount
@@ -166,8 +165,7 @@ def mine_docs(conn: psycopg.Connection, limit: int | None = None) -> tuple[list[
     rules: Counter = Counter()
     with conn.transaction(), conn.cursor(name="pgfleet_mine") as cur:
         cur.itersize = 2000
-        cur.execute("SELECT id, content, metadata FROM docs WHERE length(btrim(content)) > 0 "
-                    "ORDER BY id LIMIT %s", (limit,))  # LIMIT NULL: no limit
+        cur.execute(schema.query("training_docs_to_mine"), (limit,))  # LIMIT NULL: no limit
         for doc_id, content, metadata in cur:
             mined = mine_one(content, metadata)
             if mined is None:
@@ -186,8 +184,7 @@ def load_pairs(conn: psycopg.Connection, *, source: str = "auto",
     if source not in ("auto", "table", "mined"):
         raise PgfleetError(f"pairs must be auto, table or mined, not {source!r}")
     if source in ("auto", "table"):
-        rows = conn.execute("SELECT text_a, text_b, score, source, doc_id FROM training_pairs "
-                            "ORDER BY id LIMIT %s", (limit,)).fetchall()
+        rows = conn.execute(schema.query("training_pairs_listing"), (limit,)).fetchall()
         if rows or source == "table":
             if not rows:
                 raise PgfleetError("training_pairs is empty: load pairs with `pgfleet train "
@@ -209,7 +206,8 @@ def split(pairs: list[Pair], eval_fraction: float) -> tuple[list[Pair], list[Pai
     as pairs are added, and all pairs of one query fall on the same side."""
     if not 0.0 < eval_fraction < 1.0:
         raise PgfleetError(f"eval_fraction must be between 0 and 1, not {eval_fraction}")
-    train, held = [], []
+    train: list[Pair] = []
+    held: list[Pair] = []
     for pair in pairs:
         bucket = int(hashlib.md5(pair.text_a.encode()).hexdigest()[:8], 16) % 10_000  # noqa: S324
         (held if bucket < eval_fraction * 10_000 else train).append(pair)

@@ -20,11 +20,14 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pgfleet.embedding.engines.base import ModelSpec
 from pgfleet.embedding.engines.onnx_engine import EXPORT_CONFIG
 from pgfleet.errors import ModelLoadError, PgfleetError
+
+if TYPE_CHECKING:
+    from sentence_transformers.sentence_transformer.modules import Transformer
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +66,14 @@ def export_onnx(source_path: str, directory: Path, max_seq_length: int | None = 
     from sentence_transformers import SentenceTransformer
 
     st = SentenceTransformer(source_path, device="cpu")
-    transformer = st[0]
+    # the first module of a sentence-transformers text model is its Transformer (indexing
+    # the model is typed as any torch module)
+    transformer = cast("Transformer", st[0])
     hf_model = transformer.auto_model.eval()
     tokenizer = transformer.tokenizer
+    if tokenizer is None:
+        raise PgfleetError(f"the model at {source_path} has no tokenizer: it cannot be "
+                           "exported to ONNX")
     pooling = _pooling(st)
     directory.mkdir(parents=True, exist_ok=True)
 
@@ -100,10 +108,13 @@ def export_onnx(source_path: str, directory: Path, max_seq_length: int | None = 
                           "last_hidden_state": axes},
             opset_version=OPSET, dynamo=False)
     tokenizer.save_pretrained(str(directory))
-    dims = int(st.get_embedding_dimension() if hasattr(st, "get_embedding_dimension")
-               else st.get_sentence_embedding_dimension())
+    dims = (st.get_embedding_dimension() if hasattr(st, "get_embedding_dimension")
+            else st.get_sentence_embedding_dimension())
+    if dims is None:
+        raise PgfleetError(f"the model at {source_path} does not say how many dimensions its "
+                           "embeddings have")
     (directory / EXPORT_CONFIG).write_text(json.dumps({
-        "pooling": pooling, "normalize": _normalizes(st), "dimensions": dims,
+        "pooling": pooling, "normalize": _normalizes(st), "dimensions": int(dims),
         "max_seq_length": int(max_seq_length or st.max_seq_length or 256), "opset": OPSET,
     }, indent=2), "utf-8")
     return path
@@ -111,7 +122,7 @@ def export_onnx(source_path: str, directory: Path, max_seq_length: int | None = 
 
 def _pooling(st) -> str:
     for module in st:
-        config = getattr(module, "get_config_dict", lambda: {})()
+        config: dict[str, Any] = getattr(module, "get_config_dict", lambda: {})()
         if config.get("pooling_mode_mean_tokens"):
             return "mean"
         if config.get("pooling_mode_cls_token"):

@@ -13,29 +13,35 @@ did. On them it reports exact match (SQL normalized by sqlglot) and execution ac
 defog rules of :mod:`~pgfleet.text2sql.scoring`), for the top beam and for the first beam
 that passes the guard, as ``generate_sql`` answers. The model is registered as a new,
 inactive ``text2sql`` version (format ``torch``, a ``save_pretrained`` directory).
+
+This module holds the training loop and the job; the examples and pairs are
+:mod:`pgfleet.training.text2sql_data`'s, the measuring :mod:`pgfleet.training.text2sql_eval`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import random
 import time
-from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
-import schema as sql_files
-from pgfleet.errors import PgfleetError
 from pgfleet.models import versions
-from pgfleet.settings import Settings, resolve_urls
-from pgfleet.text2sql.readonly import Reader
+from pgfleet.settings import Settings
 from pgfleet.training.jobs import register_under_lock, run_artifact_dir
-from pgfleet.training.runs import Run, optimizer_step, save_loss_curve
+from pgfleet.training.loop import optimizer_step, save_loss_curve
+from pgfleet.training.run_handle import Run
 from pgfleet.training.specs import TRAIN_TEXT2SQL
+from pgfleet.training.text2sql_data import Pair, examples_for, held_out, open_reader
+from pgfleet.training.text2sql_eval import evaluate, normalize_sql
+
+__all__ = [
+    "BPE_VOCAB", "OPTIONS", "Pair", "distillation_loss", "evaluate", "examples_for", "fit",
+    "held_out", "length_batches", "normalize_sql", "open_reader", "register",
+    "save_and_register", "set_max_new_tokens", "train_text2sql", "validate_options",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,117 +49,11 @@ logger = logging.getLogger(__name__)
 OPTIONS = TRAIN_TEXT2SQL.options
 #: the size of a BPE vocabulary trained on the examples (smaller when they hold fewer pieces)
 BPE_VOCAB = 1000
-EVAL_TIMEOUT_MS = 5000
-EVAL_ROW_CAP = 2000
 
 
 def validate_options(given: dict[str, Any]) -> dict[str, Any]:
     """The options with defaults filled in, or a clear error naming each bad one."""
     return TRAIN_TEXT2SQL.validate(given)
-
-
-# ----------------------------------------------------------------------------- data
-@dataclass(frozen=True)
-class Pair:
-    question: str
-    sql: str
-    template: str | None
-    input: str
-    target: str = ""                 # what the model learns to write: sql, values masked
-    values: tuple = ()               # the question's masked values, to put back
-
-    @property
-    def shape(self) -> tuple[str, str]:
-        return (self.input, self.target or self.sql)
-
-
-def held_out(sql: str, fraction: float) -> bool:
-    """Whether the example of this SQL is held out: a stable hash, the same on every run."""
-    digest = hashlib.sha256(" ".join(sql.split()).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
-def open_reader(settings: Settings, conn: psycopg.Connection) -> Reader:
-    """A session of the reader login on the job's database: the examples' SQL is checked and
-    run there, never on the job's own connection."""
-    from pgfleet.text2sql.readonly import check_same_database, connect_reader
-
-    reader = connect_reader(resolve_urls(settings).reader_url)
-    try:
-        check_same_database(reader, conn)
-    except BaseException:
-        reader.close()
-        raise
-    return reader
-
-
-def load_examples(conn: psycopg.Connection, reader: Reader, options: dict[str, Any]
-                  ) -> tuple[list[tuple[str, str, str | None]], str]:
-    """(question, sql, template) rows and where they came from (synthesized ones are
-    checked in ``reader``)."""
-    rows = [tuple(r) for r in conn.execute(sql_files.query("text2sql_training_examples"))]
-    other = conn.execute(sql_files.query("text2sql_other_examples")).fetchone()[0]
-    if rows:
-        note = f" ({other} for other databases or schemas left out)" if other else ""
-        return rows, f"text2sql_examples{note}"
-    if not options["synth_if_empty"]:
-        raise PgfleetError("text2sql_examples holds no examples for this database: load some "
-                           "(pgfleet text2sql load FILE), synthesize them (pgfleet text2sql "
-                           "synth), or set synth_if_empty")
-    from pgfleet.text2sql.schema_text import introspect
-    from pgfleet.text2sql.synth import synthesize
-
-    # each round samples other values from the tables: more distinct queries to learn from
-    schema = introspect(conn)
-    rows: dict[tuple[str, str], str | None] = {}
-    for round_ in range(options["synth_rounds"]):
-        result = synthesize(conn, reader, schema=schema, seed=options["seed"] + round_,
-                            per_template=options["synth_per_template"],
-                            phrasings=options["synth_phrasings"])
-        for e in result.examples:
-            rows.setdefault((e.question, e.sql), e.template)
-    if not rows:
-        raise PgfleetError("text2sql_examples is empty and the live schema yields no "
-                           "synthetic examples: create tables with rows (and grant SELECT on "
-                           "them to pgfleet_reader)")
-    return ([(q, s, t) for (q, s), t in rows.items()],
-            f"synthesized from the live schema for this run ({options['synth_rounds']} "
-            "round(s) of sampled values; not stored)")
-
-
-def make_pairs(rows: list[tuple[str, str, str | None]], schema, options: dict[str, Any],
-               reader: Reader | None = None) -> tuple[list[Pair], list[Pair]]:
-    """Training and held-out pairs. With ``mask_values`` the model reads the question with
-    its values masked and learns the SQL with placeholders (:mod:`~pgfleet.text2sql.values`)."""
-    from pgfleet.text2sql.inputs import prepare
-    from pgfleet.text2sql.values import mask_sql
-
-    if options["max_examples"]:
-        rows = rows[:options["max_examples"]]
-    pairs = []
-    for question, sql, template in rows:
-        prepared = prepare(question, schema, reader, mask_values=options["mask_values"],
-                           link_columns=options["link_columns"])
-        target = mask_sql(sql, prepared.values) if options["mask_values"] else sql
-        pairs.append(Pair(question, sql, template, prepared.input, target,
-                          tuple(prepared.values)))
-    train = [p for p in pairs if not held_out(p.sql, options["eval_fraction"])]
-    held = [p for p in pairs if held_out(p.sql, options["eval_fraction"])]
-    # with values masked, many questions read the same: at most max_copies of each reading,
-    # so that frequent readings are not drilled at the expense of rare ones, and a reading
-    # with many values (a date range of every table) still weighs more than a one-off
-    copies: Counter = Counter()
-    kept = []
-    for pair in train:
-        copies[pair.shape] += 1
-        if copies[pair.shape] <= options["max_copies"]:
-            kept.append(pair)
-    train = kept
-    if not train or not held:
-        raise PgfleetError(f"{len(pairs)} example(s) leave {len(train)} to train on and "
-                           f"{len(held)} to evaluate: give more examples or another "
-                           "eval_fraction")
-    return train, held
 
 
 # ----------------------------------------------------------------------------- training
@@ -222,103 +122,6 @@ def fit(run: Run, seq, train: list[Pair], options: dict[str, Any], *,
     return losses
 
 
-# ----------------------------------------------------------------------------- metrics
-def normalize_sql(text: str) -> str:
-    """SQL in one canonical spelling (sqlglot's), for exact match; whitespace-collapsed
-    text when sqlglot cannot parse it."""
-    import sqlglot
-
-    try:
-        return sqlglot.parse_one(text, read="postgres").sql(dialect="postgres", normalize=True)
-    except (sqlglot.errors.ParseError, sqlglot.errors.TokenError, ValueError):
-        return " ".join(text.split())
-
-
-def _result(reader: Reader, sql: str):
-    from pgfleet.errors import QueryTimeout, SqlRejected
-    from pgfleet.text2sql.guard import run_readonly
-    from pgfleet.text2sql.scoring import Table
-
-    try:
-        result = run_readonly(reader, sql, timeout_ms=EVAL_TIMEOUT_MS, row_cap=EVAL_ROW_CAP)
-    except (SqlRejected, QueryTimeout):
-        return None
-    return Table(result.columns, result.rows)
-
-
-def same_result(reader: Reader, question: str, gold_sql: str, gold, sql: str) -> bool:
-    from pgfleet.text2sql.scoring import compare, order_matters
-
-    if gold is None:
-        return False
-    got = _result(reader, sql)
-    ordered = order_matters("", question) or " order by " in f" {gold_sql.lower()} "
-    return got is not None and compare(gold, got, ordered) is not None
-
-
-def evaluate(reader: Reader, run: Run, seq, held: list[Pair], *, beams: int,
-             batch_size: int = 16, seen: set | None = None) -> dict[str, Any]:
-    """Exact match and execution accuracy of the top beam, and execution accuracy of the
-    beam that ``generate_sql`` would choose (the first to pass the guard), gold and
-    generated SQL run in ``reader``, a session of the reader login. With ``seen``
-    (the training pairs' (input, target)), the same for the held-out pairs whose masked
-    reading is not among them: the values are not what makes them new."""
-    from pgfleet.text2sql.generate import choose
-    from pgfleet.text2sql.guard import check_sql
-    from pgfleet.text2sql.model import generate
-    from pgfleet.text2sql.values import unmask_sql
-
-    exact = top_exec = guided_exec = no_candidate = skipped = 0
-    novel = [0, 0]
-    per_template: dict[str, list[int]] = {}
-    for start in range(0, len(held), batch_size):
-        run.check_cancelled()
-        batch = held[start:start + batch_size]
-        outputs = generate(seq, [p.input for p in batch], beams=beams)
-        for pair, candidates in zip(batch, outputs, strict=True):
-            gold = _result(reader, pair.sql)
-            if gold is None:
-                skipped += 1
-                continue
-            choice = choose(candidates, lambda sql: check_sql(sql, reader),
-                            lambda text, values=pair.values: unmask_sql(text, values))
-            top = choice.candidates[0] if choice.candidates else ""
-            exact += normalize_sql(top) == normalize_sql(pair.sql)
-            top_ok = same_result(reader, pair.question, pair.sql, gold, top)
-            top_exec += top_ok
-            guided_ok = choice.sql is not None and (
-                top_ok if choice.beam == 0
-                else same_result(reader, pair.question, pair.sql, gold, choice.sql))
-            guided_exec += guided_ok
-            no_candidate += choice.sql is None
-            counts = per_template.setdefault(pair.template or "-", [0, 0])
-            counts[0] += guided_ok
-            counts[1] += 1
-            if seen is not None and pair.shape not in seen:
-                novel[0] += guided_ok
-                novel[1] += 1
-        run.progress(run_step(run), phase=f"evaluating {min(start + batch_size, len(held))}"
-                                          f"/{len(held)}")
-    scored = len(held) - skipped
-    if not scored:
-        raise PgfleetError("no held-out gold SQL could run: check the examples")
-    return {
-        "examples": scored, "gold_failed": skipped, "beams": beams,
-        "exact_match": round(exact / scored, 4),
-        "execution_accuracy": round(top_exec / scored, 4),
-        "execution_accuracy_guided": round(guided_exec / scored, 4),
-        "no_candidate_passed": no_candidate,
-        "unseen_readings": {"examples": novel[1],
-                            "execution_accuracy_guided":
-                                round(novel[0] / novel[1], 4) if novel[1] else None},
-        "per_template": {k: round(v[0] / v[1], 4) for k, v in sorted(per_template.items())},
-    }
-
-
-def run_step(run: Run) -> int:
-    return int(run._state.get("step") or 0)  # noqa: SLF001 - keep the step while evaluating
-
-
 # ----------------------------------------------------------------------------- the job
 def _version_label(conn: psycopg.Connection, name: str) -> str:
     """A text2sql version is labelled ``v1``, ``v2``... in the order its model gets them."""
@@ -341,21 +144,6 @@ def _scratch_config(options: dict[str, Any]) -> dict[str, Any]:
         config.update(num_layers=options["layers"], num_decoder_layers=options["layers"])
     return config
 
-
-def examples_for(conn: psycopg.Connection, reader: Reader, run: Run, options: dict[str, Any]
-                 ) -> tuple[list[Pair], list[Pair], set, str]:
-    """Training pairs, held-out pairs (at most max_eval), the training readings, the source."""
-    from pgfleet.text2sql.schema_text import introspect
-
-    run.phase("reading the examples")
-    rows, source = load_examples(conn, reader, options)
-    train, held = make_pairs(rows, schema=introspect(conn), options=options, reader=reader)
-    if len(held) > options["max_eval"]:
-        # a sample, not the first ones: examples come grouped by template
-        chosen = sorted(random.Random(options["seed"]).sample(range(len(held)),
-                                                              options["max_eval"]))
-        held = [held[i] for i in chosen]
-    return train, held, {p.shape for p in train}, source
 
 
 def save_and_register(conn: psycopg.Connection, settings: Settings, run: Run, seq, *,

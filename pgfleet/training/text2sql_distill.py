@@ -3,7 +3,7 @@
 The student is a T5 built from config, narrower and shallower than the teacher (half its
 width and layers by default), reading with the teacher's tokenizer (the KL term compares
 their distributions over the same vocabulary) and the teacher's input rule (values masked or
-not). It learns on the teacher's kind of examples (:func:`~pgfleet.training.text2sql.
+not). It learns on the teacher's kind of examples (:func:`~pgfleet.training.text2sql_data.
 examples_for`, the same split) with the loss of the original design:
 
     α·KL(softmax(teacher/T) ‖ softmax(student/T))·T² + (1−α)·cross-entropy
@@ -21,16 +21,11 @@ from typing import Any
 import psycopg
 
 from pgfleet.settings import Settings
-from pgfleet.training.runs import Run
+from pgfleet.training.run_handle import Run
 from pgfleet.training.specs import DISTILL_TEXT2SQL
-from pgfleet.training.text2sql import (
-    evaluate,
-    examples_for,
-    fit,
-    open_reader,
-    save_and_register,
-    set_max_new_tokens,
-)
+from pgfleet.training.text2sql import fit, save_and_register, set_max_new_tokens
+from pgfleet.training.text2sql_data import examples_for, open_reader
+from pgfleet.training.text2sql_eval import evaluate
 
 #: the job's options (declared, with their rules, in :mod:`pgfleet.training.specs`)
 OPTIONS = DISTILL_TEXT2SQL.options
