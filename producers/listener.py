@@ -12,6 +12,7 @@ import time
 import psycopg
 from psycopg import sql
 
+import schema
 from pgfleet import db
 from pgfleet.errors import DatabaseUnavailable
 
@@ -48,7 +49,8 @@ class Listener:
             return self._conn
         try:
             conn = db.connect(self.url, autocommit=True, register=False, name="pgfleet-listener")
-            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+            conn.execute(sql.SQL(schema.query("listen_pending")).format(
+                channel=sql.Identifier(self.channel)))
         except (DatabaseUnavailable, psycopg.OperationalError) as exc:
             logger.error("cannot LISTEN on %s: %s", self.channel, exc)
             return None

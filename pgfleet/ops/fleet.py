@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import schema
 from pgfleet import db
 from pgfleet.errors import BrokerUnavailable, ConfigurationError, DatabaseUnavailable
 from pgfleet.ops.credentials import Credentials
@@ -137,16 +138,14 @@ def _enable_login(admin_url: str, role: str, password: str, *,
 
     with db.connect(admin_url, autocommit=True, register=False) as conn, conn.transaction():
         if member_of is not None:
-            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
-                                  (role,)).fetchone()
+            exists = conn.execute(schema.query("role_exists"), (role,)).fetchone()
             if exists is None:
-                conn.execute(sql.SQL("CREATE ROLE {} IN ROLE {}").format(
-                    sql.Identifier(role), sql.Identifier(member_of)))
+                conn.execute(sql.SQL(schema.query("create_member_role")).format(
+                    role=sql.Identifier(role), member_of=sql.Identifier(member_of)))
         secret = conn.pgconn.encrypt_password(password.encode(), role.encode(),
                                               b"scram-sha-256").decode()
-        conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
-                             "NOREPLICATION NOBYPASSRLS PASSWORD {}").format(
-            sql.Identifier(role), sql.Literal(secret)))
+        conn.execute(sql.SQL(schema.query("enable_role_login")).format(
+            role=sql.Identifier(role), secret=sql.Literal(secret)))
     parts = urlsplit(admin_url)
     host = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit(parts._replace(netloc=f"{role}:{quote(password, safe='')}@{host}"))

@@ -127,3 +127,8 @@ SELECT count(*) AS queued, pg_notify('pgfleet_pending', '') IS NULL AS notified 
 DELETE FROM pending_embeddings p
 USING model_versions v
 WHERE p.version_id = v.id AND NOT v.active;
+
+-- name: listen_pending
+-- The producer's wake-up ({channel}: a composed identifier): a NOTIFY on it says there is
+-- pending work; the producer polls anyway, so a missed one costs nothing.
+LISTEN {channel};
