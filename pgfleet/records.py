@@ -68,8 +68,12 @@ def csv_items(text: str, *, required: Sequence[str], optional: Sequence[str], ex
     missing = [name for name in required if name not in header]
     unknown = sorted(set(header) - set(required) - set(optional))
     if missing or unknown:
-        detail = "; ".join(filter(None, [missing and f"missing {sorted(missing)}",
-                                         unknown and f"unknown {unknown}"]))
+        details = []
+        if missing:
+            details.append(f"missing {sorted(missing)}")
+        if unknown:
+            details.append(f"unknown {unknown}")
+        detail = "; ".join(details)
         yield 1, Problem(1, f"the header must name {expected}; {detail}")
         return
     try:

@@ -14,6 +14,7 @@ import os
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote_plus, urlsplit
 
 from pgfleet.errors import ConfigurationError
@@ -91,7 +92,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}  # each parsed to its field's type by _parse
         for f in fields(cls):
             raw = env.get(PREFIX + f.name.upper())
             if raw is None or raw == "":
@@ -163,7 +164,7 @@ def check_url(name: str, url: str) -> None:
             f", got {redact(url)!r}")
 
 
-def _parse(name: str, kind: object, raw: str) -> object:
+def _parse(name: str, kind: object, raw: str) -> Path | int | float | str:
     text = str(kind)
     try:
         if "Path" in text:  # Path and Path | None

@@ -112,7 +112,9 @@ def lock_timeout(conn: psycopg.Connection, seconds: float, *,
         conn.execute(schema.query("set_lock_timeout"), {"value": value, "is_local": True})
         yield
         return
-    previous = conn.execute(schema.query("get_lock_timeout")).fetchone()[0]
+    row = conn.execute(schema.query("get_lock_timeout")).fetchone()
+    assert row is not None  # current_setting(...): always one row
+    previous = row[0]
     conn.execute(schema.query("set_lock_timeout"), {"value": value, "is_local": False})
     try:
         yield

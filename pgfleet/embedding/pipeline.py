@@ -10,6 +10,10 @@
 4. items that failed are retried with backoff, then recorded in ``embedding_failures``
    (a permanent failure also removes the doc's vector of older content).
 
+This module is the batch flow; keeping one item's failure from its neighbours (encoding and
+writing item by item, recording failures, retrying a database that is briefly unavailable)
+is :mod:`pgfleet.embedding.isolation`.
+
 Attempts count failures and deaths only. A fetch marks the rows it starts with this pool
 process's name (``started_by``); if the process dies, the worker's main process counts an
 attempt for those rows (:mod:`pgfleet.embedding.deaths`). A row fetched again after such a start, or
@@ -24,6 +28,7 @@ flight leaves them pending, and the producer republishes them (``requeue_after_s
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -34,25 +39,26 @@ from typing import Any
 import numpy as np
 from psycopg_pool import ConnectionPool
 
+import schema
 from pgfleet import db
 from pgfleet.embedding.batching import (
     MAX_CHARS_PER_TOKEN,
     BatchPlan,
-    backoff_s,
     chunked,
     max_chars,
     plan_batch,
 )
 from pgfleet.embedding.deaths import process_name
 from pgfleet.embedding.engines.base import Engine, ModelSpec
-from pgfleet.embedding.writer import Writer, single_items, write_params
-from pgfleet.errors import (
-    DatabaseRejected,
-    ModelLoadError,
-    PgfleetError,
-    RetryableError,
-    UnknownModelVersion,
+from pgfleet.embedding.isolation import (
+    Failure,
+    encode_isolating,
+    record_failure,
+    with_retry,
+    write_isolating,
 )
+from pgfleet.embedding.writer import Writer, write_params
+from pgfleet.errors import ModelLoadError, PgfleetError, UnknownModelVersion
 from pgfleet.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -61,19 +67,6 @@ EngineLoader = Callable[[ModelSpec], Engine]
 
 #: the last blank of a text, and the (perhaps partial) word after it
 _LAST_BLANK = re.compile(r"\s\S*\Z")
-
-#: how often a write is tried when the database is briefly unavailable, and the pauses
-WRITE_RETRY_PAUSES_S = (0.5, 1.0, 2.0, 4.0, 8.0)
-
-
-@dataclass
-class Failure:
-    doc_id: int
-    digest: bytes
-    reason: str
-    error: str
-    permanent: bool = False
-
 
 @dataclass
 class BatchReport:
@@ -164,8 +157,8 @@ class EmbedPipeline:
         if not candidates:
             return set()
         with db.pooled(self.pool) as conn:
-            existing = {r[0] for r in conn.execute(
-                "SELECT id FROM docs WHERE id = ANY(%s)", (candidates,))}
+            existing = {r[0] for r in conn.execute(schema.query("existing_docs"),
+                                                   (candidates,))}
         return set(candidates) - existing
 
     def spec(self, version_id: int) -> ModelSpec | None:
@@ -197,7 +190,7 @@ class EmbedPipeline:
         for row in suspects:
             # the writes before it finish first: if it kills the process, only it is counted
             self.writer.drain()
-            if self._with_retry(lambda row=row: self._start_suspect(spec, row)):
+            if self._with_retry(functools.partial(self._start_suspect, spec, row)):
                 report.add(self._process(spec, [row]))
         report.requested = len(doc_ids)
         report.fetched = len(rows)
@@ -301,8 +294,8 @@ class EmbedPipeline:
         self._windows[spec.version_id] = int(engine.max_seq_length)
         if spec.version_id not in self._checked:
             with db.pooled(self.pool) as conn:
-                row = conn.execute("SELECT vector_dims(embedding) FROM embeddings "
-                                   "WHERE version_id = %s LIMIT 1", (spec.version_id,)).fetchone()
+                row = conn.execute(schema.query("stored_vector_dims"),
+                                   (spec.version_id,)).fetchone()
             if row is not None and row[0] != engine.dimensions:
                 raise ModelLoadError(
                     f"model version {spec.label} produces {engine.dimensions}-dimensional "
@@ -311,22 +304,12 @@ class EmbedPipeline:
         return engine
 
     def _write_isolating(self, params: dict[str, Any]) -> tuple[int, list[Failure]]:
-        """Write the batch; if PostgreSQL refuses it, write item by item so that one item
-        the database rejects does not fail its neighbours."""
-        try:
-            return int(self._with_retry(lambda: self._write(params))["written"]), []
-        except DatabaseRejected as exc:
-            if len(params["doc_ids"]) <= 1:
-                return 0, [Failure(d, h, "write error", str(exc))
-                           for d, h in zip(params["doc_ids"], params["hashes"], strict=True)]
-            logger.warning("writing a batch of %d was refused (%s); writing item by item",
-                           len(params["doc_ids"]), exc)
-        written, failures = 0, []
-        for item in single_items(params):
-            count, failed = self._write_isolating(item)
-            written += count
-            failures.extend(failed)
-        return written, failures
+        """Write the batch (retried while the database is briefly unavailable), item by
+        item if PostgreSQL refuses it (:func:`~pgfleet.embedding.isolation.write_isolating`)."""
+        def write(part: dict[str, Any]) -> dict[str, Any]:
+            return self._with_retry(lambda: self._write(part))
+
+        return write_isolating(write, params)
 
     def _encode(self, spec: ModelSpec, plan: BatchPlan,
                 ) -> tuple[dict[bytes, np.ndarray], list[Failure]]:
@@ -337,24 +320,7 @@ class EmbedPipeline:
             return {}, [Failure(d, h, "model unavailable", str(exc))
                         for h, docs in plan.docs_by_hash.items() for d in docs]
         self._log_truncation(engine, plan)
-        try:
-            vectors = engine.encode(plan.texts)
-            _check_vectors(vectors, len(plan.texts), engine.dimensions)
-            return dict(zip(plan.text_hashes, vectors, strict=True)), []
-        except Exception as exc:  # noqa: BLE001 - isolate the bad item below
-            logger.warning("encoding a batch of %d for %s failed (%s); retrying item by item",
-                           len(plan.texts), spec.label, exc)
-        encoded: dict[bytes, np.ndarray] = {}
-        failures: list[Failure] = []
-        for text, digest in zip(plan.texts, plan.text_hashes, strict=True):
-            try:
-                vector = engine.encode([text])
-                _check_vectors(vector, 1, engine.dimensions)
-                encoded[digest] = vector[0]
-            except Exception as exc:  # noqa: BLE001 - recorded per item
-                failures.extend(Failure(d, digest, "model error", f"{type(exc).__name__}: {exc}")
-                                for d in plan.docs_by_hash[digest])
-        return encoded, failures
+        return encode_isolating(engine, spec, plan)
 
     def _log_cuts(self, spec: ModelSpec, rows: list[dict[str, Any]]) -> None:
         cut = [r["doc_id"] for r in rows if r["cut"]]
@@ -383,35 +349,10 @@ class EmbedPipeline:
                     len(text), limit)
 
     def _record_failure(self, spec: ModelSpec, failure: Failure) -> None:
-        with db.pooled(self.pool) as conn, conn.transaction():
-            attempts_row = conn.execute(
-                "SELECT attempts FROM pending_embeddings WHERE doc_id = %s AND version_id = %s",
-                (failure.doc_id, spec.version_id)).fetchone()
-            attempt = (attempts_row[0] if attempts_row else 0) + 1  # this failure spends one
-            retry_in_s = backoff_s(attempt, base_s=self.settings.retry_base_s,
-                                   max_s=self.settings.retry_max_s)
-            row = db.fetch_one(conn, "record_failure", {
-                "doc_id": failure.doc_id, "version_id": spec.version_id, "hash": failure.digest,
-                "reason": failure.reason, "error": failure.error[:2000],
-                "retry_in_s": retry_in_s, "max_attempts": self.settings.max_attempts,
-                "permanent": failure.permanent})
-        if row and row["given_up"]:
-            logger.error("doc %s failed for %s after %s attempt(s), recorded: %s: %s",
-                         failure.doc_id, spec.label, row["attempts"], failure.reason, failure.error)
-        elif row and row["retried"]:
-            logger.warning("doc %s failed for %s (attempt %s), retrying in %.1f s: %s",
-                           failure.doc_id, spec.label, row["attempts"], retry_in_s, failure.error)
+        record_failure(self.pool, self.settings, spec, failure)
 
     def _with_retry(self, action: Callable[[], Any]) -> Any:
-        for pause in (*WRITE_RETRY_PAUSES_S, None):
-            try:
-                return action()
-            except RetryableError as exc:
-                if pause is None:
-                    raise
-                logger.warning("%s; retrying in %.1f s", exc, pause)
-                self.sleep(pause)
-        raise AssertionError("unreachable")
+        return with_retry(action, self.sleep)
 
 
 def _cut_after_window(engine: Engine, text: str, window: int) -> bool:
@@ -422,9 +363,3 @@ def _cut_after_window(engine: Engine, text: str, window: int) -> bool:
     head = text[:last_blank.start()] if last_blank else text[:-MAX_CHARS_PER_TOKEN]
     return engine.token_counts([head])[0] > window
 
-
-def _check_vectors(vectors: np.ndarray, count: int, dims: int) -> None:
-    if vectors.shape != (count, dims):
-        raise PgfleetError(f"model returned shape {vectors.shape}, expected {(count, dims)}")
-    if not np.isfinite(vectors).all():
-        raise PgfleetError("model returned NaN or infinite values")

@@ -88,27 +88,27 @@ def route(conn: psycopg.Connection, version_ref: str | None, key: str | None,
 
 
 def _backfilling(conn: psycopg.Connection, version_id: int) -> bool:
-    return db.fetch_one(conn, "backfilling", {"version_id": version_id})["backfilling"]
+    row = db.fetch_one(conn, "backfilling", {"version_id": version_id})
+    assert row is not None  # SELECT EXISTS (...): always one row
+    return bool(row["backfilling"])
 
 
 def _query_vector(conn: psycopg.Connection, engine: Engine, spec: ModelSpec, text: str):
     """The query's vector, from the inference cache when this version has seen it."""
     digest = hashlib.sha256(text.encode("utf-8")).digest()
-    row = conn.execute("UPDATE model_cache SET hits = hits + 1, last_hit_at = now() "
-                       "WHERE version_id = %s AND input_hash = %s RETURNING embedding",
+    row = conn.execute(schema.query("cache_hit_query_vector"),
                        (spec.version_id, digest)).fetchone()
     if row is not None:
         return as_array(row[0]), True
     vector = engine.encode([text])[0]
-    conn.execute("INSERT INTO model_cache (version_id, input_hash, embedding) VALUES (%s, %s, %s) "
-                 "ON CONFLICT DO NOTHING", (spec.version_id, digest, vector))
+    conn.execute(schema.query("cache_insert_query_vector"), (spec.version_id, digest, vector))
     return vector, False
 
 
 def _nearest(conn: psycopg.Connection, spec: ModelSpec, vector, k: int) -> list[Hit]:
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         # HNSW returns at most ef_search candidates; ask for at least k
-        cur.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(40, k)),))
+        cur.execute(schema.query("search_ef_search"), (str(max(40, k)),))
         cur.execute(search_sql(spec.dimensions),
                     {"query": vector, "version_id": spec.version_id, "k": k})
         rows = cur.fetchall()

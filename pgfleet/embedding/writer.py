@@ -67,13 +67,13 @@ def write_params(spec: ModelSpec, plan: BatchPlan, encoded: dict[bytes, np.ndarr
         hashes.append(digest)
         vectors.append(vector)
     for digest, docs in plan.docs_by_hash.items():
-        vector = encoded.get(digest)
-        if vector is None:
+        miss = encoded.get(digest)
+        if miss is None:
             continue
         for doc_id in docs:
             doc_ids.append(doc_id)
             hashes.append(digest)
-            vectors.append(vector)
+            vectors.append(miss)
     order = sorted(range(len(doc_ids)), key=doc_ids.__getitem__)  # lock rows in one order
     return {
         "version_id": spec.version_id,

@@ -131,7 +131,7 @@ def _check_target(reader: Reader, target: str | None,
         return _check_all(reader, group)
     conn = reader.conn
     if _is_schema(conn, target):
-        saved = conn.execute(schema.query("text2sql_search_path")).fetchone()[0]
+        saved = _one_value(conn, "text2sql_search_path")
         path = sql.Identifier(target).as_string(conn) + ", public"
         conn.execute(schema.query("text2sql_set_search_path"), {"search_path": path})
         try:
@@ -156,11 +156,19 @@ def _check_all(reader: Reader, group: list[Example]) -> list[ExampleProblem]:
 
 
 def _is_schema(conn: psycopg.Connection, name: str) -> bool:
-    return conn.execute(schema.query("text2sql_schema_exists"), {"name": name}).fetchone()[0]
+    return bool(_one_value(conn, "text2sql_schema_exists", {"name": name}))
 
 
 def _is_database(conn: psycopg.Connection, name: str) -> bool:
-    return conn.execute(schema.query("text2sql_database_exists"), {"name": name}).fetchone()[0]
+    return bool(_one_value(conn, "text2sql_database_exists", {"name": name}))
+
+
+def _one_value(conn: psycopg.Connection, name: str,
+               params: dict[str, Any] | None = None) -> Any:
+    """The value of a named query that always returns one row of one column."""
+    row = conn.execute(schema.query(name), params).fetchone()
+    assert row is not None, f"query {name} returned no row"
+    return row[0]
 
 
 # ------------------------------------------------------------------------- storing

@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pgfleet.text2sql.english import plural, singular, words
 from pgfleet.text2sql.schema_text import TABLE_SEP, Schema, Table, model_input, serialize
-from pgfleet.text2sql.synth_templates import plural, singular, words
 from pgfleet.text2sql.values import Value, database_values, mask
 
 if TYPE_CHECKING:

@@ -57,7 +57,7 @@ def allowed_function(name: str) -> bool:
 
 
 # Statement kinds that are never part of a read-only query, wherever they appear.
-_WRITES: dict[type[exp.Expression], str] = {
+_WRITES: dict[type[exp.Expr], str] = {
     exp.Insert: "INSERT", exp.Update: "UPDATE", exp.Delete: "DELETE", exp.Merge: "MERGE",
     exp.Copy: "COPY", exp.Create: "CREATE", exp.Drop: "DROP", exp.Alter: "ALTER",
     exp.TruncateTable: "TRUNCATE", exp.Grant: "GRANT", exp.Revoke: "REVOKE",
@@ -111,7 +111,7 @@ def decide(text: str) -> Decision:
     return Decision(True, [], normalized)
 
 
-def tree_reasons(root: exp.Expression) -> list[str]:
+def tree_reasons(root: exp.Expr) -> list[str]:
     """Problems found in the parsed statement: its kind, and every node below it."""
     if not isinstance(_unwrap(root), _QUERIES):
         kind = _kind(root)
@@ -231,7 +231,7 @@ def _openers(tokens: list[Token]) -> dict[int, int]:
     return openers
 
 
-def _node_reason(node: exp.Expression) -> str | None:
+def _node_reason(node: exp.Expr) -> str | None:
     if isinstance(node, exp.Lock):
         return "FOR UPDATE / FOR SHARE is not allowed: it locks rows."
     if isinstance(node, exp.Into):
@@ -268,6 +268,7 @@ def _function_reason(node: exp.Func) -> str | None:
     by the name written, a function sqlglot knows by the name it is written as in
     PostgreSQL (``GroupConcat`` is ``string_agg``), or by its own SQL names."""
     parent = node.parent
+    name: str | None
     if isinstance(node, exp.Anonymous):
         ident = node.this
         name = ident.name if isinstance(ident, exp.Identifier) else str(ident)
@@ -281,7 +282,7 @@ def _function_reason(node: exp.Func) -> str | None:
     if qualifier is not None:
         return _qualified_reason(f"{qualifier}.{name or node.sql_name().lower()}")
     if isinstance(ident, exp.Identifier) and ident.quoted:
-        return _quoted_reason(name)
+        return _quoted_reason(ident.name)  # the name written, as above
     if name is None:
         return None  # written as a keyword construct or an operator, not as a call
     lowered = name.lower()
@@ -343,13 +344,13 @@ def _roundtrip_problem(normalized: str) -> str | None:
     return extra[0] if extra else None
 
 
-def _unwrap(node: exp.Expression | None) -> exp.Expression | None:
+def _unwrap(node: exp.Expr | None) -> exp.Expr | None:
     while isinstance(node, exp.Subquery):
         node = node.this
     return node
 
 
-def _kind(node: exp.Expression | None) -> str:
+def _kind(node: exp.Expr | None) -> str:
     node = _unwrap(node)
     if isinstance(node, exp.Command):
         return str(node.this or "a command").upper()

@@ -143,6 +143,9 @@ def with_database(url: str, dbname: str) -> str:
 
 def _verify_session(conn: psycopg.Connection) -> tuple[str, str]:
     row = conn.execute(schema.query("text2sql_reader_session"), {"reader": READER_ROLE}).fetchone()
+    if row is None:  # the session user has no row in pg_roles (dropped while connected)
+        raise ConfigurationError(f"could not read the role of the reader session on "
+                                 f"{conn.info.dbname}")
     (user, database, superuser, createrole, createdb, replication, bypassrls, reader_exists,
      uses_reader, others, temp_file_limit) = row
     if not reader_exists:
@@ -220,7 +223,7 @@ def reader_transaction(reader: Reader, *, timeout_ms: int) -> Iterator[psycopg.C
 
 def explain(reader: Reader, checked_sql: str, *, timeout_ms: int) -> str | None:
     """EXPLAIN (plan, never run) ``checked_sql``; the server's message when it refuses."""
-    statement = sql.SQL("EXPLAIN ") + sql.SQL(checked_sql)
+    statement = sql.SQL(schema.query("text2sql_explain")).format(query=sql.SQL(checked_sql))
     conn = _session_of(reader)
     try:
         with reader_transaction(reader, timeout_ms=timeout_ms), conn.cursor() as cur:

@@ -39,7 +39,9 @@ class Table:
 # ------------------------------------------------------------------------- gold queries
 def split_statements(text: str) -> list[str]:
     """``text`` split on semicolons outside quotes; empty parts dropped."""
-    parts, current, quote = [], [], ""
+    parts: list[str] = []
+    current: list[str] = []
+    quote = ""
     for char in text:
         if quote:
             quote = "" if char == quote else quote

@@ -132,7 +132,9 @@ def profile(conn: psycopg.Connection, table: Table, seed: int) -> TableInfo:
 def _stats(conn: psycopg.Connection, table: Table, column: str) -> tuple[int, int]:
     query = sql.SQL(sql_files.query("text2sql_column_stats")).format(
         table=_table_ident(table), column=sql.Identifier(column))
-    rows, distinct = conn.execute(query).fetchone()
+    row = conn.execute(query).fetchone()
+    assert row is not None  # count(*), count(DISTINCT ...): always one row
+    rows, distinct = row
     return int(rows), int(distinct)
 
 

@@ -2,8 +2,9 @@
 
 A template is a function of a profiled table that yields candidates: the SQL (identifiers
 quoted by the server, values by psycopg as SQL literals, never pasted into the text) and
-two to four phrasings of the question it answers. Which candidates and phrasings are kept is
-decided by the caller, with a seeded random generator.
+two to four phrasings of the question it answers (table and column names in English by
+:mod:`~pgfleet.text2sql.english`). Which candidates and phrasings are kept is decided by the
+caller, with a seeded random generator.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg import sql
 
+# words, plural, singular and article are importable from here too
+from pgfleet.text2sql.english import article, plural, singular, words
 from pgfleet.text2sql.schema_text import Column, ForeignKey, Table
 
 MAX_CATEGORIES = 30
@@ -100,33 +103,7 @@ class Context:
 Template = Callable[[Context, TableInfo], Iterator[Candidate]]
 
 
-# ------------------------------------------------------------------------- words
-def words(name: str) -> str:
-    return " ".join(name.replace("_", " ").split()).lower()
-
-
-def plural(noun: str) -> str:
-    if noun.endswith("s"):
-        return noun
-    if noun.endswith("y") and noun[-2:-1] not in "aeiou":
-        return noun[:-1] + "ies"
-    return noun + ("es" if noun.endswith(("x", "ch", "sh")) else "s")
-
-
-def singular(noun: str) -> str:
-    if noun.endswith("ies"):
-        return noun[:-3] + "y"
-    if noun.endswith(("xes", "ches", "shes")):
-        return noun[:-2]
-    if noun.endswith("s") and not noun.endswith(("ss", "us", "is")):
-        return noun[:-1]
-    return noun
-
-
-def article(noun: str) -> str:
-    return "an" if noun[:1] in "aeiou" else "a"
-
-
+# ------------------------------------------------------------------------- values
 def text(value: Any) -> str:
     """A value as a question writes it."""
     if isinstance(value, dt.datetime):

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 from psycopg import sql
 
 from pgfleet.text2sql.schema_text import Schema
+from schema import query as named_query  # `schema` is a parameter name below
 
 if TYPE_CHECKING:
     from pgfleet.text2sql.readonly import Reader
@@ -102,8 +103,9 @@ def mask(question: str, known: dict[str, Value] | None = None) -> Masked:
     def free(start: int, end: int) -> bool:
         return all(end <= s or start >= e for s, e, _ in taken)
 
-    for start, end, text in spans(question) if known else ():
-        value = known.get(text.lower())
+    lookup = known or {}
+    for start, end, text in spans(question) if lookup else ():
+        value = lookup.get(text.lower())
         if value is not None and free(start, end):
             taken.append((start, end, value))
     for match in _QUOTED.finditer(question):
@@ -287,7 +289,10 @@ def _fill_token(token: str, values: Sequence[Value], *, escapes: bool) -> str:
 
         return "'" + _PLACEHOLDER_AT.sub(put, token[1:-1]) + "'"
     if token[0] == "$":
-        tag = _DOLLAR_TAG.match(token).group(0)
+        opening = _DOLLAR_TAG.match(token)
+        if opening is None:  # _token_end starts a token with $ only at a dollar quote's tag
+            raise ValueError(f"not a dollar-quoted string: {token[:40]!r}")
+        tag = opening.group(0)
 
         def put_dollar(match: re.Match) -> str:
             value = _value(values, int(match.group(1))).text
@@ -318,9 +323,8 @@ def database_values(reader: Reader, schema: Schema, tables: Iterable[str],
     found: dict[str, tuple[str, list[str]]] = {}
     with reader_transaction(reader, timeout_ms=timeout_ms) as conn:
         for table, column in columns:
-            query = sql.SQL("SELECT DISTINCT {col} FROM {tbl} WHERE lower({col}) = ANY(%s) "
-                            "LIMIT 100").format(col=sql.Identifier(column.name),
-                                                tbl=sql.Identifier(*table.qualified.split(".")))
+            query = sql.SQL(named_query("text2sql_matching_values")).format(
+                col=sql.Identifier(column.name), tbl=sql.Identifier(*table.qualified.split(".")))
             for (text,) in conn.execute(query, (candidates,)):
                 spelled, where = found.setdefault(text.lower(), (text, []))
                 where.append(f"{table.qualified}.{column.name}")

@@ -13,6 +13,18 @@ USING (SELECT version_id, input_hash FROM model_cache
        FOR UPDATE SKIP LOCKED) old
 WHERE c.version_id = old.version_id AND c.input_hash = old.input_hash;
 
+-- name: cache_hit_query_vector
+-- A search's query vector from the cache, counting the hit (no row: this version has not
+-- seen the query).
+UPDATE model_cache SET hits = hits + 1, last_hit_at = now()
+WHERE version_id = %s AND input_hash = %s
+RETURNING embedding;
+
+-- name: cache_insert_query_vector
+-- A search's query vector, cached for the next time; one cached meanwhile is kept.
+INSERT INTO model_cache (version_id, input_hash, embedding) VALUES (%s, %s, %s)
+ON CONFLICT DO NOTHING;
+
 -- name: cache_entries
 SELECT count(*) AS entries FROM model_cache;
 

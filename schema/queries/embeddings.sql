@@ -58,6 +58,11 @@ SET started_at = now(), started_by = %(worker)s
 WHERE doc_id = %(doc_id)s AND version_id = %(version_id)s AND content_hash = %(hash)s
 RETURNING attempts;
 
+-- name: existing_docs
+-- Which of these ids name a doc at all: an id a batch did not fetch is done already, in
+-- backoff, or unknown, and only an unknown one is reported as such.
+SELECT id FROM docs WHERE id = ANY(%s);
+
 -- name: write_batch
 -- One statement, one short transaction: vectors for docs whose content still hashes to
 -- what was embedded, their pending rows, cache rows and hit counts, and the log row.
@@ -121,6 +126,16 @@ SELECT (SELECT count(*) FROM written) AS written,
        (SELECT count(*) FROM cached) AS cached,
        (SELECT count(*) FROM hit) AS hit,
        (SELECT count(*) FROM logged) AS logged;
+
+-- name: stored_vector_dims
+-- The dimensions of one stored vector of this version (none: nothing stored yet): an engine
+-- whose vectors have other dimensions is refused rather than mixed with them.
+SELECT vector_dims(embedding) FROM embeddings WHERE version_id = %s LIMIT 1;
+
+-- name: pending_attempts
+-- The attempts a pending row has spent so far, read before a failure is recorded to size
+-- its backoff (no row: none spent).
+SELECT attempts FROM pending_embeddings WHERE doc_id = %s AND version_id = %s;
 
 -- name: record_failure
 -- An item failed, which spends an attempt. Below the attempt limit it is retried after a
@@ -234,6 +249,11 @@ JOIN docs d ON d.id = e.doc_id
 WHERE e.version_id = %(version_id)s AND e.chunk = 0
 ORDER BY e.embedding::vector({dims}) <=> %(query)s::vector({dims})
 LIMIT %(k)s;
+
+-- name: search_ef_search
+-- For the search's transaction only: HNSW returns at most ef_search candidates, so a search
+-- asks for at least k.
+SELECT set_config('hnsw.ef_search', %s, true);
 
 -- name: verify
 -- The fleet's promise, checked: per active embedding version, docs whose stored vector is

@@ -47,6 +47,10 @@ SELECT pgfleet_q.* FROM (
 {query}
 ) AS pgfleet_q WHERE {bound}(octet_length(CAST(pgfleet_q.* AS text)), {max_bytes});
 
+-- name: text2sql_explain
+-- A template ({query} is the checked SQL): its plan, never run.
+EXPLAIN {query};
+
 -- name: text2sql_insert_examples
 -- Examples already stored (same question, SQL and database) are skipped.
 INSERT INTO text2sql_examples (question, sql, db_name, source, template)
@@ -117,6 +121,11 @@ SELECT count(*), count(DISTINCT {column}) FROM {table};
 -- A template: real values of a column, a deterministic pseudo-random pick for a seed.
 SELECT {column} FROM {table} WHERE {column} IS NOT NULL
 GROUP BY {column} ORDER BY md5({column}::text || %(seed)s) LIMIT %(limit)s;
+
+-- name: text2sql_matching_values
+-- A template ({col}, {tbl} are composed identifiers): the values of a text column that are,
+-- lower-cased, among the question's runs of words.
+SELECT DISTINCT {col} FROM {tbl} WHERE lower({col}) = ANY(%s) LIMIT 100;
 
 -- name: defog_database_comment
 -- The defog benchmark: what a loaded database says it was loaded from.
