@@ -13,7 +13,7 @@ QUEUE_TRAINING = "training"
 
 ALL_QUEUES = (QUEUE_GPU, QUEUE_CPU, QUEUE_TRAINING)
 #: tasks routed to the training queue (also when sent by name, as ``celery call`` does):
-#: the training jobs (workers/training/specs.py)
+#: the training jobs (pgfleet/training/specs.py)
 TRAINING_TASKS = tuple(SPECS)
 
 TASK_EMBED = "pgfleet.embed_docs"

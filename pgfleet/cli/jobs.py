@@ -22,6 +22,15 @@ from pgfleet.training.specs import JobSpec
 FINAL = ("succeeded", "failed", "cancelled")
 
 
+def job_command(spec: JobSpec) -> click.Command:
+    """``pgfleet train COMMAND`` for a job, made from its spec: its name and help, the job's
+    own options, then those every job shares."""
+    def run(local: bool, wait: bool, timeout_s: int, as_json: bool, **options: Any) -> None:
+        submit(spec, options, local=local, wait=wait, timeout_s=timeout_s, as_json=as_json)
+
+    return click.command(spec.command, help=spec.help)(spec_options(spec)(job_options(run)))
+
+
 def job_options(func):
     """The options every training job takes: --local, --wait/--no-wait, --timeout, --json."""
     func = click.option("--json", "as_json", is_flag=True)(func)
@@ -145,14 +154,9 @@ def _follow(conn, run_id: int, timeout_s: float) -> None:
 
 
 def _version(conn, version_id: int) -> dict[str, Any] | None:
-    from psycopg.rows import dict_row
+    from pgfleet import db
 
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            "SELECT v.id AS version_id, v.name, v.version, v.format, v.artifact, v.metrics, "
-            "p.name || '@' || p.version AS parent FROM model_versions v "
-            "LEFT JOIN model_versions p ON p.id = v.parent_id WHERE v.id = %s",
-            (version_id,)).fetchone()
+    return db.fetch_one(conn, "produced_version", (version_id,))
 
 
 def jsonable(row: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -18,6 +19,17 @@ from pgfleet.errors import ConfigurationError, PgfleetError
 
 console = Console(stderr=True)
 out = Console()
+
+
+def file_load_options(func):
+    """What every command that loads a file of rows takes: its path, ``--skip-bad`` and
+    ``--json``."""
+    func = click.option("--json", "as_json", is_flag=True)(func)
+    func = click.option("--skip-bad", is_flag=True,
+                        help="load the good rows even if some are bad (default: load nothing "
+                             "then)")(func)
+    return click.argument("path", type=click.Path(exists=True, dir_okay=False,
+                                                  path_type=Path))(func)
 
 
 def setup_logging(level: str = "INFO") -> None:

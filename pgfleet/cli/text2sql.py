@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from pgfleet.cli.output import console, out
+from pgfleet.cli.output import console, file_load_options, out
 from pgfleet.errors import PgfleetError
 
 
@@ -25,10 +25,7 @@ def text2sql() -> None:
 
 
 @text2sql.command("load")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--skip-bad", is_flag=True,
-              help="load the good rows even if some are bad (default: load nothing then)")
-@click.option("--json", "as_json", is_flag=True)
+@file_load_options
 def load(path: Path, skip_bad: bool, as_json: bool) -> None:
     """Load examples from a CSV (header question,sql[,db_name]) or JSONL file.
 

@@ -1,4 +1,6 @@
-"""``pgfleet train ...``: training data, training jobs on the training queue, their runs."""
+"""``pgfleet train ...``: training data, training jobs on the training queue, their runs.
+
+One command per job of :data:`pgfleet.training.specs.SPECS`, made from its spec."""
 
 from __future__ import annotations
 
@@ -12,10 +14,10 @@ from typing import Any
 import click
 from rich.table import Table
 
-from pgfleet.cli.jobs import job_options, jsonable, spec_options, submit
-from pgfleet.cli.output import console, out, progress_bar
+from pgfleet.cli.jobs import job_command, jsonable
+from pgfleet.cli.output import console, file_load_options, out, progress_bar
 from pgfleet.errors import PgfleetError
-from pgfleet.training.specs import DISTILL_EMBEDDINGS, QUANTIZE, TRAIN_EMBEDDINGS
+from pgfleet.training.specs import SPECS
 
 
 @click.group()
@@ -30,10 +32,7 @@ def data() -> None:
 
 
 @data.command("load")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--skip-bad", is_flag=True,
-              help="load the good rows even if some are bad (default: load nothing then)")
-@click.option("--json", "as_json", is_flag=True)
+@file_load_options
 def data_load(path: Path, skip_bad: bool, as_json: bool) -> None:
     """Load pairs from a CSV (header text_a,text_b[,score]) or JSONL file. Every bad row is
     reported with its line; by default nothing is loaded when any row is bad."""
@@ -89,35 +88,8 @@ def data_mine(limit: int | None, dry_run: bool, as_json: bool) -> None:
 
 
 # ------------------------------------------------------------------------------ jobs
-@train.command("embeddings")
-@spec_options(TRAIN_EMBEDDINGS)
-@job_options
-def train_embeddings(local: bool, wait: bool, timeout_s: int, as_json: bool,
-                     **options: Any) -> None:
-    """Fine-tune an embedding version on pairs; register the result (inactive) with MRR@10
-    and recall@10 of the base and the new model on held-out pairs."""
-    submit(TRAIN_EMBEDDINGS, options, local=local, wait=wait, timeout_s=timeout_s,
-           as_json=as_json)
-
-
-@train.command("distill")
-@spec_options(DISTILL_EMBEDDINGS)
-@job_options
-def train_distill(local: bool, wait: bool, timeout_s: int, as_json: bool,
-                  **options: Any) -> None:
-    """Distill a version (the teacher) into a smaller student; register the student with its
-    parameters, size, docs/s and the share of the teacher's MRR@10 it keeps."""
-    submit(DISTILL_EMBEDDINGS, options, local=local, wait=wait, timeout_s=timeout_s,
-           as_json=as_json)
-
-
-@train.command("quantize")
-@spec_options(QUANTIZE)
-@job_options
-def train_quantize(local: bool, wait: bool, timeout_s: int, as_json: bool,
-                   **options: Any) -> None:
-    """Export a version to ONNX, quantize it to INT8, measure and register it."""
-    submit(QUANTIZE, options, local=local, wait=wait, timeout_s=timeout_s, as_json=as_json)
+for _spec in SPECS.values():
+    train.add_command(job_command(_spec))
 
 
 # ------------------------------------------------------------------------------ runs

@@ -2,8 +2,8 @@
 
 Everything else is derived from :data:`SPECS`: the Celery tasks and their routing to the
 training queue (:mod:`workers.tasks.train`, :data:`workers.queues.TRAINING_TASKS`), the
-``pgfleet train ...`` options (:mod:`pgfleet.cli.jobs`), ``--local`` runs, and the check of
-the options (:meth:`JobSpec.validate`). A job's function is named, not imported: importing
+``pgfleet train COMMAND`` commands with their help and options (:mod:`pgfleet.cli.jobs`),
+``--local`` runs, and the check of the options (:meth:`JobSpec.validate`). A job's function is named, not imported: importing
 this module loads no model library.
 """
 
@@ -33,6 +33,9 @@ class JobSpec:
     run: str
     #: rules across options, checked after each option's own
     rules: tuple[Rule, ...] = ()
+    #: its command, ``pgfleet train COMMAND``, and the command's help
+    command: str = ""
+    help: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
@@ -88,6 +91,8 @@ QUANTIZE = JobSpec(
                             accepts_id=True, flag="--from", show_default=True),
      "sample": Option(int, 200, "docs to measure on", min=20, show_default=True,
                       cli_range=False)},
+    command="quantize",
+    help="Export a version to ONNX, quantize it to INT8, measure and register it.",
     run="pgfleet.training.jobs:quantize_job")
 
 TRAIN_EMBEDDINGS = JobSpec(
@@ -107,6 +112,9 @@ TRAIN_EMBEDDINGS = JobSpec(
      "max_pairs": Option(int, 0, "0: all", min=0),
      "max_seq_length": Option(int, 0, "tokens per text while training (0: the model's)",
                               min=0)},
+    command="embeddings",
+    help=("Fine-tune an embedding version on pairs; register the result (inactive) with MRR@10\n"
+          "and recall@10 of the base and the new model on held-out pairs."),
     run="pgfleet.training.embeddings:train_embeddings")
 
 DISTILL_EMBEDDINGS = JobSpec(
@@ -125,6 +133,9 @@ DISTILL_EMBEDDINGS = JobSpec(
      "max_texts": Option(int, 5000, "docs to distill on", min=10, show_default=True),
      "eval_fraction": _unit_open(0.1),
      "max_seq_length": Option(int, 0, min=0)},
+    command="distill",
+    help=("Distill a version (the teacher) into a smaller student; register the student with its\n"
+          "parameters, size, docs/s and the share of the teacher's MRR@10 it keeps."),
     run="pgfleet.training.embeddings:distill_embeddings")
 
 
@@ -181,7 +192,11 @@ TRAIN_TEXT2SQL = JobSpec(
     "train_text2sql",
     "Train a text-to-SQL T5 on the examples and register it (inactive) "
     "(``celery -A workers call train_text2sql --kwargs '{\"epochs\": 30}'``).",
-    _T2S, run="pgfleet.training.text2sql:train_text2sql", rules=(_scratch_only,))
+    _T2S,
+    command="text2sql",
+    help=("Train a text-to-SQL T5 on text2sql_examples; register it (inactive) with exact match\n"
+          "and execution accuracy on held-out examples."),
+    run="pgfleet.training.text2sql:train_text2sql", rules=(_scratch_only,))
 
 
 def _hidden(name: str) -> Option:
@@ -216,6 +231,9 @@ DISTILL_TEXT2SQL = JobSpec(
      "beams": _plain("beams"),
      **{name: _hidden(name) for name in ("synth_if_empty", "synth_per_template",
                                          "synth_phrasings", "synth_rounds", "max_copies")}},
+    command="distill-text2sql",
+    help=("Distill a text2sql version into a smaller student (α·KL·T² + (1−α)·CE); register it\n"
+          "(inactive) with both models' held-out accuracy, sizes and speeds."),
     run="pgfleet.training.text2sql_distill:distill_text2sql")
 
 

@@ -63,3 +63,19 @@ def test_the_command_leaves_out_what_was_not_given():
     assert spec.command_options(parsed) == {"base_model": "", "name": "x"}
     assert spec.command_options({"tokenizer": "bytes", "d_model": 64}) == {
         "tokenizer": "bytes", "d_model": 64}
+
+
+def test_every_job_has_its_command_made_from_its_spec():
+    from pgfleet.cli.train import train
+
+    commands = {spec.command: spec for spec in SPECS.values()}
+    assert sorted(commands) == ["distill", "distill-text2sql", "embeddings", "quantize",
+                                "text2sql"]
+    for name, spec in commands.items():
+        command = train.commands[name]
+        assert command.help == spec.help and spec.help
+        flags = {opt for param in command.params for opt in param.opts}
+        for option_name, option in spec.options.items():
+            if option.cli:
+                assert (option.flag or "--" + option_name.replace("_", "-")) in flags
+        assert {"--local", "--wait", "--timeout", "--json"} <= flags
