@@ -1,12 +1,13 @@
-"""The ``pgfleet`` command: everything a person does by hand.
+"""The ``pgfleet`` command, the top layer: everything a person does by hand.
 
 Every command run with the same ``PGFLEET_HOME`` talks to the fleet ``pgfleet up`` started
-there, unless ``PGFLEET_DATABASE_URL`` / ``PGFLEET_REDIS_URL`` point elsewhere.
-
-This module is the root group and the list of its commands; ``pgfleet NAME`` lives in
-``pgfleet/cli/NAME.py`` (``pgfleet train text2sql`` and ``distill-text2sql`` in
-``train_text2sql.py``). Command modules import only :mod:`pgfleet.cli.output` and
-:mod:`pgfleet.cli.jobs`, never each other; only this module imports them.
+there, unless ``PGFLEET_DATABASE_URL`` / ``PGFLEET_REDIS_URL`` point elsewhere. This module
+is the root group and the list of its commands; ``pgfleet NAME`` lives in
+``pgfleet/cli/NAME.py``, and the ``pgfleet train`` job commands are made from
+:data:`pgfleet.training.specs.SPECS`. A command module may import every layer below
+(``pgfleet.ops``, :mod:`producers`, :mod:`workers`, the library, :mod:`schema`) and, of its
+siblings, only ``context``, ``output`` and ``jobs``; only this module imports the commands,
+and no other package imports this one.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from pgfleet.cli import (
     status,
     text2sql,
     train,
-    train_text2sql,
     up,
     verify,
 )
@@ -48,5 +48,3 @@ for _command in (up.up, flower.flower, db.db, models.models, failures.failures,
                  sql.sql, status.status, text2sql.text2sql, cache.cache, beat.beat,
                  metrics.metrics):
     main.add_command(_command)
-train.train.add_command(train_text2sql.train_text2sql)
-train.train.add_command(train_text2sql.distill_text2sql)

@@ -1,8 +1,13 @@
-"""The one module that talks to psycopg: connections, pools, and error mapping.
+"""The database boundary: psycopg connections, pools, error mapping, running the named
+queries, and the HNSW index of a version (:mod:`~pgfleet.db.vector_index`).
 
-Driver errors become pgfleet's own exceptions (``raise ... from exc``): a server that cannot
-be reached is a :class:`~pgfleet.errors.DatabaseUnavailable` (retryable); the message names
-the server without its password.
+The only place where SQL text may be written in Python (``tests/unit/test_layers.py``);
+other code runs the named queries of ``schema/queries/*.sql`` through :func:`fetch_all` /
+:func:`fetch_one`. Driver errors become pgfleet's own exceptions (``raise ... from exc``): a
+server that cannot be reached is a :class:`~pgfleet.errors.DatabaseUnavailable` (retryable);
+the message names the server without its password. It may import only the shared modules
+(settings, state, records, corpus, errors) and :mod:`schema`: never models, embedding,
+text2sql, training or anything above the library.
 """
 
 from __future__ import annotations
