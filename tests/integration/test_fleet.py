@@ -228,7 +228,11 @@ def test_two_producers_at_once_publish_each_doc_once(fleet, clean, tmp_path):
 
     second = Proc("producer-2", fleet.producer.argv, fleet.producer.env, tmp_path).start()
     try:
-        time.sleep(1.0)  # both listening
+        # both listening before the first insert: a producer that starts on a busy machine
+        # can take seconds, and one that is not listening yet takes no part
+        wait_until(lambda: clean.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgfleet-listener' "
+            "AND query LIKE 'LISTEN %'").fetchone()[0] == 2, 60, message="both producers listening")
         ids = []
         for i in range(30):  # many small transactions: both producers wake up
             ids += insert(clean, *[f"two producers, round {i}, doc {j}" for j in range(10)])
