@@ -89,6 +89,22 @@ class Settings:
     metrics_port: int = 5556
     shutdown_timeout_s: float = 30.0
 
+    # the HTTP API (``pgfleet serve``): its port, the address it binds (127.0.0.1: this
+    # machine only; 0.0.0.0 behind a proxy or in a container), and the batching of
+    # concurrent callers' texts: one forward pass takes up to api_max_batch texts, and a
+    # text waits at most api_max_wait_ms for others to join it
+    api_port: int = 8000
+    api_address: str = "127.0.0.1"
+    api_max_batch: int = 64
+    api_max_wait_ms: float = 2.0
+    # bounds on what one request may ask: its body, the texts of one /v1/embeddings
+    # request and the characters of each text
+    api_max_body_bytes: int = 1_048_576
+    api_max_inputs: int = 256
+    api_max_input_chars: int = 32_768
+    # the API's own torch threads (0: torch's default, every core)
+    api_threads: int = 0
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
@@ -142,7 +158,14 @@ class Settings:
             if not (math.isfinite(value) and value > 0):
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be a positive number "
                                          "of seconds")
-        for name in ("pg_port", "redis_port", "flower_port", "metrics_port"):
+        for name in ("api_max_batch", "api_max_body_bytes", "api_max_inputs",
+                     "api_max_input_chars"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{PREFIX}{name.upper()} must be at least 1")
+        if not (math.isfinite(self.api_max_wait_ms) and self.api_max_wait_ms >= 0):
+            raise ConfigurationError(f"{PREFIX}API_MAX_WAIT_MS must be a number of "
+                                     "milliseconds, 0 or more")
+        for name in ("pg_port", "redis_port", "flower_port", "metrics_port", "api_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be a port number "
                                          "between 0 (any free port) and 65535")

@@ -16,6 +16,7 @@ import click
 
 from pgfleet.cli import (
     ab,
+    api_key,
     beat,
     bench,
     cache,
@@ -26,6 +27,7 @@ from pgfleet.cli import (
     metrics,
     models,
     search,
+    serve,
     sql,
     status,
     text2sql,
@@ -46,5 +48,5 @@ def main(log_level: str) -> None:
 for _command in (up.up, flower.flower, db.db, models.models, failures.failures,
                  verify.verify, load.load, search.search, ab.ab, bench.bench, train.train,
                  sql.sql, status.status, text2sql.text2sql, cache.cache, beat.beat,
-                 metrics.metrics):
+                 metrics.metrics, serve.serve, api_key.api_key):
     main.add_command(_command)

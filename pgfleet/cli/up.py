@@ -25,9 +25,12 @@ if TYPE_CHECKING:
 @click.option("--flower/--no-flower", default=True, show_default=True)
 @click.option("--metrics/--no-metrics", default=True, show_default=True,
               help="the Prometheus endpoint on PGFLEET_METRICS_PORT")
-def up(demo: bool, demo_docs: int, flower: bool, metrics: bool) -> None:
+@click.option("--api/--no-api", default=True, show_default=True,
+              help="the HTTP API on PGFLEET_API_PORT (pgfleet serve)")
+def up(demo: bool, demo_docs: int, flower: bool, metrics: bool, api: bool) -> None:
     """Start the fleet: embedded PostgreSQL and Redis when no URLs are set, migrations,
-    a producer, one worker per queue, Celery beat, Flower and the Prometheus endpoint.
+    a producer, one worker per queue, Celery beat, Flower, the Prometheus endpoint and the
+    HTTP API.
     Ctrl-C stops everything."""
     from pgfleet.cli import context
     from pgfleet.ops import fleet
@@ -35,7 +38,7 @@ def up(demo: bool, demo_docs: int, flower: bool, metrics: bool) -> None:
     conf = context.settings()
     on_ready = _demo(conf, demo_docs) if demo else None
     # the generated Flower password goes to a terminal, never to a file (a log)
-    sys.exit(fleet.up(conf, flower=flower, metrics=metrics, on_ready=on_ready,
+    sys.exit(fleet.up(conf, flower=flower, metrics=metrics, api=api, on_ready=on_ready,
                       announce=lambda text: out.print(text, highlight=False, soft_wrap=True),
                       show_secrets=sys.stdout.isatty()))
 

@@ -55,11 +55,12 @@ def connect(url: str, *, autocommit: bool = False, register: bool = True,
 
 
 def open_pool(url: str, *, min_size: int = 1, max_size: int = 4, name: str = APPLICATION_NAME,
-              timeout_s: float = 10.0) -> ConnectionPool:
+              timeout_s: float = 10.0, autocommit: bool = False) -> ConnectionPool:
     """A pool for workers and producers; opened after fork, in the process that uses it."""
     pool = ConnectionPool(
         url, min_size=min_size, max_size=max_size, configure=_configure, open=False,
-        kwargs={"application_name": name, "connect_timeout": 5}, timeout=timeout_s,
+        kwargs={"application_name": name, "connect_timeout": 5, "autocommit": autocommit},
+        timeout=timeout_s,
         reconnect_timeout=60.0, check=ConnectionPool.check_connection,
         name=name)
     pool.open(wait=False)
@@ -105,6 +106,13 @@ def fetch_one(conn: psycopg.Connection, name: str, params: dict[str, Any] | None
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(schema.query(name), params or {})
         return cur.fetchone()
+
+
+def execute(conn: psycopg.Connection, name: str, params: dict[str, Any] | None = None) -> int:
+    """Run a named statement that returns no rows; the number of rows it changed."""
+    with conn.cursor() as cur:
+        cur.execute(schema.query(name), params or {})
+        return cur.rowcount
 
 
 def _first_line(exc: BaseException) -> str:

@@ -5,7 +5,9 @@ can read.
 new file opened with that mode, then linked into place) holds the passwords of the embedded
 PostgreSQL's superuser, of the ``pgfleet_reader`` login that guarded SQL runs as, of the
 ``pgfleet_fleet`` login most of the fleet's processes run as, of the embedded Redis
-(``requirepass``) and of Flower. They are generated with :mod:`secrets`, kept
+(``requirepass``) and of Flower, and the HTTP API key the command line uses to ask the
+API that ``pgfleet up`` runs (stored in the database as its hash only, named
+``pgfleet-local``). They are generated with :mod:`secrets`, kept
 across restarts, and never logged: URLs in logs go through
 :func:`pgfleet.settings.redact`.
 """
@@ -34,11 +36,18 @@ class Credentials:
     fleet_password: str
     redis_password: str
     flower_password: str
+    api_key: str
 
 
 def new_secret() -> str:
     """128 random bits, URL-safe (no character needs quoting in a URL)."""
     return secrets.token_urlsafe(16)
+
+
+def _generate(name: str) -> str:
+    from pgfleet.api.keys import new_key
+
+    return new_key() if name == "api_key" else new_secret()
 
 
 def path_for(home: Path) -> Path:
@@ -54,7 +63,7 @@ def load_or_create(home: Path) -> Credentials:
     names = [f.name for f in fields(Credentials)]
     if stored is not None and all(isinstance(stored.get(n), str) and stored[n] for n in names):
         return Credentials(**{n: stored[n] for n in names})
-    values = {n: (stored or {}).get(n) or new_secret() for n in names}
+    values = {n: (stored or {}).get(n) or _generate(n) for n in names}
     write_private(path, json.dumps(values, indent=2) + "\n", replace=stored is not None)
     final = _read(path)
     if final is None:

@@ -114,7 +114,10 @@ FLEET_LOGIN = "pgfleet_fleet"
 WORKER_ROLE = "pgfleet_worker"
 #: the children that need no more than pgfleet_worker's rights (the training worker
 #: registers versions and builds their indexes: it stays the owner, like the commands)
-RESTRICTED_CHILDREN = ("producer", "worker-gpu", "worker-cpu", "beat", "flower", "metrics")
+RESTRICTED_CHILDREN = ("producer", "worker-gpu", "worker-cpu", "beat", "flower", "metrics",
+                       "api")
+#: the name of the key the command line asks the fleet's API with (see credentials)
+LOCAL_API_KEY = "pgfleet-local"
 
 
 def enable_reader_login(admin_url: str, password: str) -> str:
@@ -178,7 +181,7 @@ def _port(port: int, what: str) -> int:
     return port
 
 
-def up(conf: Settings, *, flower: bool = True, metrics: bool = True,
+def up(conf: Settings, *, flower: bool = True, metrics: bool = True, api: bool = True,
        on_ready: Callable[[Supervisor], Callable[[], None] | None] | None = None,
        announce: Callable[[str], None] = print, show_secrets: bool = False) -> int:
     """Run the fleet until a signal arrives. Returns the exit code. ``announce`` says where
@@ -213,10 +216,12 @@ def up(conf: Settings, *, flower: bool = True, metrics: bool = True,
             reader_url = prepare_database(endpoints, conf)
             flower_port = _port(conf.flower_port, "Flower") if flower else None
             metrics_port = _port(conf.metrics_port, "the metrics endpoint") if metrics else None
+            api_port = _api_port(conf, database_url, credentials) if api else None
             env = _children_env(conf, endpoints, reader_url)
             if flower:
                 _announce_flower(env, flower_port, credentials, conf, announce, show_secrets)
-            specs = fleet_children(flower_port=flower_port, metrics_port=metrics_port)
+            specs = fleet_children(flower_port=flower_port, metrics_port=metrics_port,
+                                   api_port=api_port)
             _restrict(specs, endpoints)
             supervisor = Supervisor(specs, env=env, log_dir=conf.home / "logs",
                                     shutdown_timeout_s=conf.shutdown_timeout_s)
@@ -226,7 +231,8 @@ def up(conf: Settings, *, flower: bool = True, metrics: bool = True,
             write_state(state_path, {
                 "pid": os.getpid(), "database_url": database_url, "redis_url": redis_url,
                 "reader_url": reader_url, "flower_port": flower_port,
-                "metrics_port": metrics_port, "embedded": not conf.database_url,
+                "metrics_port": metrics_port, "api_port": api_port,
+                "api_url": _api_url(conf, api_port), "embedded": not conf.database_url,
                 "started_at": time.time()})
             try:
                 if stop_event.is_set():
@@ -247,11 +253,13 @@ def up(conf: Settings, *, flower: bool = True, metrics: bool = True,
                     if extra_tick is not None:
                         extra_tick()
 
-                logger.info("fleet is up: database %s, broker %s%s%s", _redacted(database_url),
+                logger.info("fleet is up: database %s, broker %s%s%s%s",
+                            _redacted(database_url),
                             _redacted(redis_url),
                             f", Flower http://127.0.0.1:{flower_port}" if flower_port else "",
                             f", metrics http://127.0.0.1:{metrics_port}/metrics"
-                            if metrics_port else "")
+                            if metrics_port else "",
+                            f", API {_api_url(conf, api_port)}" if api_port else "")
                 supervisor.run(on_tick=tick)
             finally:
                 supervisor.shutdown()
@@ -261,6 +269,27 @@ def up(conf: Settings, *, flower: bool = True, metrics: bool = True,
             signal.signal(sig, handler)
     logger.info("fleet stopped")
     return 0
+
+
+def _api_port(conf: Settings, database_url: str, credentials: Credentials) -> int:
+    install_local_key(database_url, credentials)
+    return _port(conf.api_port, "the HTTP API")
+
+
+def install_local_key(database_url: str, credentials: Credentials) -> None:
+    """The key in the home's credentials file is the one the fleet's API accepts from this
+    machine's command line (stored as its hash, like every key)."""
+    from pgfleet.api import keys
+
+    with db.connect(database_url, autocommit=True, register=False) as conn:
+        keys.install(conn, LOCAL_API_KEY, credentials.api_key)
+
+
+def _api_url(conf: Settings, port: int | None) -> str | None:
+    if port is None:
+        return None
+    host = "127.0.0.1" if conf.api_address in ("0.0.0.0", "::", "") else conf.api_address
+    return f"http://{host}:{port}"
 
 
 def _restrict(specs: list[ChildSpec], endpoints: Endpoints) -> None:

@@ -58,10 +58,11 @@ class Child:
 
 
 def fleet_children(*, flower_port: int | None, metrics_port: int | None = None,
-                   worker_concurrency: int = 1, beat: bool = True) -> list[ChildSpec]:
+                   worker_concurrency: int = 1, beat: bool = True,
+                   api_port: int | None = None) -> list[ChildSpec]:
     """The processes of one fleet: a producer, one worker per queue, Celery beat (the
-    schedule of maintenance tasks; exactly one per fleet), Flower, and the Prometheus
-    endpoint."""
+    schedule of maintenance tasks; exactly one per fleet), Flower, the Prometheus
+    endpoint and the HTTP API."""
     python = sys.executable
     celery = [python, "-m", "celery", "-A", "workers"]
     specs = [ChildSpec("producer", [python, "-m", "producers"])]
@@ -84,6 +85,9 @@ def fleet_children(*, flower_port: int | None, metrics_port: int | None = None,
     if metrics_port is not None:
         specs.append(ChildSpec("metrics", [python, "-m", "pgfleet.cli", "metrics",
                                            f"--port={metrics_port}"]))
+    if api_port is not None:
+        specs.append(ChildSpec("api", [python, "-m", "pgfleet.cli", "serve",
+                                       f"--port={api_port}"]))
     return specs
 
 

@@ -1,0 +1,112 @@
+"""Batching across callers: concurrent ``embed(texts)`` calls from many threads (the HTTP
+API's requests) gathered into one ``encode`` call.
+
+One thread per engine runs the forward passes, so that a version's model is used by one
+pass at a time. It takes what is waiting as soon as either
+
+* ``max_batch`` texts are waiting, or
+* the oldest waiting text has waited ``max_wait_s`` (a request alone waits at most that),
+
+and while a pass runs, new texts queue for the next one (continuous batching: the busier
+the engine, the fuller its passes, with no timer needed). ``encode`` is the engine's own,
+which sorts the texts by length and groups them under its token budget. A failed pass fails
+the calls whose texts were in it, with the engine's exception; the others are not touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Waiting:
+    text: str
+    future: Future = field(default_factory=Future)
+    since: float = field(default_factory=time.monotonic)
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher was closed before the text's pass ran."""
+
+
+class Batcher:
+    def __init__(self, encode: Callable[[list[str]], np.ndarray], *, max_batch: int = 64,
+                 max_wait_s: float = 0.002, name: str = "batcher",
+                 on_pass: Callable[[int], None] | None = None):
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        if max_wait_s < 0:
+            raise ValueError("max_wait_s must not be negative")
+        self._encode = encode
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._waiting: deque[_Waiting] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._on_pass = on_pass
+        #: passes by how many texts they held (the API's metrics and the tests read it)
+        self.pass_sizes: Counter[int] = Counter()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def embed(self, texts: Sequence[str], timeout_s: float | None = None) -> np.ndarray:
+        """The texts' vectors, one row each, computed in passes shared with other callers."""
+        waiting = [_Waiting(t) for t in texts]
+        if not waiting:
+            raise ValueError("nothing to embed")
+        with self._cond:
+            if self._closed:
+                raise BatcherClosed("the engine is shutting down")
+            self._waiting.extend(waiting)
+            self._cond.notify_all()
+        return np.stack([w.future.result(timeout_s) for w in waiting])
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop taking texts; the passes already waiting still run."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            self.pass_sizes[len(batch)] += 1
+            if self._on_pass is not None:
+                self._on_pass(len(batch))
+            try:
+                vectors = self._encode([w.text for w in batch])
+            except BaseException as exc:  # noqa: BLE001 - each caller gets the engine's error
+                logger.warning("a pass of %d texts failed: %s", len(batch), exc)
+                for w in batch:
+                    w.future.set_exception(exc)
+                continue
+            for w, vector in zip(batch, vectors, strict=True):
+                w.future.set_result(vector)
+
+    def _take(self) -> list[_Waiting] | None:
+        """The next pass's texts, once it is due; None once closed and drained."""
+        with self._cond:
+            while not self._waiting:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            while len(self._waiting) < self.max_batch and not self._closed:
+                left = self._waiting[0].since + self.max_wait_s - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            count = min(self.max_batch, len(self._waiting))
+            return [self._waiting.popleft() for _ in range(count)]
