@@ -205,3 +205,76 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 12
             input_text: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pgfleet.cli", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout_s, input=input_text)
+
+
+@dataclass
+class Api:
+    """A running ``pgfleet serve`` and a key it accepts."""
+
+    url: str
+    key: str
+    proc: Proc
+
+    def request(self, method: str, path: str, *, key: str | None = None, **kwargs):
+        import httpx
+
+        headers = dict(kwargs.pop("headers", {}) or {})
+        given = self.key if key is None else key
+        if given:
+            headers["Authorization"] = f"Bearer {given}"
+        return httpx.request(method, self.url + path, headers=headers, timeout=60, **kwargs)
+
+    def post(self, path: str, body, **kwargs):
+        return self.request("POST", path, json=body, **kwargs)
+
+    def get(self, path: str, **kwargs):
+        return self.request("GET", path, **kwargs)
+
+
+def start_api(services: Services, log_dir: Path, *, database_url: str | None = None,
+              key_name: str = "tests", **env: str) -> Api:
+    """``pgfleet serve`` as ``pgfleet up`` starts it, on a free port, with a new key."""
+    import socket
+
+    import httpx
+
+    from pgfleet import db
+    from pgfleet.api import keys
+    from pgfleet.ops.supervisor import fleet_children
+
+    url = database_url or services.database_url
+    with db.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM api_keys WHERE name = %s", (key_name,))
+        key = keys.create(conn, key_name)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    spec = next(s for s in fleet_children(flower_port=None, api_port=port) if s.name == "api")
+    environment = services.env(PGFLEET_DATABASE_URL=url, **env)
+    if database_url is not None:
+        environment["PGFLEET_READER_URL"] = services.reader_url_for(database_url)
+    proc = Proc(f"api-{key_name}", spec.argv, environment, log_dir).start()
+    api = Api(f"http://127.0.0.1:{port}", key, proc)
+
+    def healthy():
+        assert proc.process is not None and proc.process.poll() is None, proc.log()
+        try:
+            return httpx.get(api.url + "/healthz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(healthy, 90, interval_s=0.2, message="the API to answer /healthz")
+    return api
+
+
+@pytest.fixture(scope="session")
+def api(services, tmp_path_factory) -> Iterator[Api]:
+    log_dir = tmp_path_factory.mktemp("api-logs")
+    server = start_api(services, log_dir)
+    try:
+        yield server
+    finally:
+        server.proc.stop()
+        artifacts = ROOT / "test-artifacts"
+        artifacts.mkdir(exist_ok=True)
+        (artifacts / "api.log").write_text(server.proc.log(), "utf-8")

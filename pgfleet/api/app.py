@@ -29,6 +29,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from pgfleet.api import keys, metrics
 from pgfleet.api.service import Service
@@ -43,6 +44,7 @@ from pgfleet.errors import (
     UnknownModelVersion,
 )
 from pgfleet.settings import Settings
+from pgfleet.text2sql.readonly import DEFAULT_MAX_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +106,8 @@ class SqlRequest(Strict):
     beams: int = Field(4, ge=1, le=16)
     timeout_ms: int = Field(5000, ge=1, le=60_000)
     max_rows: int = Field(1000, ge=1, le=10_000)
+    max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, le=DEFAULT_MAX_BYTES,
+                           description="the most the result may hold (its rows as text)")
 
 
 class FeedbackRequest(Strict):
@@ -156,10 +160,13 @@ def create_app(conf: Settings, *, warm: bool = True) -> FastAPI:
             service.close()
 
     app = FastAPI(title="pgfleet", version=_version(), lifespan=lifespan,
-                  max_body_size=conf.api_max_body_bytes,
                   description="Search, embeddings and text-to-SQL from the fleet's models. "
                               "Send `Authorization: Bearer KEY` (pgfleet api-key create).")
     app.state.max_body = conf.api_max_body_bytes
+    # a chunked body is stopped while it is read (the 413 then goes through the handlers);
+    # one that declares its length is refused before that
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=conf.api_max_body_bytes)
+    app.add_middleware(BodyBound, max_bytes=conf.api_max_body_bytes)
     app.add_middleware(metrics.Middleware)
     _handlers(app)
     _operations(app)
@@ -301,6 +308,27 @@ PAGE_HEADERS = {
 }
 
 
+class BodyBound:
+    """A body whose Content-Length is over the bound is refused before it is read, with the
+    API's error shape."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            length = dict(scope.get("headers") or []).get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+                response = JSONResponse(error_body(
+                    f"the body is over the bound of {self.max_bytes} bytes "
+                    "(PGFLEET_API_MAX_BODY_BYTES)", "invalid_request_error",
+                    code="body_too_large"), status_code=413)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _static(name: str) -> str:
     return resources.files("pgfleet.api").joinpath("static", name).read_text("utf-8")
 
@@ -361,7 +389,7 @@ def answer_sql(conf: Settings, svc: Service, body: SqlRequest) -> dict[str, Any]
             return payload
         try:
             result = run_readonly(reader, answer.sql or "", timeout_ms=body.timeout_ms,
-                                  row_cap=body.max_rows)
+                                  row_cap=body.max_rows, max_bytes=body.max_bytes)
         except (SqlRejected, QueryTimeout) as exc:
             reasons = exc.reasons if isinstance(exc, SqlRejected) else [str(exc)]
             return {**payload, "ok": False, "reasons": reasons}

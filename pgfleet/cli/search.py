@@ -4,11 +4,14 @@ version)."""
 from __future__ import annotations
 
 import json
+import logging
 
 import click
 from rich.table import Table
 
 from pgfleet.cli.output import out
+
+logger = logging.getLogger(__name__)
 
 
 @click.command()
@@ -23,29 +26,69 @@ from pgfleet.cli.output import out
 @click.option("--json", "as_json", is_flag=True, help="one JSON line per query")
 def search(text: str | None, k: int, version_ref: str | None, key: str | None, name: str | None,
            query_file, as_json: bool) -> None:
-    """Nearest docs to TEXT (or to each line of --file)."""
+    """Nearest docs to TEXT (or to each line of --file).
+
+    Asked of the fleet's HTTP API when one is running (PGFLEET_API_URL, or the one
+    `pgfleet up` runs), which has the model loaded; otherwise in this process."""
+    from pgfleet.api import client
     from pgfleet.cli import context
-    from pgfleet.embedding.engines import load_for
-    from pgfleet.embedding.search import routed_search
 
     if (text is None) == (query_file is None):
         raise click.UsageError("give a query TEXT or --file, not both")
     queries = [text] if text is not None else [q.strip() for q in query_file if q.strip()]
     conf = context.settings()
-    with context.connection(conf, autocommit=True) as conn:
-        for query in queries:
-            answer = routed_search(conn, lambda spec: load_for(spec, conf), query, k,
-                                   version_ref=version_ref, key=key, name=name)
-            if as_json:
-                click.echo(json.dumps(answer.as_json()))
-                continue
-            note = (f", fell back from {answer.route.fallback_from} (still backfilling)"
-                    if answer.route.fallback_from else "")
-            table = Table(title=f"{query!r} ({answer.route.spec.label}{note}; "
-                                f"{answer.latency_ms:.0f} ms)", title_justify="left")
-            table.add_column("doc", justify="right")
-            table.add_column("score", justify="right")
-            table.add_column("content", overflow="fold")
-            for h in answer.hits:
-                table.add_row(str(h.doc_id), f"{h.score:.3f}", h.content[:300])
-            out.print(table)
+    api = client.find(conf.home)
+    local = None
+    for query in queries:
+        answer = None
+        if api is not None:
+            try:
+                answer = api.post("/v1/search", {"query": query, "k": k, "key": key,
+                                                 "version": version_ref, "name": name})
+            except client.Unreachable as exc:
+                logger.warning("the API at %s stopped answering (%s): searching here", api.url,
+                               exc)
+                api = None
+        if answer is None:
+            local = local or _Local(conf)
+            answer = local.search(query, k, version_ref, key, name)
+        _show(answer, as_json)
+    if local is not None:
+        local.close()
+
+
+class _Local:
+    """Search in this process: the model loaded here, one connection for every query."""
+
+    def __init__(self, conf):
+        from pgfleet.cli import context
+
+        self.conf = conf
+        self._connection = context.connection(conf, autocommit=True)
+        self.conn = self._connection.__enter__()
+
+    def search(self, query, k, version_ref, key, name) -> dict:
+        from pgfleet.embedding.engines import load_for
+        from pgfleet.embedding.search import routed_search
+
+        return routed_search(self.conn, lambda spec: load_for(spec, self.conf), query, k,
+                             version_ref=version_ref, key=key, name=name).as_json()
+
+    def close(self) -> None:
+        self._connection.__exit__(None, None, None)
+
+
+def _show(answer: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(answer))
+        return
+    note = (f", fell back from {answer['fallback_from']} (still backfilling)"
+            if answer.get("fallback_from") else "")
+    table = Table(title=f"{answer['query']!r} ({answer['version']}{note}; "
+                        f"{answer['latency_ms']:.0f} ms)", title_justify="left")
+    table.add_column("doc", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("content", overflow="fold")
+    for h in answer["hits"]:
+        table.add_row(str(h["doc_id"]), f"{h['score']:.3f}", h["content"][:300])
+    out.print(table)

@@ -108,6 +108,10 @@ def _answer(question: str, version: str | None, key: str | None, beams: int, run
     from pgfleet.cli import context
     from pgfleet.text2sql.generate import generate_sql
 
+    asked = _ask_api(question, version, key, beams, run, timeout_ms, caps)
+    if asked is not None:
+        _show_api_answer(asked, run, as_json)
+        return
     with context.connection(autocommit=True) as conn, _reader() as reader:
         answer = generate_sql(conn, question, reader=reader, version=version, beams=beams,
                               key=key)
@@ -132,6 +136,61 @@ def _answer(question: str, version: str | None, key: str | None, beams: int, run
         _run(answer.sql or "", timeout_ms, caps, as_json, extra=payload if as_json else None)
     elif as_json:
         click.echo(json.dumps(payload, default=str))
+
+
+def _ask_api(question: str, version: str | None, key: str | None, beams: int, run: bool,
+             timeout_ms: int, caps: tuple[int, int]) -> dict[str, Any] | None:
+    """The running API's answer (it has the model loaded), or None when none answers."""
+    from pgfleet.api import client
+    from pgfleet.cli import context
+
+    api = client.find(context.settings().home)
+    if api is None:
+        return None
+    try:
+        return api.post("/v1/sql", {"question": question, "run": run, "key": key,
+                                    "version": version, "beams": beams,
+                                    "timeout_ms": timeout_ms, "max_rows": caps[0],
+                                    "max_bytes": caps[1]})
+    except client.Unreachable as exc:
+        logging.getLogger(__name__).warning("the API at %s stopped answering (%s): answering "
+                                            "here", api.url, exc)
+        return None
+
+
+def _show_api_answer(payload: dict[str, Any], run: bool, as_json: bool) -> None:
+    """Print what the API answered as the in-process path prints its own answer."""
+    if as_json:
+        click.echo(json.dumps(payload, default=str))
+        if not payload.get("ok"):
+            sys.exit(1)
+        return
+    if not payload.get("sql"):
+        console.print(f"{payload.get('why')} ({payload.get('version')}):", style="red",
+                      highlight=False)
+        for rejected in payload.get("rejected") or []:
+            click.echo(f"- beam {rejected['beam']}: {rejected['sql']!r}")
+            for reason in rejected["reasons"]:
+                click.echo(f"    {reason}")
+        sys.exit(1)
+    click.echo(payload["sql"])
+    out.print(f"[dim]{payload['version']}, {payload['why']}, {payload['latency_ms']:.0f} "
+              "ms[/dim]")
+    for rejected in payload.get("rejected") or []:
+        out.print(f"[dim]  beam {rejected['beam']} rejected: "
+                  f"{'; '.join(rejected['reasons'])}[/dim]", highlight=False)
+    if not run:
+        return
+    if not payload.get("ok"):
+        _print_reasons(payload.get("reasons") or [])
+        sys.exit(1)
+    table = Table(caption=_caption(len(payload["rows"]), payload["truncated"],
+                                   payload["elapsed_ms"]))
+    for name in payload["columns"]:
+        table.add_column(Text(name))
+    for row in payload["rows"]:
+        table.add_row(*(Text(_cell(v)) for v in row))
+    out.print(table)
 
 
 def _run(text: str, timeout_ms: int, caps: tuple[int, int], as_json: bool,
