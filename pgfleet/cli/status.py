@@ -36,10 +36,11 @@ def status(watch: bool, interval_s: float, as_json: bool) -> None:
 
     conf = context.settings()
     redis_url = context.urls(conf).redis_url
+    api_url = _api_url(conf)
 
     def gather(workers: WorkerWatch | None = None) -> dict[str, Any]:
         with context.connection(conf, autocommit=True) as conn:
-            return collect(conn, redis_url, watch=workers)
+            return collect(conn, redis_url, watch=workers, api_url=api_url)
 
     if not watch:
         data = gather()
@@ -53,6 +54,18 @@ def status(watch: bool, interval_s: float, as_json: bool) -> None:
             _watch_json(lambda: gather(workers), interval_s)
         else:
             _watch_live(lambda: gather(workers), interval_s)
+
+
+def _api_url(conf) -> str | None:
+    """PGFLEET_API_URL, else the API ``pgfleet up`` runs under PGFLEET_HOME."""
+    import os
+
+    from pgfleet.state import read_state
+
+    if os.environ.get("PGFLEET_API_URL"):
+        return os.environ["PGFLEET_API_URL"]
+    state = read_state(conf.home) or {}
+    return state.get("api_url")
 
 
 @contextlib.contextmanager
@@ -122,6 +135,14 @@ def _headline(data: dict[str, Any]) -> Text:
     line.append(f", {pending} doc(s) pending, ")
     line.append(f"{sum(waiting)} message(s) waiting" if waiting else "queues unknown",
                 style=None if waiting else "yellow")
+    api = data.get("api")
+    if api is not None:
+        line.append(", API ")
+        if api["up"]:
+            loaded = ", ".join(e["version"] for e in api["engines"]) or "no model loaded yet"
+            line.append(f"up at {api['url']} ({loaded})", style="green")
+        else:
+            line.append(f"not answering at {api['url']}", style="red")
     return line
 
 

@@ -183,10 +183,27 @@ def workers_online(redis_url: str, timeout_s: float = 1.0) -> list[dict[str, Any
         return watch.snapshot()
 
 
+def api_status(url: str | None, timeout_s: float = 1.0) -> dict[str, Any] | None:
+    """The HTTP API at ``url``: up (its /healthz answered) and its loaded engines; None when
+    no API is configured or started by ``pgfleet up``."""
+    import json
+    import urllib.request
+
+    if not url:
+        return None
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/healthz", timeout=timeout_s) as r:
+            health = json.loads(r.read())
+    except (OSError, ValueError) as exc:
+        return {"url": url, "up": False, "error": str(exc), "engines": []}
+    return {"url": url, "up": bool(health.get("ok")), "engines": health.get("engines", [])}
+
+
 def collect(conn: psycopg.Connection, redis_url: str, *,
-            watch: WorkerWatch | None = None) -> dict[str, Any]:
+            watch: WorkerWatch | None = None, api_url: str | None = None) -> dict[str, Any]:
     """Everything ``pgfleet status`` shows (``--json`` prints exactly this)."""
     data = collect_database(conn)
+    data["api"] = api_status(api_url)
     workers = watch.snapshot() if watch is not None else workers_online(redis_url)
     queues = broker.depths(redis_url, ALL_QUEUES, timeout_s=1.0)
     data.update(workers=workers, queues=queue_rows(queues, workers))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -25,7 +26,9 @@ def _env(home, **extra):
     env = {k: v for k, v in os.environ.items()
            if k not in ("PGFLEET_DATABASE_URL", "PGFLEET_REDIS_URL")}
     env.update(PGFLEET_HOME=str(home), PGFLEET_FLOWER_PORT="0", PGFLEET_METRICS_PORT="0",
-               **extra)
+               PGFLEET_API_PORT="0", **extra)
+    for name in ("PGFLEET_API_URL", "PGFLEET_API_KEY"):
+        env.pop(name, None)
     return env
 
 
@@ -110,6 +113,21 @@ def test_up_runs_the_fleet_and_sigterm_stops_every_child(tmp_path):
         queues = sorted(q for w in data["workers"] for q in w["queues"])
         assert queues == ["embed.cpu", "embed.gpu", "training"], data["workers"]
         assert all({"name", "queues"} <= set(w) for w in data["workers"])
+
+        # the HTTP API is a child too; the command line asks it, with the home's own key
+        wait_until(lambda: run_cli("status", "--json", env=env).stdout.count('"up": true'),
+                   120, interval_s=1, message="the API in pgfleet status")
+        assert state["api_url"].startswith("http://127.0.0.1:")
+        found = run_cli("search", "hello", "--json", env=env)
+        assert found.returncode == 0, found.stderr
+        assert json.loads(found.stdout)["hits"][0]["doc_id"] == doc_id
+        api_log = (home / "logs" / "api.log").read_text(errors="replace")
+        assert re.search(r'"POST /v1/search HTTP/1.1"\s+200', api_log), api_log[-2000:]
+        assert secrets["api_key"] not in api_log
+        with db.connect(state["database_url"], autocommit=True) as conn:
+            assert conn.execute("SELECT DISTINCT usename FROM pg_stat_activity WHERE "
+                                "application_name = 'pgfleet-api'").fetchall() == [
+                ("pgfleet_fleet",)]
 
         # a child that dies is restarted, and the restart is logged
         producer = _child(up.pid, "producers")

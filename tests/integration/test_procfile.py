@@ -38,13 +38,14 @@ def test_the_procfile_runs_the_fleet_with_honcho(services, tmp_path):
     database_url = create_database(services, "pgfleet_procfile")
     redis_url = services.redis_url.rsplit("/", 1)[0] + "/6"
     home = tmp_path / "home"
-    metrics_port, flower_port = free_port(), free_port()
+    metrics_port, flower_port, api_port = free_port(), free_port(), free_port()
     password = "procfile-flower-secret"
     empty_env = tmp_path / "empty.env"  # not the developer's .env
     empty_env.write_text("")
     env = services.env(
         PGFLEET_DATABASE_URL=database_url, PGFLEET_REDIS_URL=redis_url, PGFLEET_HOME=str(home),
         PGFLEET_METRICS_PORT=str(metrics_port), PGFLEET_FLOWER_PORT=str(flower_port),
+        PGFLEET_API_PORT=str(api_port),
         PGFLEET_FLOWER_PASSWORD=password, PGFLEET_BATCH_MAX_WAIT_MS="50",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("PGFLEET_DEVICE", None)  # auto: the GPU worker runs on the CPU without a GPU
@@ -72,10 +73,12 @@ def test_the_procfile_runs_the_fleet_with_honcho(services, tmp_path):
         wait_until(lambda: _get(f"http://127.0.0.1:{flower_port}/healthcheck") == "OK", 60,
                    interval_s=0.5, message="Flower")
         wait_until(lambda: any(home.glob("celerybeat-schedule*")), 30, message="beat's file")
+        wait_until(lambda: '"ok":true' in (_get(f"http://127.0.0.1:{api_port}/healthz") or ""),
+                   90, interval_s=0.5, message="the API")
         children = psutil.Process(proc.pid).children(recursive=True)
         names = " ".join(" ".join(p.cmdline()) for p in children if p.is_running())
         for needle in ("producers", "embed.gpu", "embed.cpu", "training", "beat", "flower",
-                       "metrics"):
+                       "metrics", "serve"):
             assert needle in names, needle
     finally:
         if proc.poll() is None:
@@ -92,7 +95,7 @@ def test_the_procfile_runs_the_fleet_with_honcho(services, tmp_path):
     assert code == 143, output[-3000:]  # 128 + SIGTERM: stopped by the signal, as asked
     before, _, after = output.partition("SIGTERM received")
     assert " stopped (rc=" not in before, before[-3000:]
-    assert after.count(" stopped (rc=") == 7
+    assert after.count(" stopped (rc=") == 8
     assert "Traceback" not in output, output[-4000:]
     assert password not in output
     assert not any(ROOT.glob("celerybeat-schedule*"))

@@ -16,7 +16,8 @@ import yaml
 from tests.conftest import ROOT
 from workers.queues import ALL_QUEUES
 
-FLEET = {"producer", "worker-gpu", "worker-cpu", "worker-training", "beat", "flower", "metrics"}
+FLEET = {"producer", "worker-gpu", "worker-cpu", "worker-training", "beat", "flower", "metrics",
+         "api"}
 #: long-running services with nothing to probe: their process is the container's, so a
 #: crash restarts it (and the metrics show a stuck producer)
 UNPROBED = {"producer", "beat"}
@@ -121,7 +122,7 @@ def test_every_command_a_service_runs_exists_in_the_project():
 
 def test_healthchecks_probe_what_each_service_does():
     services = _compose()["services"]
-    for name in {"postgres", "redis", "flower", "metrics", "worker-gpu", "worker-cpu",
+    for name in {"postgres", "redis", "flower", "metrics", "api", "worker-gpu", "worker-cpu",
                  "worker-training"}:
         check = services[name].get("healthcheck")
         assert check and check["test"] and check["interval"] and check["retries"], name
@@ -135,7 +136,7 @@ def test_healthchecks_probe_what_each_service_does():
         worker_argv = services[name]["command"]
         assert node.split("@")[0] == worker_argv[worker_argv.index("-n") + 1].split("@")[0]
         assert ctx.params["command"] == "ping" and ctx.params["destination"] == [node]
-    for name, port in (("flower", 5555), ("metrics", 5556)):
+    for name, port in (("flower", 5555), ("metrics", 5556), ("api", 8000)):
         test = " ".join(services[name]["healthcheck"]["test"])
         assert f"127.0.0.1:{port}/" in test
         assert f"--port={port}" in services[name]["command"]
