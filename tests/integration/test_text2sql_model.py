@@ -269,6 +269,39 @@ def test_requests_follow_the_split_sticky_per_key_and_are_logged(trained, shop, 
                      "WHERE name = %s", (name,))
 
 
+def test_the_api_answers_sql_as_the_command_line_does(trained, shop, env, services, tmp_path):
+    from tests.conftest import start_api
+
+    name, label = shop.execute("SELECT name, version FROM model_versions WHERE id = %s",
+                               (trained["version_id"],)).fetchone()
+    assert run_cli("ab", "set", name, f"{label}=100", env=env).returncode == 0
+    api = start_api(services, tmp_path, database_url=env["PGFLEET_DATABASE_URL"],
+                    key_name="t2s")
+    try:
+        question = "how many orders are paid?"
+        here = run_cli("sql", question, "--run", "--beams", "2", "--json", env=env,
+                       timeout_s=120)
+        response = api.post("/v1/sql", {"question": question, "run": True, "beams": 2})
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        local = json.loads(here.stdout)
+        for field in ("sql", "version", "beam", "ok", "columns", "rows"):
+            assert answer.get(field) == local.get(field), field
+        through = run_cli("sql", question, "--run", "--beams", "2", "--json", timeout_s=120,
+                          env={**env, "PGFLEET_API_URL": api.url, "PGFLEET_API_KEY": api.key})
+        assert through.returncode == here.returncode
+        assert json.loads(through.stdout)["sql"] == local["sql"]
+        # the loaded model answers fast: the second request pays no load
+        again = api.post("/v1/sql", {"question": "how many customers are there?", "beams": 2})
+        assert again.status_code == 200 and again.json()["latency_ms"] < 5000
+        assert api.post("/v1/sql", {"question": question, "beams": 99}).json()["error"][
+            "param"] == "beams"
+    finally:
+        api.proc.stop()
+        shop.execute("UPDATE model_versions SET active = false, traffic_percent = 0 "
+                     "WHERE name = %s", (name,))
+
+
 # ------------------------------------------------------------------------- the benchmark
 def test_bench_text2sql_scores_a_version_and_the_references_on_defog(trained, env):
     gold = run_cli("bench", "text2sql", "--reference", "gold", "--limit", "12", "--json",
