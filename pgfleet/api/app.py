@@ -27,6 +27,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
@@ -159,9 +160,11 @@ def create_app(conf: Settings, *, warm: bool = True) -> FastAPI:
         finally:
             service.close()
 
-    app = FastAPI(title="pgfleet", version=_version(), lifespan=lifespan,
-                  description="Search, embeddings and text-to-SQL from the fleet's models. "
-                              "Send `Authorization: Bearer KEY` (pgfleet api-key create).")
+    # the docs' pages load Swagger UI from the package, not from a CDN: they work offline
+    app = FastAPIOffline(title="pgfleet", version=_version(), lifespan=lifespan,
+                         description="Search, embeddings and text-to-SQL from the fleet's "
+                                     "models. Send `Authorization: Bearer KEY` (pgfleet "
+                                     "api-key create).")
     app.state.max_body = conf.api_max_body_bytes
     # a chunked body is stopped while it is read (the 413 then goes through the handlers);
     # one that declares its length is refused before that

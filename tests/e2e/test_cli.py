@@ -146,11 +146,22 @@ def test_up_runs_the_fleet_and_sigterm_stops_every_child(tmp_path):
         assert not state_path.exists()
         assert not _port_open(pg_port) and not _port_open(redis_port)
     finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
+        _stop(up)
         log.close()
     output = (tmp_path / "up.log").read_text()
     assert "fleet stopped" in output and "Traceback" not in output
+
+
+def _stop(up: subprocess.Popen) -> None:
+    """After a failed check: SIGTERM first, so that `pgfleet up` stops its children (each
+    in a session of its own, which a SIGKILL of its group would leave running)."""
+    if up.poll() is not None:
+        return
+    up.send_signal(signal.SIGTERM)
+    try:
+        up.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(up.pid, signal.SIGKILL)
 
 
 def _http(url: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:

@@ -34,6 +34,10 @@ def test_every_v1_endpoint_needs_a_live_key_and_healthz_none(api, conn):
     from pgfleet.api import keys
 
     assert api.get("/healthz", key="").status_code == 200
+    # the OpenAPI docs need no key and load nothing from another site
+    docs = api.get("/docs", key="")
+    assert docs.status_code == 200 and "https://" not in docs.text
+    assert "/v1/embeddings" in api.get("/openapi.json", key="").json()["paths"]
     for key in ("", "pgf_not-a-key", "Basic abc"):
         response = api.get("/v1/models", key=key)
         assert response.status_code == 401, (key, response.text)
