@@ -87,7 +87,4 @@ def check(conn: psycopg.Connection, key: str | None) -> ApiKey | None:
     if not key or len(key) > MAX_KEY_CHARS or not key.startswith(KEY_PREFIX):
         return None
     row = db.fetch_one(conn, "api_key_check", {"key_hash": digest(key)})
-    if row is None:
-        return None
-    db.execute(conn, "api_key_used", {"id": row["id"]})
-    return ApiKey(int(row["id"]), str(row["name"]))
+    return None if row is None else ApiKey(int(row["id"]), str(row["name"]))

@@ -1,7 +1,7 @@
 """What the HTTP API does, without HTTP: one engine per model version, loaded once and fed
 by a :class:`~pgfleet.embedding.batcher.Batcher`, so that concurrent requests share forward
 passes; searches, embeddings and text-to-SQL answered through the same code as the command
-line (:func:`pgfleet.embedding.search.routed_search`,
+line (:mod:`pgfleet.embedding.search`,
 :func:`pgfleet.text2sql.generate.generate_sql`), so they are routed, cached and logged
 alike.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,10 +26,11 @@ import psycopg
 
 from pgfleet import db
 from pgfleet.api import metrics
+from pgfleet.embedding import search
 from pgfleet.embedding.batcher import Batcher
 from pgfleet.embedding.batching import as_array
 from pgfleet.embedding.engines import Engine, ModelSpec, load_engine
-from pgfleet.embedding.search import Answer, routed_search
+from pgfleet.embedding.search import Answer
 from pgfleet.errors import PgfleetError, UnknownModelVersion
 from pgfleet.models import routing, versions
 from pgfleet.settings import Settings
@@ -37,8 +39,8 @@ logger = logging.getLogger(__name__)
 
 
 class BatchedEngine:
-    """An engine whose ``encode`` goes through the version's batcher: what
-    :func:`routed_search` is given, so a search's query joins the other callers' pass."""
+    """An engine whose ``encode`` goes through the version's batcher, so that a search's
+    query joins the other callers' pass."""
 
     def __init__(self, engine: Engine, batcher: Batcher):
         self.engine = engine
@@ -128,35 +130,45 @@ class Service:
     # ----------------------------------------------------------------------- requests
     def search(self, query: str, k: int, *, key: str | None = None,
                version: str | None = None, name: str | None = None) -> Answer:
+        # the connection goes back to the pool while the model runs, so that the pool
+        # does not bound how many searches share a pass
         with self.connection() as conn:
-            return routed_search(conn, self.engine, query, k, version_ref=version, key=key,
-                                 name=name)
+            begun = search.begin(conn, query, k, version_ref=version, key=key, name=name)
+        vector, encode_s = begun.cached, 0.0
+        if vector is None:
+            engine = self.engine(begun.route.spec)
+            started = time.perf_counter()
+            vector = engine.encode([query])[0]
+            encode_s = time.perf_counter() - started
+        with self.connection() as conn:
+            return search.finish(conn, begun, vector, encode_s)
 
     def embed(self, model: str, texts: list[str], *, key: str | None = None) -> Embeddings:
         """Vectors for ``texts`` from the version ``model`` names: a model name (routed by its
         A/B split, sticky for ``key``) or a version (``v2``, ``name@v2``, an id). Cached ones
         come from the inference cache; each distinct text is encoded once."""
+        digests = [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
         with self.connection() as conn:
             chosen = resolve(conn, model, key)
             spec = chosen.spec
-            engine = self.engine(spec)
-            tokens = sum(engine.token_counts(texts))
-            digests = [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
             found = {bytes(r["input_hash"]): as_array(r["embedding"])
                      for r in db.fetch_all(conn, "api_cache_lookup",
                                            {"version_id": spec.version_id,
                                             "hashes": list(set(digests))})}
-            missing: dict[bytes, str] = {}
-            for digest, text in zip(digests, texts, strict=True):
-                if digest not in found:
-                    missing.setdefault(digest, text)
-            if missing:
-                computed = engine.encode(list(missing.values()))
-                fresh = dict(zip(missing, computed, strict=True))
+        engine = self.engine(spec)
+        tokens = sum(engine.token_counts(texts))
+        missing: dict[bytes, str] = {}
+        for digest, text in zip(digests, texts, strict=True):
+            if digest not in found:
+                missing.setdefault(digest, text)
+        if missing:
+            # no connection is held while the model runs
+            fresh = dict(zip(missing, engine.encode(list(missing.values())), strict=True))
+            with self.connection() as conn:
                 db.execute(conn, "api_cache_insert",
                            {"version_id": spec.version_id, "hashes": list(fresh),
                             "embeddings": list(fresh.values())})
-                found.update(fresh)
+            found.update(fresh)
         vectors = np.stack([found[d] for d in digests]).astype(np.float32, copy=False)
         return Embeddings(chosen, vectors, tokens, cache_hits=len(texts) - len(missing))
 

@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 import schema
 from pgfleet import db
 from pgfleet.embedding.batching import as_array
-from pgfleet.embedding.engines import Engine, ModelSpec
+from pgfleet.embedding.engines import ModelSpec
 from pgfleet.models import inference_logs, routing, splits
 
 
@@ -93,19 +93,59 @@ def _backfilling(conn: psycopg.Connection, version_id: int) -> bool:
     return bool(row["backfilling"])
 
 
-def _query_vector(conn: psycopg.Connection, engine: Engine, spec: ModelSpec, text: str):
-    """The query's vector, from the inference cache when this version has seen it."""
+@dataclass
+class Begun:
+    """A search routed, with its query's vector when the cache had it: what
+    :func:`finish` completes once the vector is known (so that a caller may give its
+    connection back while the model runs)."""
+
+    query: str
+    k: int
+    key: str | None
+    route: Route
+    digest: bytes
+    cached: Any = None
+    elapsed_s: float = 0.0
+
+    @property
+    def cache_hit(self) -> bool:
+        return self.cached is not None
+
+
+def begin(conn: psycopg.Connection, text: str, k: int, *, version_ref: str | None = None,
+          key: str | None = None, name: str | None = None) -> Begun:
+    """Route, and look the query up in the version's cache (counting a hit)."""
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    started = time.perf_counter()
+    chosen = route(conn, version_ref, key, name)
     digest = hashlib.sha256(text.encode("utf-8")).digest()
     row = conn.execute(schema.query("cache_hit_query_vector"),
-                       (spec.version_id, digest)).fetchone()
-    if row is not None:
-        return as_array(row[0]), True
-    vector = engine.encode([text])[0]
-    conn.execute(schema.query("cache_insert_query_vector"), (spec.version_id, digest, vector))
-    return vector, False
+                       (chosen.spec.version_id, digest)).fetchone()
+    cached = as_array(row[0]) if row is not None else None
+    return Begun(text, k, key, chosen, digest, cached, time.perf_counter() - started)
 
 
-def _nearest(conn: psycopg.Connection, spec: ModelSpec, vector, k: int) -> list[Hit]:
+def finish(conn: psycopg.Connection, begun: Begun, vector, encode_s: float = 0.0) -> Answer:
+    """Cache a vector the model computed, search that version's vectors only, and log it;
+    the latency counts routing, the cache, ``encode_s`` and this."""
+    started = time.perf_counter()
+    spec = begun.route.spec
+    if not begun.cache_hit:
+        conn.execute(schema.query("cache_insert_query_vector"),
+                     (spec.version_id, begun.digest, vector))
+    hits = nearest(conn, spec, vector, begun.k)
+    latency_ms = (begun.elapsed_s + encode_s + time.perf_counter() - started) * 1000
+    log_id = inference_logs.write(conn, inference_logs.row(
+        "search", version_id=spec.version_id,
+        assigned_version_id=begun.route.assigned.version_id, latency_ms=latency_ms,
+        cache_hits=int(begun.cache_hit), model_calls=int(not begun.cache_hit), key=begun.key,
+        results=[h.doc_id for h in hits]))
+    return Answer(begun.query, begun.route, hits, latency_ms, begun.cache_hit, log_id)
+
+
+def nearest(conn: psycopg.Connection, spec: ModelSpec, vector, k: int) -> list[Hit]:
+    """The ``k`` docs nearest to ``vector`` among version ``spec``'s vectors."""
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         # HNSW returns at most ef_search candidates; ask for at least k
         cur.execute(schema.query("search_ef_search"), (str(max(40, k)),))
@@ -115,24 +155,19 @@ def _nearest(conn: psycopg.Connection, spec: ModelSpec, vector, k: int) -> list[
     return [Hit(r["id"], float(r["score"]), r["content"], r["metadata"]) for r in rows]
 
 
+#: the name the benchmark of the API used first
+_nearest = nearest
+
+
 def routed_search(conn: psycopg.Connection, engines, text: str, k: int, *,
                   version_ref: str | None = None, key: str | None = None,
                   name: str | None = None) -> Answer:
     """Route, embed (cache first), search that version's vectors only, and log it."""
-    if k < 1:
-        raise ValueError("k must be at least 1")
-    started = time.perf_counter()
-    chosen = route(conn, version_ref, key, name)
-    routed_s = time.perf_counter() - started
+    begun = begin(conn, text, k, version_ref=version_ref, key=key, name=name)
+    if begun.cache_hit:
+        return finish(conn, begun, begun.cached)
     # loading a model the first time is not part of a search's latency
-    engine = engines(chosen.spec)
+    engine = engines(begun.route.spec)
     started = time.perf_counter()
-    vector, cache_hit = _query_vector(conn, engine, chosen.spec, text)
-    hits = _nearest(conn, chosen.spec, vector, k)
-    latency_ms = (routed_s + time.perf_counter() - started) * 1000
-    log_id = inference_logs.write(conn, inference_logs.row(
-        "search", version_id=chosen.spec.version_id,
-        assigned_version_id=chosen.assigned.version_id, latency_ms=latency_ms,
-        cache_hits=int(cache_hit), model_calls=int(not cache_hit), key=key,
-        results=[h.doc_id for h in hits]))
-    return Answer(text, chosen, hits, latency_ms, cache_hit, log_id)
+    vector = engine.encode([text])[0]
+    return finish(conn, begun, vector, time.perf_counter() - started)

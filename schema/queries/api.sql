@@ -25,13 +25,17 @@ RETURNING name;
 SELECT revoked_at FROM api_keys WHERE name = %(name)s;
 
 -- name: api_key_check
--- The live key with this hash (no row: unknown or revoked).
-SELECT id, name FROM api_keys WHERE key_hash = %(key_hash)s AND revoked_at IS NULL;
-
--- name: api_key_used
--- At most once a minute per key, so that a busy key does not write on every request.
-UPDATE api_keys SET last_used_at = now()
-WHERE id = %(id)s AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute');
+-- The live key with this hash (no row: unknown or revoked), noting that it was used: at most
+-- once a minute per key, so that a busy key does not write on every request.
+WITH live AS (
+    SELECT id, name, last_used_at FROM api_keys
+    WHERE key_hash = %(key_hash)s AND revoked_at IS NULL
+), used AS (
+    UPDATE api_keys SET last_used_at = now()
+    WHERE id IN (SELECT id FROM live
+                 WHERE last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
+)
+SELECT id, name FROM live;
 
 -- name: api_cache_lookup
 -- The cached vectors of some texts of one version (by the SHA-256 of each), counting a hit

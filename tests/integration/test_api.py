@@ -60,9 +60,10 @@ def test_api_key_create_prints_the_key_alone_on_its_last_line_and_stores_only_a_
     key = run.stdout.strip().splitlines()[-1]
     assert key.startswith("pgf_") and " " not in key
     assert api.get("/v1/models", key=key).status_code == 200
-    stored = conn.execute("SELECT key_hash, prefix FROM api_keys WHERE name = 'from-cli'"
-                          ).fetchone()
+    stored = conn.execute("SELECT key_hash, prefix, last_used_at FROM api_keys "
+                          "WHERE name = 'from-cli'").fetchone()
     assert key.encode() not in bytes(stored[0]) and len(stored[1]) < 12
+    assert stored[2] is not None   # when it was last used
     listing = run_cli("api-key", "list", "--json", env=api.proc.env)
     assert key not in listing.stdout and "from-cli" in listing.stdout
     taken = run_cli("api-key", "create", "from-cli", env=api.proc.env)
