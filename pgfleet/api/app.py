@@ -422,17 +422,19 @@ def _handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError):
         errors = exc.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        first: dict[str, Any] = dict(errors[0]) if errors else {"loc": (),
+                                                                "msg": "invalid request"}
         where = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(where) or None
         if first.get("type") == "json_invalid":
-            message = f"the body is not valid JSON: {first.get('ctx', {}).get('error', '')}"
+            context = first.get("ctx") or {}
+            message = f"the body is not valid JSON: {context.get('error', '')}"
             param = None
         elif param:
             message = f"{param}: {first.get('msg')}"
         else:
             message = str(first.get("msg"))
-        body = error_body(message, "invalid_request_error", param, first.get("type"))
+        body = error_body(message, "invalid_request_error", param, str(first.get("type")))
         body["detail"] = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"),
                            "type": e.get("type")} for e in errors]
         return reply(422, body)
