@@ -106,3 +106,62 @@ def bench_text2sql(version: str | None, beams: int, limit: int | None, reference
         for name, row in report[key].items():
             table.add_row(name, str(row["correct"]), str(row["total"]), f"{row['accuracy']:.1%}")
         out.print(table)
+
+
+@bench.command("serve")
+@click.option("--clients", default="1,16,64", show_default=True,
+              help="concurrent closed-loop clients per measurement, separated by commas")
+@click.option("--docs", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="paragraphs in each backlog")
+@click.option("--seconds", type=click.FloatRange(min=0.5), default=8.0, show_default=True,
+              help="length of each measured HTTP phase")
+@click.option("--logs", "logs_dir", type=click.Path(path_type=Path), default=None,
+              help="copy the fleet's and the API's logs here")
+@click.option("--json", "as_json", is_flag=True)
+def bench_serve(clients: str, docs: int, seconds: float, logs_dir: Path | None,
+                as_json: bool) -> None:
+    """The HTTP API against the bare engine in one run: search and embeddings requests/s
+    and p50/p95/p99 at each client count, idle and cache-hit latency, search latency and the
+    backlog's docs/s while the fleet embeds a backlog, and a Celery round trip to the worker
+    (the design that answers queries on the workers). Starts its own embedded servers, fleet
+    and API in a temporary directory."""
+    from pgfleet.cli import context
+    from pgfleet.ops import bench_serve as serve_mod
+
+    try:
+        counts = serve_mod.parse_clients(clients)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--clients") from None
+    config = serve_mod.ServeBenchConfig(clients=counts, docs=docs, seconds=seconds,
+                                        logs_dir=logs_dir)
+    result = serve_mod.run(config, context.settings())
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    table = Table(title="pgfleet bench serve")
+    for col in ("endpoint", "clients", "requests/s", "p50 ms", "p95 ms", "p99 ms"):
+        table.add_column(col, justify="left" if col == "endpoint" else "right")
+    rows = [("bare search, one at a time", "1", result["bare"]["search"])]
+    rows += [(endpoint, n, row) for endpoint in ("search", "embeddings")
+             for n, row in result["http"][endpoint].items()]
+    rows += [("search, cache hit", "1", result["cache_hit"]),
+             ("search during the backlog", "1", result["backlog"]["with_search"]["search"]),
+             ("celery.ping, idle", "1", result["broker"]["ping_idle"]),
+             ("celery.ping, during the backlog", "1", result["broker"]["ping_backlog"])]
+    for name, n, row in rows:
+        table.add_row(name, str(n), *(str(row.get(k)) for k in
+                                      ("requests_per_s", "p50_ms", "p95_ms", "p99_ms")))
+    out.print(table)
+    embeddings = result["bare"]["embeddings"]
+    out.print(f"bare embeddings: {embeddings['best_texts_per_s']} texts/s (batch "
+              f"{embeddings['best_batch']}); backlog {result['backlog']['idle']['docs_per_s']} "
+              f"docs/s idle, {result['backlog']['with_search']['docs_per_s']} with one search "
+              f"client")
+    targets = Table(title="targets")
+    for col in ("figure", "value", "target", "met"):
+        targets.add_column(col)
+    for name, row in result["targets"].items():
+        targets.add_row(name, str(row["value"]), row["target"], str(row["met"]))
+    out.print(targets)
+    out.print(f"machine: {result['machine']}")
+    out.print(f"settings: {result['settings']}")

@@ -155,10 +155,6 @@ def nearest(conn: psycopg.Connection, spec: ModelSpec, vector, k: int) -> list[H
     return [Hit(r["id"], float(r["score"]), r["content"], r["metadata"]) for r in rows]
 
 
-#: the name the benchmark of the API used first
-_nearest = nearest
-
-
 def routed_search(conn: psycopg.Connection, engines, text: str, k: int, *,
                   version_ref: str | None = None, key: str | None = None,
                   name: str | None = None) -> Answer:
