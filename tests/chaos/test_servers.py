@@ -35,7 +35,10 @@ class UpFleet:
         env.update(FLEET_ENV, PGFLEET_HOME=str(self.home))
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "pgfleet.cli", "up", "--no-flower", "--no-metrics"],
+                # the servers' faults, on the processes that use them; the API's restart
+                # is tested in tests/e2e/test_cli.py
+                [sys.executable, "-m", "pgfleet.cli", "up", "--no-flower", "--no-metrics",
+                 "--no-api"],
                 env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True)
 

@@ -128,6 +128,15 @@ def test_up_runs_the_fleet_and_sigterm_stops_every_child(tmp_path):
             assert conn.execute("SELECT DISTINCT usename FROM pg_stat_activity WHERE "
                                 "application_name = 'pgfleet-api'").fetchall() == [
                 ("pgfleet_fleet",)]
+        # a killed API is started again, and the command line finds it again
+        api = _child(up.pid, " serve ")
+        api.kill()
+        wait_until(lambda: (p := _child(up.pid, " serve ")) and p.pid != api.pid, 30,
+                   message="the API restarted")
+        wait_until(lambda: run_cli("status", "--json", env=env).stdout.count('"up": true'),
+                   120, interval_s=1, message="the restarted API answering")
+        again = run_cli("search", "hello", "--json", env=env)
+        assert again.returncode == 0 and json.loads(again.stdout)["cache_hit"] is True
 
         # a child that dies is restarted, and the restart is logged
         producer = _child(up.pid, "producers")

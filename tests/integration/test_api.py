@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import uuid
 
 import numpy as np
 import pytest
@@ -165,7 +166,8 @@ def test_concurrent_callers_share_forward_passes(api):
         return {int(k): v for k, v in engines[0]["passes"].items()} if engines else {}
 
     before = passes()
-    texts = [f"paragraph {i}: " + "a sentence about concurrency and batching. " * 8
+    nonce = uuid.uuid4().hex   # texts no earlier run cached
+    texts = [f"paragraph {i} {nonce}: " + "a sentence about concurrency and batching. " * 8
              for i in range(16)]
     barrier = threading.Barrier(16)
     statuses: list[int] = []
