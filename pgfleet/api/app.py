@@ -132,8 +132,7 @@ def get_caller(svc: Annotated[Service, Depends(get_service)],
     if credentials is None:
         raise ApiError(401, "no API key: send Authorization: Bearer KEY "
                             "(pgfleet api-key create NAME makes one)", code="missing_key")
-    with svc.connection() as conn:
-        found = keys.check(conn, credentials.credentials)
+    found = svc.check_key(credentials.credentials)
     if found is None:
         raise ApiError(401, "the API key is not valid (unknown or revoked)",
                        code="invalid_api_key")
@@ -482,8 +481,14 @@ def _library_errors(app: FastAPI, reply: Any) -> None:
 
 def serve(conf: Settings, *, port: int | None = None, address: str | None = None) -> None:
     """Run the API until SIGTERM or Ctrl-C (uvicorn; its access log names no header)."""
+    import os
+
     import uvicorn
 
+    # torch's OpenMP threads sleep when they have no work instead of spinning: they would
+    # take the cores from the workers and from this process's own request threads (torch is
+    # imported later, when the first engine loads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     app = create_app(conf)
     started = time.monotonic()
     logger.info("pgfleet API on http://%s:%s (docs at /docs)", address or conf.api_address,

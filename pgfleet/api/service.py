@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -25,7 +26,7 @@ import numpy as np
 import psycopg
 
 from pgfleet import db
-from pgfleet.api import metrics
+from pgfleet.api import keys, metrics
 from pgfleet.embedding import search
 from pgfleet.embedding.batcher import Batcher
 from pgfleet.embedding.batching import as_array
@@ -36,6 +37,12 @@ from pgfleet.models import routing, versions
 from pgfleet.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+#: how long a key found live is trusted without asking the database (its revocation takes
+#: effect within this time)
+KEY_TTL_S = 1.0
+#: keys remembered at most (a flood of valid keys cannot grow the process)
+KEYS_KEPT = 10_000
 
 
 class BatchedEngine:
@@ -65,7 +72,7 @@ class Embeddings:
 
 
 class Service:
-    def __init__(self, conf: Settings, *, pool_size: int = 8):
+    def __init__(self, conf: Settings, *, pool_size: int = 32):
         if not conf.database_url:
             raise PgfleetError("the API needs PGFLEET_DATABASE_URL (pgfleet up sets it for "
                                "the API it starts)")
@@ -74,6 +81,8 @@ class Service:
                                  name="pgfleet-api", autocommit=True)
         self._engines: dict[int, BatchedEngine] = {}
         self._lock = threading.Lock()
+        #: keys checked in the last KEY_TTL_S: digest -> (key, when checked)
+        self._keys: dict[bytes, tuple[keys.ApiKey, float]] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -87,6 +96,27 @@ class Service:
         with db.pooled(self.pool) as conn:
             yield conn
 
+    def check_key(self, key: str | None) -> keys.ApiKey | None:
+        """The live key ``key`` is (see :func:`pgfleet.api.keys.check`). A key found live is
+        trusted for ``KEY_TTL_S`` without asking the database again, so a revoked key is
+        refused within that time; unknown keys are always looked up."""
+        if not key:
+            return None
+        digest = keys.digest(key)
+        now = time.monotonic()
+        known = self._keys.get(digest)
+        if known is not None and now - known[1] < KEY_TTL_S:
+            return known[0]
+        with self.connection() as conn:
+            found = keys.check(conn, key)
+        if found is None:
+            self._keys.pop(digest, None)
+            return None
+        if len(self._keys) >= KEYS_KEPT:
+            self._keys.clear()
+        self._keys[digest] = (found, now)
+        return found
+
     # ----------------------------------------------------------------------- engines
     def engine(self, spec: ModelSpec) -> BatchedEngine:
         """The version's engine and batcher, made on first use and kept."""
@@ -94,8 +124,7 @@ class Service:
             current = self._engines.get(spec.version_id)
             if current is not None and current.spec == spec:
                 return current
-            engine = load_engine(spec, device=self.conf.device,
-                                 threads=self.conf.api_threads or self.conf.torch_threads,
+            engine = load_engine(spec, device=self.conf.device, threads=api_threads(self.conf),
                                  token_budget=self.conf.token_budget)
             batcher = Batcher(engine.encode, max_batch=self.conf.api_max_batch,
                               max_wait_s=self.conf.api_max_wait_ms / 1000,
@@ -171,6 +200,15 @@ class Service:
             found.update(fresh)
         vectors = np.stack([found[d] for d in digests]).astype(np.float32, copy=False)
         return Embeddings(chosen, vectors, tokens, cache_hits=len(texts) - len(missing))
+
+
+def api_threads(conf: Settings) -> int:
+    """The API engines' torch threads: ``PGFLEET_API_THREADS``, else
+    ``PGFLEET_TORCH_THREADS``, else half the cores. The API shares the machine with the
+    workers; on 2 cores, two processes each running torch on both cores took turns spinning,
+    and the backlog kept 0.27 of its speed under one search client (0.47 with one thread
+    here, see docs/benchmarks.md)."""
+    return conf.api_threads or conf.torch_threads or max(1, (os.cpu_count() or 2) // 2)
 
 
 def resolve(conn: psycopg.Connection, model: str, key: str | None = None) -> versions.Version:

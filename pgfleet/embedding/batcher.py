@@ -5,12 +5,15 @@ One thread per engine runs the forward passes, so that a version's model is used
 pass at a time. It takes what is waiting as soon as either
 
 * ``max_batch`` texts are waiting, or
-* the oldest waiting text has waited ``max_wait_s`` (a request alone waits at most that),
+* ``max_wait_s`` has passed since the last pass ended,
 
 and while a pass runs, new texts queue for the next one (continuous batching: the busier
-the engine, the fuller its passes, with no timer needed). ``encode`` is the engine's own,
-which sorts the texts by length and groups them under its token budget. A failed pass fails
-the calls whose texts were in it, with the engine's exception; the others are not touched.
+the engine, the fuller its passes). An idle engine takes a text at once; a text waits at most
+``max_wait_s`` beyond the pass running when it arrived. Counting the wait from the end of the
+last pass lets the callers that pass just answered send their next texts in time to join
+the texts that queued meanwhile: closed-loop callers would otherwise split into two cohorts
+taking turns, each with half-full passes. A failed pass fails the calls whose texts were in
+it, with the engine's exception; the others are not touched.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._closed = False
         self._on_pass = on_pass
+        #: when the last pass ended (monotonic seconds; None before the first)
+        self._last_end: float | None = None
         #: passes by how many texts they held (the API's metrics and the tests read it)
         self.pass_sizes: Counter[int] = Counter()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -93,6 +98,9 @@ class Batcher:
                 for w in batch:
                     w.future.set_exception(exc)
                 continue
+            finally:
+                with self._cond:
+                    self._last_end = time.monotonic()
             for w, vector in zip(batch, vectors, strict=True):
                 w.future.set_result(vector)
 
@@ -103,10 +111,12 @@ class Batcher:
                 if self._closed:
                     return None
                 self._cond.wait()
-            while len(self._waiting) < self.max_batch and not self._closed:
-                left = self._waiting[0].since + self.max_wait_s - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
+            if self._last_end is not None:
+                due = self._last_end + self.max_wait_s
+                while len(self._waiting) < self.max_batch and not self._closed:
+                    left = due - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
             count = min(self.max_batch, len(self._waiting))
             return [self._waiting.popleft() for _ in range(count)]
