@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ from pgfleet.models import stats
 from pgfleet.ops.bench_measure import (
     BARE_BATCH_SIZES,
     Fleet,
+    bench_home,
     cost_per_doc,
     engine_throughput,
     fleet_backlog,
@@ -47,7 +46,6 @@ from pgfleet.ops.bench_measure import (
     warm,
 )
 from pgfleet.ops.bench_scale import scale_phase
-from pgfleet.ops.fleet import prepare_database, servers
 from pgfleet.settings import Settings
 
 __all__ = ["BARE_BATCH_SIZES", "BenchConfig", "engine_throughput", "fleet_backlog",
@@ -176,30 +174,16 @@ def run(config: BenchConfig, conf: Settings) -> dict[str, Any]:
     result: dict[str, Any] = {"machine": machine(), "docs": config.docs, "texts": config.texts,
                               "batch_max_docs": conf.batch_max_docs, "backlog_ratio": {},
                               "engine_ratio": {}}
-    with tempfile.TemporaryDirectory(prefix="pgfleet-bench-") as tmp:
-        home = Path(tmp)
-        conf = Settings(**{**conf.__dict__, "home": home})
-        with servers(conf) as endpoints:
-            database_url, redis_url = endpoints.database_url, endpoints.redis_url
-            reader_url = prepare_database(endpoints, conf)
-            env = dict(os.environ, PGFLEET_DATABASE_URL=database_url, PGFLEET_REDIS_URL=redis_url,
-                       PGFLEET_READER_URL=reader_url or "", PGFLEET_HOME=str(home),
-                       TOKENIZERS_PARALLELISM="false")
-            env.setdefault("HF_HUB_OFFLINE", "1")
-            try:
-                with db.connect(database_url, autocommit=True) as conn:
-                    if config.scale:
-                        scale_phase(conn, home, env, conf, config, salt, result)
-                        return result
-                    if config.torch:
-                        _torch_phase(conn, home, env, conf, config, salt, texts, result)
-                    if config.batching:
-                        _batching_phase(conn, home, env, config, salt, result)
-                    if config.int8:
-                        _int8_phase(conn, home, env, conf, config, salt, texts, result)
-            finally:
-                if config.logs_dir is not None:
-                    config.logs_dir.mkdir(parents=True, exist_ok=True)
-                    for log in (home / "logs").glob("*.log"):
-                        shutil.copy(log, config.logs_dir / log.name)
+    with bench_home(conf, "pgfleet-bench-", config.logs_dir) as bench, \
+            db.connect(bench.endpoints.database_url, autocommit=True) as conn:
+        home, env, conf = bench.home, bench.env, bench.conf
+        if config.scale:
+            scale_phase(conn, home, env, conf, config, salt, result)
+            return result
+        if config.torch:
+            _torch_phase(conn, home, env, conf, config, salt, texts, result)
+        if config.batching:
+            _batching_phase(conn, home, env, config, salt, result)
+        if config.int8:
+            _int8_phase(conn, home, env, conf, config, salt, texts, result)
     return result

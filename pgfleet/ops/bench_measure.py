@@ -13,15 +13,55 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
 import schema
+from pgfleet.ops.fleet import Endpoints, prepare_database, servers
 from pgfleet.ops.supervisor import Supervisor, fleet_children
 from pgfleet.settings import Settings
+
+
+@dataclasses.dataclass
+class BenchHome:
+    """A benchmark's own home, its servers and the environment of its fleet's processes."""
+
+    home: Path
+    conf: Settings
+    endpoints: Endpoints
+    env: dict[str, str]
+
+
+@contextlib.contextmanager
+def bench_home(conf: Settings, prefix: str, logs_dir: Path | None) -> Iterator[BenchHome]:
+    """A temporary home with its servers (embedded unless URLs are set), migrated; on the
+    way out, the fleet's logs copied to ``logs_dir``."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        home = Path(tmp)
+        conf = dataclasses.replace(conf, home=home)
+        with servers(conf) as endpoints:
+            reader_url = prepare_database(endpoints, conf)
+            env = dict(os.environ, PGFLEET_DATABASE_URL=endpoints.database_url,
+                       PGFLEET_REDIS_URL=endpoints.redis_url,
+                       PGFLEET_READER_URL=reader_url or "", PGFLEET_HOME=str(home),
+                       TOKENIZERS_PARALLELISM="false")
+            env.setdefault("HF_HUB_OFFLINE", "1")
+            try:
+                yield BenchHome(home, conf, endpoints, env)
+            finally:
+                if logs_dir is not None:
+                    logs_dir.mkdir(parents=True, exist_ok=True)
+                    for log in (home / "logs").glob("*.log"):
+                        shutil.copy(log, logs_dir / log.name)
 
 #: the bare model is measured at each of these batch sizes; the best is the reference
 BARE_BATCH_SIZES = (16, 64)

@@ -28,16 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from pgfleet import db
 from pgfleet.models import stats
 from pgfleet.ops.bench import machine
-from pgfleet.ops.bench_measure import fleet_backlog, reset, warm
+from pgfleet.ops.bench_measure import bench_home, fleet_backlog, reset, warm
 from pgfleet.ops.bench_serve_load import (
     Pinger,
     Run,
@@ -50,7 +47,6 @@ from pgfleet.ops.bench_serve_load import (
     http_client,
     texts_for,
 )
-from pgfleet.ops.fleet import prepare_database, servers
 from pgfleet.settings import Settings
 
 #: the bare engine's batch sizes for the embeddings reference (the best is taken)
@@ -255,32 +251,19 @@ def run(config: ServeBenchConfig, conf: Settings) -> dict[str, Any]:
         "bare": {}, "http": {}, "broker": {}, "backlog": {}}
     started = time.perf_counter()
     texts = texts_for(config)
-    with tempfile.TemporaryDirectory(prefix="pgfleet-bench-serve-") as tmp:
-        home = Path(tmp)
-        conf = dataclasses.replace(conf, home=home)
-        with servers(conf) as endpoints:
-            database_url, redis_url = endpoints.database_url, endpoints.redis_url
-            reader_url = prepare_database(endpoints, conf)
-            env = dict(os.environ, PGFLEET_DATABASE_URL=database_url, PGFLEET_REDIS_URL=redis_url,
-                       PGFLEET_READER_URL=reader_url or "", PGFLEET_HOME=str(home),
-                       TOKENIZERS_PARALLELISM="false")
-            env.setdefault("HF_HUB_OFFLINE", "1")
-            celery_app = create_app(dataclasses.replace(conf, database_url=database_url,
-                                                        redis_url=redis_url))
-            try:
-                with db.connect(database_url, autocommit=True) as conn, \
-                        ServeFleet(home, env, database_url, f"bench-{salt}") as fleet:
-                    fleet.server_pids = {s.name: s.process.pid for s in endpoints.embedded
-                                         if s.process is not None}
-                    _phases(Run(config, fleet, conn, celery_app, salt, texts), conf, result)
-            finally:
-                celery_app.close()
-                if config.logs_dir is not None:
-                    import shutil
-
-                    config.logs_dir.mkdir(parents=True, exist_ok=True)
-                    for log in (home / "logs").glob("*.log"):
-                        shutil.copy(log, config.logs_dir / log.name)
+    with bench_home(conf, "pgfleet-bench-serve-", config.logs_dir) as bench:
+        conf, endpoints = bench.conf, bench.endpoints
+        database_url = endpoints.database_url
+        celery_app = create_app(dataclasses.replace(conf, database_url=database_url,
+                                                    redis_url=endpoints.redis_url))
+        try:
+            with db.connect(database_url, autocommit=True) as conn, \
+                    ServeFleet(bench.home, bench.env, database_url, f"bench-{salt}") as fleet:
+                fleet.server_pids = {s.name: s.process.pid for s in endpoints.embedded
+                                     if s.process is not None}
+                _phases(Run(config, fleet, conn, celery_app, salt, texts), conf, result)
+        finally:
+            celery_app.close()
     values = figures(result)
     result["targets"] = check_targets(values)
     result["elapsed_s"] = round(time.perf_counter() - started, 1)
