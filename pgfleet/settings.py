@@ -102,8 +102,11 @@ class Settings:
     api_max_body_bytes: int = 1_048_576
     api_max_inputs: int = 256
     api_max_input_chars: int = 32_768
-    # the API's own torch threads (0: torch's default, every core)
+    # the API's engine threads (0: PGFLEET_TORCH_THREADS, else half the cores), and how a
+    # torch version is served on a CPU: auto = by its ONNX Runtime copy once made and
+    # checked, torch = by torch
     api_threads: int = 0
+    api_engine: str = "auto"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -162,6 +165,9 @@ class Settings:
                      "api_max_input_chars"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be at least 1")
+        if self.api_engine not in ("auto", "torch"):
+            raise ConfigurationError(f"{PREFIX}API_ENGINE must be auto or torch, not "
+                                     f"{self.api_engine!r}")
         if not (math.isfinite(self.api_max_wait_ms) and self.api_max_wait_ms >= 0):
             raise ConfigurationError(f"{PREFIX}API_MAX_WAIT_MS must be a number of "
                                      "milliseconds, 0 or more")

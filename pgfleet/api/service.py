@@ -59,6 +59,15 @@ class BatchedEngine:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return self.batcher.embed(list(texts))
 
+    def replace(self, engine: Engine) -> None:
+        """Serve with ``engine`` (the same vectors) from the next pass on."""
+        self.batcher.replace_encode(engine.encode)
+        self.engine = engine
+
+    @property
+    def runtime(self) -> str:
+        return "onnxruntime" if type(self.engine).__name__ == "OnnxEngine" else "torch"
+
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         return self.engine.token_counts(texts)
 
@@ -131,15 +140,29 @@ class Service:
                               name=f"batcher-{spec.label}", on_pass=metrics.BATCH.observe)
             if current is not None:
                 current.batcher.close()
-            self._engines[spec.version_id] = BatchedEngine(engine, batcher)
-            return self._engines[spec.version_id]
+            batched = BatchedEngine(engine, batcher)
+            self._engines[spec.version_id] = batched
+        if self.conf.api_engine == "auto" and getattr(engine, "device", None) == "cpu":
+            threading.Thread(target=self._onnx_copy, args=(batched,), daemon=True,
+                             name=f"onnx-copy-{spec.label}").start()
+        return batched
+
+    def _onnx_copy(self, batched: BatchedEngine) -> None:
+        """Serve a torch version on a CPU with its ONNX Runtime copy once it is made and
+        checked (see :mod:`pgfleet.api.onnx_copy`); until then, and if it cannot be, torch."""
+        from pgfleet.api.onnx_copy import onnx_copy
+
+        copy = onnx_copy(batched.spec, batched.engine, threads=api_threads(self.conf),
+                         token_budget=self.conf.token_budget)
+        if copy is not None:
+            batched.replace(copy)
 
     def loaded(self) -> list[dict[str, Any]]:
         """The engines loaded, with how full their passes were."""
         with self._lock:
             engines = list(self._engines.values())
-        return [{"version": e.spec.label, "passes": dict(e.batcher.pass_sizes)}
-                for e in engines]
+        return [{"version": e.spec.label, "runtime": e.runtime,
+                 "passes": dict(e.batcher.pass_sizes)} for e in engines]
 
     def warm(self) -> None:
         """Load the engine of each serving embedding version now, so that the first request

@@ -76,6 +76,10 @@ class Batcher:
             self._cond.notify_all()
         return np.stack([w.future.result(timeout_s) for w in waiting])
 
+    def replace_encode(self, encode: Callable[[list[str]], np.ndarray]) -> None:
+        """Encode with ``encode`` from the next pass on (an engine giving the same vectors)."""
+        self._encode = encode
+
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop taking texts; the passes already waiting still run."""
         with self._cond:

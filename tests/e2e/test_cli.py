@@ -365,3 +365,19 @@ def test_load_reports_lines_postgresql_cannot_store_and_loads_the_rest(services,
     assert "inserted 2 docs from 1 file(s); 4 problem(s)" in result.stdout, result.stdout
     assert sorted(r[0] for r in clean.execute("SELECT content FROM docs")) == \
         ["good one", "good two"]
+
+
+def test_bench_serve_measures_the_api_against_the_bare_engine(tmp_path):
+    env = _env(tmp_path / "home")
+    run = run_cli("bench", "serve", "--docs", "24", "--seconds", "0.5", "--clients", "1,2",
+                  "--json", env=env, timeout_s=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    assert result["machine"]["cores"] >= 1 and result["settings"]["api_max_batch"] >= 1
+    assert set(result["http"]["search"]) == set(result["http"]["embeddings"]) == {"1", "2"}
+    for row in (result["bare"]["search"], result["http"]["search"]["2"],
+                result["http"]["embeddings"]["1"], result["cache_hit"]):
+        assert row["requests"] > 0 and row["errors"] == 0 and row["p50_ms"] > 0, row
+    assert result["bare"]["embeddings"]["best_texts_per_s"] > 0
+    assert result["backlog"]["idle"]["docs_per_s"] > 0
+    assert set(result["targets"]) >= {"search_16_over_bare", "backlog_search_p95_ms"}

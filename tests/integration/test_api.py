@@ -133,6 +133,24 @@ def test_the_openai_client_gets_the_fleets_vectors(api, fleet, clean):
         client.embeddings.create(model="v1", input="x", dimensions=128)
 
 
+def test_a_torch_version_is_served_on_the_cpu_by_its_checked_onnx_copy(api, fleet, clean):
+    from pgfleet.api.onnx_copy import cache_root
+
+    def runtime():
+        engines = api.get("/healthz").json()["engines"]
+        return engines and engines[0]["runtime"] == "onnxruntime"
+
+    wait_until(runtime, 180, interval_s=0.5, message="the ONNX copy in service")
+    assert any(cache_root().glob("all-minilm-l6-v2-v1-*/model.onnx"))
+    ids = _embedded(clean, DOCS)
+    served = api.post("/v1/embeddings", {"model": "v1", "input": DOCS,
+                                         "encoding_format": "float"}).json()["data"]
+    for content, item in zip(DOCS, served, strict=True):
+        stored = clean.execute("SELECT embedding FROM embeddings WHERE doc_id = %s",
+                               (ids[content],)).fetchone()[0]   # written by torch
+        assert np.allclose(item["embedding"], stored.to_numpy(), atol=1e-5)
+
+
 def test_bad_requests_get_413_and_422_naming_the_field(api):
     big = api.post("/v1/search", {"query": "x" * 1_100_000})
     assert big.status_code == 413, big.text
