@@ -20,7 +20,7 @@ import schema as sql_files
 PGFLEET_TABLES = (
     "model_versions", "embeddings", "pending_embeddings", "model_cache", "inference_logs",
     "embedding_failures", "ab_history", "search_feedback", "training_pairs", "training_runs",
-    "text2sql_examples", "pgfleet_migrations",
+    "text2sql_examples", "pgfleet_migrations", "api_keys",
 )
 TABLE_SEP = " | "
 COLUMN_SEP = " , "

@@ -42,3 +42,13 @@ def test_a_name_given_in_two_query_files_is_refused_naming_both():
     schema.parse_queries("-- name: a\nSELECT 1;\n", where="one.sql", into=found, origin=origin)
     with pytest.raises(ValueError, match="in one.sql and in two.sql"):
         schema.parse_queries("-- name: a\nSELECT 2;\n", where="two.sql", into=found, origin=origin)
+
+
+def test_every_table_of_the_fleet_is_hidden_from_text_to_sql():
+    """A table a migration creates is pgfleet's own (except the user's docs): the models
+    must never see it, so a new table cannot be forgotten in PGFLEET_TABLES."""
+    from pgfleet.text2sql.schema_text import PGFLEET_TABLES
+
+    created = {name for m in schema.migrations()
+               for name in re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", m.text)}
+    assert created - {"docs"} <= set(PGFLEET_TABLES), created - set(PGFLEET_TABLES)
