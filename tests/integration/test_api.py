@@ -107,30 +107,31 @@ def test_the_openai_client_gets_the_fleets_vectors(api, fleet, clean):
     import openai
 
     ids = _embedded(clean, DOCS)
-    client = openai.OpenAI(base_url=api.url + "/v1", api_key=api.key)
-    # the client asks for base64 by default; float too
-    default = client.embeddings.create(model="all-minilm-l6-v2", input=DOCS)
-    floats = client.embeddings.create(model="v1", input=DOCS[0], encoding_format="float")
-    assert default.model == floats.model == "all-minilm-l6-v2@v1"
-    assert [d.index for d in default.data] == [0, 1, 2]
-    assert default.usage.prompt_tokens == default.usage.total_tokens > len(DOCS) * 5
-    for content, item in zip(DOCS, default.data, strict=True):
-        stored = clean.execute("SELECT embedding FROM embeddings WHERE doc_id = %s",
-                               (ids[content],)).fetchone()[0]
-        assert np.allclose(np.asarray(item.embedding, dtype=np.float32), stored.to_numpy(),
-                           atol=1e-5)
-    assert np.allclose(floats.data[0].embedding, default.data[0].embedding, atol=1e-6)
+    # closed at the end: its connection pool would otherwise be left to the garbage collector
+    with openai.OpenAI(base_url=api.url + "/v1", api_key=api.key) as client:
+        # the client asks for base64 by default; float too
+        default = client.embeddings.create(model="all-minilm-l6-v2", input=DOCS)
+        floats = client.embeddings.create(model="v1", input=DOCS[0], encoding_format="float")
+        assert default.model == floats.model == "all-minilm-l6-v2@v1"
+        assert [d.index for d in default.data] == [0, 1, 2]
+        assert default.usage.prompt_tokens == default.usage.total_tokens > len(DOCS) * 5
+        for content, item in zip(DOCS, default.data, strict=True):
+            stored = clean.execute("SELECT embedding FROM embeddings WHERE doc_id = %s",
+                                   (ids[content],)).fetchone()[0]
+            assert np.allclose(np.asarray(item.embedding, dtype=np.float32), stored.to_numpy(),
+                               atol=1e-5)
+        assert np.allclose(floats.data[0].embedding, default.data[0].embedding, atol=1e-6)
 
-    raw = api.post("/v1/embeddings", {"model": "v1", "input": "x", "encoding_format": "base64"})
-    vector = np.frombuffer(base64.b64decode(raw.json()["data"][0]["embedding"]), dtype="<f4")
-    assert vector.shape == (384,) and abs(float(np.linalg.norm(vector)) - 1) < 1e-4
+        raw = api.post("/v1/embeddings", {"model": "v1", "input": "x", "encoding_format": "base64"})
+        vector = np.frombuffer(base64.b64decode(raw.json()["data"][0]["embedding"]), dtype="<f4")
+        assert vector.shape == (384,) and abs(float(np.linalg.norm(vector)) - 1) < 1e-4
 
-    with pytest.raises(openai.NotFoundError, match="no embedding version"):
-        client.embeddings.create(model="no-such-model", input="x")
-    with pytest.raises(openai.UnprocessableEntityError, match="token ids"):
-        client.embeddings.create(model="v1", input=[[101, 2023, 102]])
-    with pytest.raises(openai.UnprocessableEntityError, match="384-dimensional"):
-        client.embeddings.create(model="v1", input="x", dimensions=128)
+        with pytest.raises(openai.NotFoundError, match="no embedding version"):
+            client.embeddings.create(model="no-such-model", input="x")
+        with pytest.raises(openai.UnprocessableEntityError, match="token ids"):
+            client.embeddings.create(model="v1", input=[[101, 2023, 102]])
+        with pytest.raises(openai.UnprocessableEntityError, match="384-dimensional"):
+            client.embeddings.create(model="v1", input="x", dimensions=128)
 
 
 def test_a_torch_version_is_served_on_the_cpu_by_its_checked_onnx_copy(api, fleet, clean):
