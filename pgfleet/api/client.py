@@ -50,7 +50,8 @@ class Client:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
-            raise ApiRefused(exc.code, _message(exc)) from None
+            with exc:   # it holds the response's socket
+                raise ApiRefused(exc.code, _message(exc)) from None
         except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
             raise Unreachable(str(exc)) from exc
 

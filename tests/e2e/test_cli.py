@@ -186,6 +186,7 @@ def _http(url: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
+        exc.close()   # it holds the response's socket
         return exc.code, ""
     except OSError:
         return 0, ""
