@@ -4,6 +4,7 @@ and real fleet processes (producer and worker) started from the same commands
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -50,6 +51,16 @@ class Services:
     def reader_url_for(self, database_url: str) -> str:
         """The reader's login on the database of ``database_url`` (same server)."""
         return self.reader_url.rsplit("/", 1)[0] + "/" + database_url.rsplit("/", 1)[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_garbage_after_each_module() -> Iterator[None]:
+    """Collect garbage when a module's tests end. A socket or file left unclosed inside a
+    reference cycle is otherwise found by whichever collection runs next, and its
+    ResourceWarning fails an unrelated later test; collected here, it fails (at teardown)
+    the last test of the module that left it."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

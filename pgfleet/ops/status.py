@@ -187,6 +187,7 @@ def api_status(url: str | None, timeout_s: float = 1.0) -> dict[str, Any] | None
     """The HTTP API at ``url``: up (its /healthz answered) and its loaded engines; None when
     no API is configured or started by ``pgfleet up``."""
     import json
+    import urllib.error
     import urllib.request
 
     if not url:
@@ -195,6 +196,8 @@ def api_status(url: str | None, timeout_s: float = 1.0) -> dict[str, Any] | None
         with urllib.request.urlopen(url.rstrip("/") + "/healthz", timeout=timeout_s) as r:
             health = json.loads(r.read())
     except (OSError, ValueError) as exc:
+        if isinstance(exc, urllib.error.HTTPError):
+            exc.close()   # it holds the response's socket
         return {"url": url, "up": False, "error": str(exc), "engines": []}
     return {"url": url, "up": bool(health.get("ok")), "engines": health.get("engines", [])}
 

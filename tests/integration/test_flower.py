@@ -54,7 +54,8 @@ class Flower:
                 body = response.read().decode()
                 return response.status, json.loads(body) if body[:1] in "{[" else body
         except urllib.error.HTTPError as exc:
-            return exc.code, None
+            with exc:   # it holds the response's socket
+                return exc.code, None
         except OSError:
             return 0, None
 
