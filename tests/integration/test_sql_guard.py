@@ -102,6 +102,16 @@ def test_the_reader_role_can_only_read_docs(gconn):
     assert row == (True, False, True, False, False)
 
 
+def test_the_reader_role_can_read_none_of_the_fleets_own_tables(gconn):
+    """Not the API's key hashes, the logs or the training data: generated SQL reads the
+    user's tables only, whatever it names."""
+    from pgfleet.text2sql.schema_text import PGFLEET_TABLES
+
+    readable = [t for t in PGFLEET_TABLES if gconn.execute(
+        "SELECT has_table_privilege(%s, %s, 'SELECT')", (READER_ROLE, t)).fetchone()[0]]
+    assert readable == []
+
+
 def test_a_non_superuser_that_creates_the_role_can_set_it(gconn):
     # the migration's DO block, for a fresh role, run by a CREATEROLE user (not a superuser)
     block = (MIGRATIONS / "0005_text2sql_reader.sql").read_text("utf-8")
