@@ -102,9 +102,10 @@ class Settings:
     api_max_body_bytes: int = 1_048_576
     api_max_inputs: int = 256
     api_max_input_chars: int = 32_768
-    # the API's engine threads (0: PGFLEET_TORCH_THREADS, else half the cores), and how a
-    # torch version is served on a CPU: auto = by its ONNX Runtime copy once made and
-    # checked, torch = by torch
+    # the cores the API's engines may use (0: a torch engine runs on PGFLEET_TORCH_THREADS,
+    # else half the cores; an ONNX Runtime engine runs one pass per core, on as many cores
+    # as the rest of the machine leaves free), and how a torch version is served on a CPU
+    # (auto = by its ONNX Runtime copy once made and checked, torch = by torch)
     api_threads: int = 0
     api_engine: str = "auto"
 

@@ -27,6 +27,7 @@ import psycopg
 
 from pgfleet import db
 from pgfleet.api import keys, metrics
+from pgfleet.api.cores import FreeCores
 from pgfleet.embedding import search
 from pgfleet.embedding.batcher import Batcher
 from pgfleet.embedding.batching import as_array
@@ -47,11 +48,13 @@ KEYS_KEPT = 10_000
 
 class BatchedEngine:
     """An engine whose ``encode`` goes through the version's batcher, so that a search's
-    query joins the other callers' pass."""
+    query joins the other callers' pass. An ONNX Runtime engine on one intra-op thread runs
+    a pass per free core (the batcher's lanes); any other runs one pass at a time."""
 
     def __init__(self, engine: Engine, batcher: Batcher):
         self.engine = engine
         self.batcher = batcher
+        self.parallel = is_one_core_onnx(engine)
         self.spec = engine.spec
         self.dimensions = engine.dimensions
         self.max_seq_length = engine.max_seq_length
@@ -62,6 +65,7 @@ class BatchedEngine:
     def replace(self, engine: Engine) -> None:
         """Serve with ``engine`` (the same vectors) from the next pass on."""
         self.batcher.replace_encode(engine.encode)
+        self.parallel = is_one_core_onnx(engine)
         self.engine = engine
 
     @property
@@ -87,9 +91,12 @@ class Service:
                                "the API it starts)")
         self.conf = conf
         self.pool = db.open_pool(conf.database_url, min_size=1, max_size=pool_size,
-                                 name="pgfleet-api", autocommit=True)
+                                 name="pgfleet-api", autocommit=True,
+                                 check_after_idle_s=db.CHECK_AFTER_IDLE_S)
         self._engines: dict[int, BatchedEngine] = {}
         self._lock = threading.Lock()
+        #: the cores the rest of the machine leaves free (sampled; see pgfleet.api.cores)
+        self.free_cores = FreeCores()
         #: keys checked in the last KEY_TTL_S: digest -> (key, when checked)
         self._keys: dict[bytes, tuple[keys.ApiKey, float]] = {}
 
@@ -98,6 +105,7 @@ class Service:
             for engine in self._engines.values():
                 engine.batcher.close()
             self._engines.clear()
+        self.free_cores.close()
         self.pool.close()
 
     @contextmanager
@@ -133,14 +141,19 @@ class Service:
             current = self._engines.get(spec.version_id)
             if current is not None and current.spec == spec:
                 return current
-            engine = load_engine(spec, device=self.conf.device, threads=api_threads(self.conf),
+            threads = 1 if spec.format.startswith("onnx") else api_threads(self.conf)
+            engine = load_engine(spec, device=self.conf.device, threads=threads,
                                  token_budget=self.conf.token_budget)
+            holder: list[BatchedEngine] = []
             batcher = Batcher(engine.encode, max_batch=self.conf.api_max_batch,
                               max_wait_s=self.conf.api_max_wait_ms / 1000,
-                              name=f"batcher-{spec.label}", on_pass=metrics.BATCH.observe)
+                              name=f"batcher-{spec.label}", on_pass=metrics.BATCH.observe,
+                              lanes=api_lanes(self.conf),
+                              active_lanes=lambda: self.free_cores() if holder[0].parallel else 1)
             if current is not None:
                 current.batcher.close()
             batched = BatchedEngine(engine, batcher)
+            holder.append(batched)
             self._engines[spec.version_id] = batched
         if self.conf.api_engine == "auto" and getattr(engine, "device", None) == "cpu":
             threading.Thread(target=self._onnx_copy, args=(batched,), daemon=True,
@@ -152,7 +165,8 @@ class Service:
         checked (see :mod:`pgfleet.api.onnx_copy`); until then, and if it cannot be, torch."""
         from pgfleet.api.onnx_copy import onnx_copy
 
-        copy = onnx_copy(batched.spec, batched.engine, threads=api_threads(self.conf),
+        # one intra-op thread: the batcher runs a pass per free core
+        copy = onnx_copy(batched.spec, batched.engine, threads=1,
                          token_budget=self.conf.token_budget)
         if copy is not None:
             batched.replace(copy)
@@ -162,7 +176,9 @@ class Service:
         with self._lock:
             engines = list(self._engines.values())
         return [{"version": e.spec.label, "runtime": e.runtime,
-                 "passes": dict(e.batcher.pass_sizes)} for e in engines]
+                 "passes": dict(e.batcher.pass_sizes),
+                 "passes_at_once": dict(e.batcher.concurrency),
+                 "lanes": e.batcher.lanes if e.parallel else 1} for e in engines]
 
     def warm(self) -> None:
         """Load the engine of each serving embedding version now, so that the first request
@@ -232,6 +248,20 @@ def api_threads(conf: Settings) -> int:
     and the backlog kept 0.27 of its speed under one search client (0.47 with one thread
     here, see docs/benchmarks.md)."""
     return conf.api_threads or conf.torch_threads or max(1, (os.cpu_count() or 2) // 2)
+
+
+def api_lanes(conf: Settings) -> int:
+    """The most passes an API engine runs at once (one per core): ``PGFLEET_API_THREADS``,
+    else every core; how many run at a time follows the free cores."""
+    return conf.api_threads or os.cpu_count() or 1
+
+
+def is_one_core_onnx(engine: Engine) -> bool:
+    session = getattr(engine, "session", None)
+    if session is None:
+        return False
+    threads = session.get_session_options().intra_op_num_threads
+    return threads == 1
 
 
 def resolve(conn: psycopg.Connection, model: str, key: str | None = None) -> versions.Version:

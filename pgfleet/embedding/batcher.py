@@ -42,27 +42,41 @@ class BatcherClosed(RuntimeError):
     """The batcher was closed before the text's pass ran."""
 
 
+#: how often a lane that may not run yet looks again at ``active_lanes()``
+LANE_POLL_S = 0.05
+
+
 class Batcher:
     def __init__(self, encode: Callable[[list[str]], np.ndarray], *, max_batch: int = 64,
                  max_wait_s: float = 0.002, name: str = "batcher",
-                 on_pass: Callable[[int], None] | None = None):
+                 on_pass: Callable[[int], None] | None = None, lanes: int = 1,
+                 active_lanes: Callable[[], int] | None = None):
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if max_wait_s < 0:
             raise ValueError("max_wait_s must not be negative")
+        if lanes < 1:
+            raise ValueError("lanes must be at least 1")
         self._encode = encode
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.lanes = lanes
+        self._active_lanes = active_lanes
         self._waiting: deque[_Waiting] = deque()
         self._cond = threading.Condition()
         self._closed = False
         self._on_pass = on_pass
-        #: when the last pass ended (monotonic seconds; None before the first)
-        self._last_end: float | None = None
+        #: passes running now
+        self.running = 0
         #: passes by how many texts they held (the API's metrics and the tests read it)
         self.pass_sizes: Counter[int] = Counter()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        #: passes by how many ran at once, this one included
+        self.concurrency: Counter[int] = Counter()
+        self._threads = [threading.Thread(target=self._run, args=(lane,), daemon=True,
+                                          name=name if lanes == 1 else f"{name}-{lane}")
+                         for lane in range(lanes)]
+        for thread in self._threads:
+            thread.start()
 
     def embed(self, texts: Sequence[str], timeout_s: float | None = None) -> np.ndarray:
         """The texts' vectors, one row each, computed in passes shared with other callers."""
@@ -85,14 +99,27 @@ class Batcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _run(self) -> None:
+    def _allowed(self) -> int:
+        """How many lanes may run passes now (at least one, at most ``lanes``)."""
+        if self._active_lanes is None or self.lanes == 1:
+            return self.lanes
+        try:
+            wanted = int(self._active_lanes())
+        except Exception:  # noqa: BLE001 - a failing gauge must not stop the engine
+            logger.exception("active_lanes failed; running one lane")
+            wanted = 1
+        return max(1, min(self.lanes, wanted))
+
+    def _run(self, lane: int) -> None:
+        last_end: float | None = None
         while True:
-            batch = self._take()
+            batch = self._take(lane, last_end)
             if batch is None:
                 return
-            self.pass_sizes[len(batch)] += 1
             if self._on_pass is not None:
                 self._on_pass(len(batch))
             try:
@@ -104,23 +131,38 @@ class Batcher:
                 continue
             finally:
                 with self._cond:
-                    self._last_end = time.monotonic()
+                    self.running -= 1
+                    last_end = time.monotonic()
+                    self._cond.notify_all()
             for w, vector in zip(batch, vectors, strict=True):
                 w.future.set_result(vector)
 
-    def _take(self) -> list[_Waiting] | None:
-        """The next pass's texts, once it is due; None once closed and drained."""
+    def _take(self, lane: int, last_end: float | None) -> list[_Waiting] | None:
+        """The lane's next pass's texts, once it is due; None once closed and drained. A lane
+        past ``active_lanes()`` waits; lane 0 always runs."""
         with self._cond:
-            while not self._waiting:
-                if self._closed:
-                    return None
-                self._cond.wait()
-            if self._last_end is not None:
-                due = self._last_end + self.max_wait_s
+            while True:
+                if not self._waiting:
+                    if self._closed:
+                        return None
+                    self._cond.wait(None if lane == 0 else LANE_POLL_S)
+                    continue
+                if lane > 0 and not self._closed and lane >= self._allowed():
+                    self._cond.wait(LANE_POLL_S)
+                    continue
+                break
+            if last_end is not None:
+                due = last_end + self.max_wait_s
                 while len(self._waiting) < self.max_batch and not self._closed:
                     left = due - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
+                if not self._waiting:          # another lane took them meanwhile
+                    return self._take(lane, None) if not self._closed else None
             count = min(self.max_batch, len(self._waiting))
-            return [self._waiting.popleft() for _ in range(count)]
+            batch = [self._waiting.popleft() for _ in range(count)]
+            self.running += 1
+            self.pass_sizes[len(batch)] += 1
+            self.concurrency[self.running] += 1
+            return batch

@@ -134,3 +134,42 @@ def test_a_closed_batcher_refuses_new_texts():
         batcher.embed(["late"])
     with pytest.raises(ValueError):
         Batcher(Recorder(), max_batch=0)
+
+
+def test_lanes_run_passes_side_by_side_as_many_as_allowed_now():
+    encode = Recorder(delay_s=0.3)
+    allowed = [2]
+    batcher = Batcher(encode, max_batch=1, max_wait_s=0.0, lanes=2,
+                      active_lanes=lambda: allowed[0])
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            started = time.monotonic()
+            list(pool.map(lambda t: batcher.embed([t]), ["a", "b"]))
+            side_by_side = time.monotonic() - started
+            assert batcher.concurrency[2] >= 1, batcher.concurrency
+            assert side_by_side < 0.55, side_by_side    # two passes of 0.3 s at once
+            allowed[0] = 1          # the machine got busy: one lane
+            time.sleep(0.1)
+            before = dict(batcher.concurrency)
+            started = time.monotonic()
+            list(pool.map(lambda t: batcher.embed([t]), ["c", "d"]))
+            one_by_one = time.monotonic() - started
+        assert dict(batcher.concurrency) == {**before, 1: before.get(1, 0) + 2}
+        assert one_by_one >= 0.55, one_by_one
+    finally:
+        batcher.close()
+    assert sorted(t for p in encode.passes for t in p) == ["a", "b", "c", "d"]
+
+
+def test_a_failing_lane_gauge_leaves_one_lane():
+    def broken() -> int:
+        raise RuntimeError("no gauge")
+
+    batcher = Batcher(Recorder(delay_s=0.2), max_batch=1, max_wait_s=0.0, lanes=2,
+                      active_lanes=broken)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda t: batcher.embed([t]), ["a", "b"]))
+    finally:
+        batcher.close()
+    assert [r.tolist() for r in results] and set(batcher.concurrency) == {1}
