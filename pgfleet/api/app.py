@@ -479,6 +479,22 @@ def _library_errors(app: FastAPI, reply: Any) -> None:
         return reply(422, error_body(str(exc), "invalid_request_error"))
 
 
+def plain_logging() -> None:
+    """Log lines as plain text with a timestamp: a server's log goes to a file, and rendering
+    each access line with rich on the event loop took a quarter of the loop's time at 16
+    clients (measured with py-spy)."""
+    import logging
+
+    root = logging.getLogger()
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    level = root.level
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
 def serve(conf: Settings, *, port: int | None = None, address: str | None = None) -> None:
     """Run the API until SIGTERM or Ctrl-C (uvicorn; its access log names no header)."""
     import os
@@ -489,6 +505,7 @@ def serve(conf: Settings, *, port: int | None = None, address: str | None = None
     # take the cores from the workers and from this process's own request threads (torch is
     # imported later, when the first engine loads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    plain_logging()
     app = create_app(conf)
     started = time.monotonic()
     logger.info("pgfleet API on http://%s:%s (docs at /docs)", address or conf.api_address,

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,17 +56,45 @@ def connect(url: str, *, autocommit: bool = False, register: bool = True,
     return conn
 
 
+#: a connection given back to a pool less than this long ago is handed out again without
+#: a round trip to check it (see :func:`open_pool`)
+CHECK_AFTER_IDLE_S = 2.0
+
+
 def open_pool(url: str, *, min_size: int = 1, max_size: int = 4, name: str = APPLICATION_NAME,
-              timeout_s: float = 10.0, autocommit: bool = False) -> ConnectionPool:
-    """A pool for workers and producers; opened after fork, in the process that uses it."""
+              timeout_s: float = 10.0, autocommit: bool = False,
+              check_after_idle_s: float = 0.0) -> ConnectionPool:
+    """A pool for workers and producers; opened after fork, in the process that uses it.
+
+    A connection is checked (a round trip) before it is handed out, so that one the server
+    closed meanwhile is replaced instead of failing its caller. With ``check_after_idle_s``,
+    only one idle for longer is checked: the API's requests take a connection two or three
+    times each, and the checks were a tenth of a search's time."""
+    check = ConnectionPool.check_connection
+    if check_after_idle_s > 0:
+        check = _check_if_idle(check_after_idle_s)
     pool = ConnectionPool(
         url, min_size=min_size, max_size=max_size, configure=_configure, open=False,
         kwargs={"application_name": name, "connect_timeout": 5, "autocommit": autocommit},
-        timeout=timeout_s,
-        reconnect_timeout=60.0, check=ConnectionPool.check_connection,
-        name=name)
+        timeout=timeout_s, reset=_returned if check_after_idle_s > 0 else None,
+        reconnect_timeout=60.0, check=check, name=name)
     pool.open(wait=False)
     return pool
+
+
+_returned_at: weakref.WeakKeyDictionary[psycopg.Connection, float] = weakref.WeakKeyDictionary()
+
+
+def _returned(conn: psycopg.Connection) -> None:
+    _returned_at[conn] = time.monotonic()
+
+
+def _check_if_idle(idle_s: float):
+    def check(conn: psycopg.Connection) -> None:
+        returned = _returned_at.get(conn)
+        if returned is None or time.monotonic() - returned >= idle_s:
+            ConnectionPool.check_connection(conn)
+    return check
 
 
 @contextlib.contextmanager

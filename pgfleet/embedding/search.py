@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ import schema
 from pgfleet import db
 from pgfleet.embedding.batching import as_array
 from pgfleet.embedding.engines import ModelSpec
-from pgfleet.models import inference_logs, routing, splits
+from pgfleet.models import inference_logs, routing, splits, versions
 
 
 @dataclass
@@ -77,20 +78,26 @@ def route(conn: psycopg.Connection, version_ref: str | None, key: str | None,
     """The version named, else the one the split assigns (:func:`pgfleet.models.routing.route`);
     one still being backfilled hands over to the complete serving version with the most
     traffic."""
-    assigned = routing.route(conn, "embedding", version_ref, key, name)
-    if version_ref is not None or not _backfilling(conn, assigned.id):
+    if version_ref is not None:
+        named = routing.route(conn, "embedding", version_ref, key, name)
+        return Route(named.spec, named.spec)
+    # the serving versions and whether each is being backfilled, in one round trip
+    rows = db.fetch_all(conn, "serving_versions_backfilling", {"kind": "embedding", "name": name})
+    if not rows:   # no version serves: routing says why (or one began to, meanwhile)
+        routed = routing.route(conn, "embedding", None, key, name)
+        return Route(routed.spec, routed.spec)
+    serving = [versions.Version.from_row(r) for r in rows]
+    backfilling = {int(r["id"]) for r in rows if r["backfilling"]}
+    chosen = splits.assign(serving[0].name, [(v.version, v.traffic_percent) for v in serving],
+                           key=key)
+    assigned = next(v for v in serving if v.version == chosen)
+    if assigned.id not in backfilling:
         return Route(assigned.spec, assigned.spec)
-    complete = splits.leader([v for v in routing.serving(conn, "embedding", assigned.name)
-                              if not _backfilling(conn, v.id)], lambda v: v.traffic_percent)
+    complete = splits.leader([v for v in serving if v.id not in backfilling],
+                             lambda v: v.traffic_percent)
     if complete is not None:
         return Route(complete.spec, assigned.spec, fallback_from=assigned.label)
     return Route(assigned.spec, assigned.spec, incomplete=True)
-
-
-def _backfilling(conn: psycopg.Connection, version_id: int) -> bool:
-    row = db.fetch_one(conn, "backfilling", {"version_id": version_id})
-    assert row is not None  # SELECT EXISTS (...): always one row
-    return bool(row["backfilling"])
 
 
 @dataclass
@@ -144,14 +151,31 @@ def finish(conn: psycopg.Connection, begun: Begun, vector, encode_s: float = 0.0
     return Answer(begun.query, begun.route, hits, latency_ms, begun.cache_hit, log_id)
 
 
+#: the ``hnsw.ef_search`` each autocommit connection was given for its session
+_session_ef_search: weakref.WeakKeyDictionary[psycopg.Connection, str] = (
+    weakref.WeakKeyDictionary())
+
+
 def nearest(conn: psycopg.Connection, spec: ModelSpec, vector, k: int) -> list[Hit]:
-    """The ``k`` docs nearest to ``vector`` among version ``spec``'s vectors."""
-    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        # HNSW returns at most ef_search candidates; ask for at least k
-        cur.execute(schema.query("search_ef_search"), (str(max(40, k)),))
-        cur.execute(search_sql(spec.dimensions),
-                    {"query": vector, "version_id": spec.version_id, "k": k})
-        rows = cur.fetchall()
+    """The ``k`` docs nearest to ``vector`` among version ``spec``'s vectors.
+
+    HNSW returns at most ``hnsw.ef_search`` candidates, so a search asks for at least k. In
+    a transaction it is set for that transaction only. An autocommit connection (the API's
+    pool) keeps it for its session and is given a new one only when k needs it, so that a
+    search is one round trip instead of four (BEGIN, the setting, the query, COMMIT)."""
+    ef_search = str(max(40, k))
+    params = {"query": vector, "version_id": spec.version_id, "k": k}
+    with conn.cursor(row_factory=dict_row) as cur:
+        idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if conn.autocommit and idle:
+            if _session_ef_search.get(conn) != ef_search:
+                cur.execute(schema.query("search_ef_search_session"), (ef_search,))
+                _session_ef_search[conn] = ef_search
+            rows = cur.execute(search_sql(spec.dimensions), params).fetchall()
+        else:
+            with conn.transaction():
+                cur.execute(schema.query("search_ef_search"), (ef_search,))
+                rows = cur.execute(search_sql(spec.dimensions), params).fetchall()
     return [Hit(r["id"], float(r["score"]), r["content"], r["metadata"]) for r in rows]
 
 

@@ -255,6 +255,10 @@ LIMIT %(k)s;
 -- asks for at least k.
 SELECT set_config('hnsw.ef_search', %s, true);
 
+-- name: search_ef_search_session
+-- The same for the rest of an autocommit connection's session (the API's pool).
+SELECT set_config('hnsw.ef_search', %s, false);
+
 -- name: verify
 -- The fleet's promise, checked: per active embedding version, docs whose stored vector is
 -- missing or stale (and that are neither pending nor failed for their current content),

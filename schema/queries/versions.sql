@@ -69,10 +69,21 @@ SELECT (SELECT count(*) FROM docs) AS docs,
        (SELECT count(*) FROM embeddings e
         WHERE e.version_id = %(version_id)s AND e.chunk = 0) AS embedded;
 
--- name: backfilling
--- Whether a version still has docs queued by its backfill (priority 1).
-SELECT EXISTS (SELECT 1 FROM pending_embeddings
-               WHERE version_id = %(version_id)s AND priority = 1) AS backfilling;
+-- name: serving_versions_backfilling
+-- serving_versions of model %(name)s (NULL: the active version's model, as active_version
+-- chooses it), each with whether it is still being backfilled: a search's routing in one
+-- round trip.
+SELECT v.id, v.name, v.version, v.kind, v.format, v.artifact, v.dimensions,
+       v.max_seq_length, v.status, v.traffic_percent, v.active,
+       EXISTS (SELECT 1 FROM pending_embeddings p
+               WHERE p.version_id = v.id AND p.priority = 1) AS backfilling
+FROM model_versions v
+WHERE v.kind = %(kind)s AND v.active AND v.status = 'ready' AND v.traffic_percent > 0
+  AND v.name = coalesce(%(name)s::text,
+                        (SELECT a.name FROM model_versions a
+                         WHERE a.kind = %(kind)s AND a.active AND a.status = 'ready'
+                         ORDER BY a.traffic_percent DESC, a.id LIMIT 1))
+ORDER BY v.id;
 
 -- name: backfill_pending
 -- How many docs a version's backfill (priority 1) has left.

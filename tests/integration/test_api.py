@@ -152,6 +152,37 @@ def test_a_torch_version_is_served_on_the_cpu_by_its_checked_onnx_copy(api, flee
         assert np.allclose(item["embedding"], stored.to_numpy(), atol=1e-5)
 
 
+def test_a_search_returns_k_hits_past_the_hnsw_default_and_back(api, fleet, clean, services):
+    """The API's connections keep hnsw.ef_search for their session (one round trip per
+    search): a search for more hits than the default 40 gets them all, and a later search
+    on the same connection for fewer gets its k."""
+    from pgfleet import db
+    from pgfleet.embedding.search import nearest, search_sql
+    from pgfleet.models import versions
+
+    ids = _embedded(clean, [f"note {i}: the autovacuum daemon and dead tuples, case {i}"
+                            for i in range(48)])
+    spec = versions.embedding_version(clean, None)
+    vector = clean.execute("SELECT embedding FROM embeddings WHERE doc_id = %s",
+                           (next(iter(ids.values())),)).fetchone()[0]
+    # an autocommit connection, as the API's pool holds; on a table this small the planner
+    # sorts all the vectors (exact) unless it may not sort, and only the HNSW index (which a
+    # large table gets) is bounded by ef_search
+    with db.connect(services.database_url, autocommit=True) as conn:
+        conn.execute("SET enable_sort = off")
+        with conn.transaction():   # the precondition that lets this test fail
+            conn.execute("SET LOCAL hnsw.ef_search = 10")
+            bounded = conn.execute(search_sql(spec.dimensions),
+                                   {"query": vector, "version_id": spec.version_id,
+                                    "k": 48}).fetchall()
+        assert len(bounded) == 10
+        for k in (48, 3, 45, 48, 1):
+            assert len(nearest(conn, spec, vector, k)) == k, k
+    for k in (48, 3):
+        hits = api.post("/v1/search", {"query": f"dead tuples {k}", "k": k}).json()["hits"]
+        assert len(hits) == k, (k, len(hits))
+
+
 def test_bad_requests_get_413_and_422_naming_the_field(api):
     big = api.post("/v1/search", {"query": "x" * 1_100_000})
     assert big.status_code == 413, big.text
