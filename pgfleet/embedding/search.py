@@ -134,20 +134,25 @@ def begin(conn: psycopg.Connection, text: str, k: int, *, version_ref: str | Non
 
 
 def finish(conn: psycopg.Connection, begun: Begun, vector, encode_s: float = 0.0) -> Answer:
-    """Cache a vector the model computed, search that version's vectors only, and log it;
-    the latency counts routing, the cache, ``encode_s`` and this."""
+    """Search that version's vectors only, and log it, caching a vector the model computed
+    in the same statement; the latency counts routing, the cache, ``encode_s`` and the
+    search."""
     started = time.perf_counter()
     spec = begun.route.spec
-    if not begun.cache_hit:
-        conn.execute(schema.query("cache_insert_query_vector"),
-                     (spec.version_id, begun.digest, vector))
     hits = nearest(conn, spec, vector, begun.k)
     latency_ms = (begun.elapsed_s + encode_s + time.perf_counter() - started) * 1000
-    log_id = inference_logs.write(conn, inference_logs.row(
+    log = inference_logs.row(
         "search", version_id=spec.version_id,
         assigned_version_id=begun.route.assigned.version_id, latency_ms=latency_ms,
         cache_hits=int(begun.cache_hit), model_calls=int(not begun.cache_hit), key=begun.key,
-        results=[h.doc_id for h in hits]))
+        results=[h.doc_id for h in hits])
+    if begun.cache_hit:
+        log_id = inference_logs.write(conn, log)
+    else:
+        logged = db.fetch_one(conn, "log_search_caching_query_vector",
+                              {**log, "input_hash": begun.digest, "embedding": vector})
+        assert logged is not None   # INSERT ... RETURNING returns the row it inserted
+        log_id = int(logged["id"])
     return Answer(begun.query, begun.route, hits, latency_ms, begun.cache_hit, log_id)
 
 

@@ -20,11 +20,6 @@ UPDATE model_cache SET hits = hits + 1, last_hit_at = now()
 WHERE version_id = %s AND input_hash = %s
 RETURNING embedding;
 
--- name: cache_insert_query_vector
--- A search's query vector, cached for the next time; one cached meanwhile is kept.
-INSERT INTO model_cache (version_id, input_hash, embedding) VALUES (%s, %s, %s)
-ON CONFLICT DO NOTHING;
-
 -- name: cache_entries
 SELECT count(*) AS entries FROM model_cache;
 

@@ -10,3 +10,17 @@ INSERT INTO inference_logs (version_id, assigned_version_id, task, latency_ms, b
 VALUES (%(version_id)s, %(assigned_version_id)s, %(task)s, %(latency_ms)s, %(batch_size)s,
         %(cache_hits)s, %(model_calls)s, %(worker)s, %(request_key)s, %(results)s, %(error)s)
 RETURNING id;
+
+-- name: log_search_caching_query_vector
+-- log_inference for a search whose query the model encoded, caching its vector in the same
+-- statement (one round trip and one commit instead of two); one cached meanwhile is kept.
+WITH cached AS (
+    INSERT INTO model_cache (version_id, input_hash, embedding)
+    VALUES (%(version_id)s, %(input_hash)s, %(embedding)s)
+    ON CONFLICT DO NOTHING
+)
+INSERT INTO inference_logs (version_id, assigned_version_id, task, latency_ms, batch_size,
+                            cache_hits, model_calls, worker, request_key, results, error)
+VALUES (%(version_id)s, %(assigned_version_id)s, %(task)s, %(latency_ms)s, %(batch_size)s,
+        %(cache_hits)s, %(model_calls)s, %(worker)s, %(request_key)s, %(results)s, %(error)s)
+RETURNING id;
