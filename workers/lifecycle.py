@@ -48,6 +48,21 @@ def pipeline():
         return value
 
 
+@signals.worker_init.connect
+def _threads_sleep_when_idle(**_kwargs) -> None:
+    """torch's and ONNX Runtime's OpenMP threads sleep when they have no work instead of
+    spinning. On a machine the worker shares (the API, PostgreSQL, another worker) a
+    spinning thread burns the cores the others need: measured on 2 cores with the API
+    answering searches during a backlog, the torch worker needed 28 CPU-s for 600 docs
+    instead of 15, and kept 0.36 of its throughput against 0.55 with its threads sleeping.
+    Alone on the machine it costs the worker up to 7% (1,500 docs: 57.6 and 61.7 docs/s,
+    against 66.3 and 62.0 with threads that always spin; docs/benchmarks.md).
+    Set in the worker's main process before its pool starts, so that the pool's processes
+    read it when they first load torch; a value already set is kept. Only in workers: a
+    command line or benchmark that imports this package keeps the runtime's default."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 @signals.worker_process_init.connect
 def _forget_parent_state(**_kwargs) -> None:
     # a forked child must build its own pool; the parent's connections are not its own
