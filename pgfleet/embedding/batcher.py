@@ -145,7 +145,7 @@ class Batcher:
                 if not self._waiting:
                     if self._closed:
                         return None
-                    self._cond.wait(None if lane == 0 else LANE_POLL_S)
+                    self._cond.wait()   # embed, close and a pass ending notify
                     continue
                 if lane > 0 and not self._closed and lane >= self._allowed():
                     self._cond.wait(LANE_POLL_S)
