@@ -121,14 +121,16 @@ class Begun:
 
 def begin(conn: psycopg.Connection, text: str, k: int, *, version_ref: str | None = None,
           key: str | None = None, name: str | None = None) -> Begun:
-    """Route, and look the query up in the version's cache (counting a hit)."""
+    """Route, and look the query up in the version's cache (:func:`finish` counts a hit)."""
     if k < 1:
         raise ValueError("k must be at least 1")
     started = time.perf_counter()
     chosen = route(conn, version_ref, key, name)
     digest = hashlib.sha256(text.encode("utf-8")).digest()
-    row = conn.execute(schema.query("cache_hit_query_vector"),
-                       (chosen.spec.version_id, digest)).fetchone()
+    # binary: pgvector's loader reads 384 floats as one buffer, not as text
+    with conn.cursor(binary=True) as cur:
+        row = cur.execute(schema.query("cache_query_vector"),
+                          (chosen.spec.version_id, digest)).fetchone()
     cached = as_array(row[0]) if row is not None else None
     return Begun(text, k, key, chosen, digest, cached, time.perf_counter() - started)
 
@@ -147,12 +149,13 @@ def finish(conn: psycopg.Connection, begun: Begun, vector, encode_s: float = 0.0
         cache_hits=int(begun.cache_hit), model_calls=int(not begun.cache_hit), key=begun.key,
         results=[h.doc_id for h in hits])
     if begun.cache_hit:
-        log_id = inference_logs.write(conn, log)
+        logged = db.fetch_one(conn, "log_search_counting_cache_hit",
+                              {**log, "input_hash": begun.digest})
     else:
         logged = db.fetch_one(conn, "log_search_caching_query_vector",
                               {**log, "input_hash": begun.digest, "embedding": vector})
-        assert logged is not None   # INSERT ... RETURNING returns the row it inserted
-        log_id = int(logged["id"])
+    assert logged is not None   # INSERT ... RETURNING returns the row it inserted
+    log_id = int(logged["id"])
     return Answer(begun.query, begun.route, hits, latency_ms, begun.cache_hit, log_id)
 
 

@@ -13,12 +13,11 @@ USING (SELECT version_id, input_hash FROM model_cache
        FOR UPDATE SKIP LOCKED) old
 WHERE c.version_id = old.version_id AND c.input_hash = old.input_hash;
 
--- name: cache_hit_query_vector
--- A search's query vector from the cache, counting the hit (no row: this version has not
--- seen the query).
-UPDATE model_cache SET hits = hits + 1, last_hit_at = now()
-WHERE version_id = %s AND input_hash = %s
-RETURNING embedding;
+-- name: cache_query_vector
+-- A search's query vector from the cache (no row: this version has not seen the query). The
+-- hit is counted by the statement that logs the search (log_search_counting_cache_hit), so
+-- that a hit costs one commit, not two.
+SELECT embedding FROM model_cache WHERE version_id = %s AND input_hash = %s;
 
 -- name: cache_entries
 SELECT count(*) AS entries FROM model_cache;

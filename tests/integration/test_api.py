@@ -4,6 +4,7 @@ the real model, the official ``openai`` client."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import threading
 import uuid
@@ -90,6 +91,13 @@ def test_search_answers_as_the_command_line_does_routed_cached_and_logged(api, f
     assert logged == ("search", 1, [h["doc_id"] for h in answer["hits"]])
     second = api.post("/v1/search", {"query": "how is dead space reclaimed", "k": 2}).json()
     assert second["cache_hit"] is True and second["hits"] == answer["hits"]
+    # the hit is counted on the cache entry (its eviction rank) and in the search's log row
+    digest = hashlib.sha256(b"how is dead space reclaimed").digest()
+    entry = clean.execute("SELECT hits, last_hit_at IS NOT NULL FROM model_cache "
+                          "WHERE version_id = 1 AND input_hash = %s", (digest,)).fetchone()
+    assert entry == (1, True)
+    assert clean.execute("SELECT cache_hits, model_calls FROM inference_logs WHERE id = %s",
+                         (second["log_id"],)).fetchone() == (1, 0)
 
     # the command line: in-process without an API, through it when one is configured
     query = "which store keeps data in memory"
