@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -52,7 +53,20 @@ class BudgetedEncoder:
         return out
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
-        encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=False,
-                                 return_attention_mask=False, return_token_type_ids=False,
-                                 verbose=False)
+        encoded = self.tokenize(list(texts), add_special_tokens=True, truncation=False,
+                                return_attention_mask=False, return_token_type_ids=False,
+                                verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
+
+    @property
+    def tokenizer_lock(self) -> threading.Lock:
+        """Held by every use of the tokenizer. A fast tokenizer keeps its padding and
+        truncation as state that each call sets (token counts turn both off, a pass turns
+        them on), so calls from two threads (the API's lanes, a request counting tokens) must
+        not interleave."""
+        # dict.setdefault is atomic: two threads asking at once get the same lock
+        return self.__dict__.setdefault("_tokenizer_lock", threading.Lock())
+
+    def tokenize(self, texts: list[str], **kwargs: Any) -> Any:
+        with self.tokenizer_lock:
+            return self.tokenizer(texts, **kwargs)

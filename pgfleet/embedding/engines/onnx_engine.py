@@ -79,8 +79,8 @@ class OnnxEngine(BudgetedEncoder):
                     self.dimensions)
 
     def _encode_group(self, texts: list[str]) -> np.ndarray:
-        batch = self.tokenizer(texts, padding=True, truncation=True,
-                               max_length=self.max_seq_length, return_tensors="np")
+        batch = self.tokenize(texts, padding=True, truncation=True,
+                              max_length=self.max_seq_length, return_tensors="np")
         feeds = {k: v.astype(np.int64) for k, v in batch.items() if k in self.input_names}
         hidden = self.session.run(None, feeds)[0]
         mask = batch["attention_mask"].astype(np.float32)[..., None]

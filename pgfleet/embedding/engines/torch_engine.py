@@ -66,6 +66,10 @@ class TorchEngine(BudgetedEncoder):
                     self.device, self.dimensions, self.max_seq_length, self.token_budget)
 
     def _encode_group(self, texts: list[str]) -> np.ndarray:
-        vectors = self.model.encode(texts, batch_size=len(texts), normalize_embeddings=True,
-                                    convert_to_numpy=True, show_progress_bar=False)
+        # sentence-transformers tokenizes inside encode: the whole pass holds the tokenizer
+        # (a torch engine runs one pass at a time; a count waits for at most one)
+        with self.tokenizer_lock:
+            vectors = self.model.encode(texts, batch_size=len(texts),
+                                        normalize_embeddings=True, convert_to_numpy=True,
+                                        show_progress_bar=False)
         return np.asarray(vectors, dtype=np.float32)
