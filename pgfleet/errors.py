@@ -40,6 +40,11 @@ class ModelLoadError(PermanentError):
     """A model version's artifact could not be loaded."""
 
 
+class InferenceFailed(PgfleetError):
+    """The model failed on input that had passed validation: the server's fault, not the
+    caller's (the pass's traceback is in the log)."""
+
+
 class UnknownModelVersion(PermanentError):
     """No such model version."""
 

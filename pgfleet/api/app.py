@@ -38,6 +38,7 @@ from pgfleet.errors import (
     ConfigurationError,
     DatabaseConflict,
     DatabaseUnavailable,
+    InferenceFailed,
     ModelLoadError,
     PgfleetError,
     QueryTimeout,
@@ -465,6 +466,10 @@ def _library_errors(app: FastAPI, reply: Any) -> None:
     @app.exception_handler(ConfigurationError)
     async def misconfigured(_request: Request, exc: ConfigurationError):
         return reply(503, error_body(str(exc), "server_error", code="not_configured"))
+
+    @app.exception_handler(InferenceFailed)
+    async def inference_failed(_request: Request, exc: InferenceFailed):
+        return reply(500, error_body(str(exc), "server_error", code="inference_failed"))
 
     @app.exception_handler(ModelLoadError)
     async def model_broken(_request: Request, exc: ModelLoadError):

@@ -29,11 +29,11 @@ from pgfleet import db
 from pgfleet.api import keys, metrics
 from pgfleet.api.cores import FreeCores
 from pgfleet.embedding import search
-from pgfleet.embedding.batcher import Batcher
+from pgfleet.embedding.batcher import Batcher, BatcherClosed
 from pgfleet.embedding.batching import as_array
 from pgfleet.embedding.engines import Engine, ModelSpec, load_engine
 from pgfleet.embedding.search import Answer
-from pgfleet.errors import PgfleetError, UnknownModelVersion
+from pgfleet.errors import InferenceFailed, PgfleetError, UnknownModelVersion
 from pgfleet.models import routing, versions
 from pgfleet.settings import Settings
 
@@ -206,7 +206,7 @@ class Service:
         if vector is None:
             engine = self.engine(begun.route.spec)
             started = time.perf_counter()
-            vector = engine.encode([query])[0]
+            vector = encode(engine, [query])[0]
             encode_s = time.perf_counter() - started
         with self.connection() as conn:
             return search.finish(conn, begun, vector, encode_s)
@@ -231,7 +231,7 @@ class Service:
                 missing.setdefault(digest, text)
         if missing:
             # no connection is held while the model runs
-            fresh = dict(zip(missing, engine.encode(list(missing.values())), strict=True))
+            fresh = dict(zip(missing, encode(engine, list(missing.values())), strict=True))
             with self.connection() as conn:
                 db.execute(conn, "api_cache_insert",
                            {"version_id": spec.version_id, "hashes": list(fresh),
@@ -239,6 +239,19 @@ class Service:
             found.update(fresh)
         vectors = np.stack([found[d] for d in digests]).astype(np.float32, copy=False)
         return Embeddings(chosen, vectors, tokens, cache_hits=len(texts) - len(missing))
+
+
+def encode(engine: BatchedEngine, texts: list[str]) -> np.ndarray:
+    """The engine's vectors; a failure of the model on validated input is the server's
+    (``InferenceFailed``: 500), never the caller's 422 that a bare ValueError would give.
+    A closed batcher (the API stopping) and a model that cannot load keep their errors."""
+    try:
+        return engine.encode(texts)
+    except (BatcherClosed, PgfleetError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the engine raised, said as the server's
+        raise InferenceFailed(f"the model failed on this request ({type(exc).__name__}: "
+                              f"{exc}); the server's log has the details") from exc
 
 
 def api_threads(conf: Settings) -> int:

@@ -125,7 +125,8 @@ class Batcher:
             try:
                 vectors = self._encode([w.text for w in batch])
             except BaseException as exc:  # noqa: BLE001 - each caller gets the engine's error
-                logger.warning("a pass of %d texts failed: %s", len(batch), exc)
+                # with the traceback: the callers get the error, the log says where it was
+                logger.warning("a pass of %d texts failed: %s", len(batch), exc, exc_info=True)
                 for w in batch:
                     w.future.set_exception(exc)
                 continue
