@@ -64,8 +64,10 @@ class BudgetedEncoder:
         truncation as state that each call sets (token counts turn both off, a pass turns
         them on), so calls from two threads (the API's lanes, a request counting tokens) must
         not interleave."""
-        # dict.setdefault is atomic: two threads asking at once get the same lock
-        return self.__dict__.setdefault("_tokenizer_lock", threading.Lock())
+        lock = self.__dict__.get("_tokenizer_lock")
+        if lock is None:  # made once; dict.setdefault is atomic, so two threads get one lock
+            lock = self.__dict__.setdefault("_tokenizer_lock", threading.Lock())
+        return lock
 
     def tokenize(self, texts: list[str], **kwargs: Any) -> Any:
         with self.tokenizer_lock:
