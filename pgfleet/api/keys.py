@@ -82,9 +82,14 @@ def revoke(conn: psycopg.Connection, name: str) -> None:
     raise PgfleetError(f"the API key {name!r} was revoked already, at {row['revoked_at']}")
 
 
+def well_formed(key: str) -> bool:
+    """Whether ``key`` could be one of ours (anything else is refused without a lookup)."""
+    return len(key) <= MAX_KEY_CHARS and key.startswith(KEY_PREFIX)
+
+
 def check(conn: psycopg.Connection, key: str | None) -> ApiKey | None:
     """The live key ``key`` is, else None (none given, unknown, revoked, or not a key)."""
-    if not key or len(key) > MAX_KEY_CHARS or not key.startswith(KEY_PREFIX):
+    if not key or not well_formed(key):
         return None
     row = db.fetch_one(conn, "api_key_check", {"key_hash": digest(key)})
     return None if row is None else ApiKey(int(row["id"]), str(row["name"]))

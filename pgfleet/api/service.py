@@ -113,11 +113,22 @@ class Service:
         with db.pooled(self.pool) as conn:
             yield conn
 
+    def known_key(self, key: str | None) -> keys.ApiKey | None:
+        """The live key ``key`` is if it was found live in the last ``KEY_TTL_S``, without
+        asking the database; None when it must be looked up (:meth:`check_key`)."""
+        if not key or not keys.well_formed(key):
+            return None
+        known = self._keys.get(keys.digest(key))
+        if known is not None and time.monotonic() - known[1] < KEY_TTL_S:
+            return known[0]
+        return None
+
     def check_key(self, key: str | None) -> keys.ApiKey | None:
         """The live key ``key`` is (see :func:`pgfleet.api.keys.check`). A key found live is
         trusted for ``KEY_TTL_S`` without asking the database again, so a revoked key is
-        refused within that time; unknown keys are always looked up."""
-        if not key:
+        refused within that time; unknown keys are always looked up, and what cannot be a key
+        is refused without a lookup."""
+        if not key or not keys.well_formed(key):
             return None
         digest = keys.digest(key)
         now = time.monotonic()
@@ -280,6 +291,7 @@ def is_one_core_onnx(engine: Engine) -> bool:
 def resolve(conn: psycopg.Connection, model: str, key: str | None = None) -> versions.Version:
     """The embedding version an API caller's ``model`` names: a model name is routed by its
     split; anything else is a version reference."""
-    if routing.serving(conn, "embedding", model):
-        return routing.route(conn, "embedding", None, key, model)
+    candidates = routing.serving(conn, "embedding", model)
+    if candidates:
+        return routing.choose(model, candidates, key)
     return versions.find(conn, "embedding", model)

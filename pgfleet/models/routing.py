@@ -27,7 +27,12 @@ def route(conn: psycopg.Connection, kind: Kind, ref: str | int | None = None,
         return versions.find(conn, kind, ref)
     if name is None:
         name = versions.find(conn, kind, None).name
-    candidates = serving(conn, kind, name)
+    return choose(name, serving(conn, kind, name), key)
+
+
+def choose(name: str, candidates: list[Version], key: str | None = None) -> Version:
+    """The one of ``candidates`` (model ``name``'s serving versions, from :func:`serving`)
+    that answers ``key``, by the split."""
     if not candidates:
         raise UnknownModelVersion(f"no version of {name} serves traffic")
     chosen = splits.assign(name, [(v.version, v.traffic_percent) for v in candidates], key=key)

@@ -49,7 +49,7 @@ RETURNING input_hash, embedding;
 -- meanwhile is kept.
 INSERT INTO model_cache (version_id, input_hash, embedding)
 SELECT %(version_id)s, h, e
-FROM unnest(%(hashes)s::bytea[], %(embeddings)s::vector[]) AS t(h, e)
+FROM unnest(%(hashes)s::bytea[], %(embeddings)b::vector[]) AS t(h, e)
 ON CONFLICT DO NOTHING;
 
 -- name: api_versions

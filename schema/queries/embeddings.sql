@@ -246,10 +246,10 @@ SELECT (SELECT count(*) FROM target) AS counted,
 -- vectors are found first and only they are joined to their docs: on a table too small for
 -- the index, a join before the sort read every doc's content (a third of the query's time).
 SELECT d.id, d.content, d.metadata, 1 - n.distance AS score
-FROM (SELECT e.doc_id, e.embedding::vector({dims}) <=> %(query)s::vector({dims}) AS distance
+FROM (SELECT e.doc_id, e.embedding::vector({dims}) <=> %(query)b::vector({dims}) AS distance
       FROM embeddings e
       WHERE e.version_id = %(version_id)s AND e.chunk = 0
-      ORDER BY e.embedding::vector({dims}) <=> %(query)s::vector({dims})
+      ORDER BY e.embedding::vector({dims}) <=> %(query)b::vector({dims})
       LIMIT %(k)s) n
 JOIN docs d ON d.id = n.doc_id
 ORDER BY n.distance;

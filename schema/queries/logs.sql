@@ -29,7 +29,7 @@ RETURNING id;
 -- statement (one round trip and one commit instead of two); one cached meanwhile is kept.
 WITH cached AS (
     INSERT INTO model_cache (version_id, input_hash, embedding)
-    VALUES (%(version_id)s, %(input_hash)s, %(embedding)s)
+    VALUES (%(version_id)s, %(input_hash)s, %(embedding)b)
     ON CONFLICT DO NOTHING
 )
 INSERT INTO inference_logs (version_id, assigned_version_id, task, latency_ms, batch_size,
