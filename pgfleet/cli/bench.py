@@ -117,9 +117,12 @@ def bench_text2sql(version: str | None, beams: int, limit: int | None, reference
               help="length of each measured HTTP phase")
 @click.option("--logs", "logs_dir", type=click.Path(path_type=Path), default=None,
               help="copy the fleet's and the API's logs here")
+@click.option("--client", "http_client", type=click.Choice(["aiohttp", "httpx"]),
+              default="aiohttp", show_default=True,
+              help="the load clients' HTTP library (they run on the measured machine)")
 @click.option("--json", "as_json", is_flag=True)
 def bench_serve(clients: str, docs: int, seconds: float, logs_dir: Path | None,
-                as_json: bool) -> None:
+                http_client: str, as_json: bool) -> None:
     """The HTTP API against the bare engine in one run: search and embeddings requests/s
     and p50/p95/p99 at each client count, idle and cache-hit latency, search latency and the
     backlog's docs/s while the fleet embeds a backlog, and a Celery round trip to the worker
@@ -133,7 +136,7 @@ def bench_serve(clients: str, docs: int, seconds: float, logs_dir: Path | None,
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--clients") from None
     config = serve_mod.ServeBenchConfig(clients=counts, docs=docs, seconds=seconds,
-                                        logs_dir=logs_dir)
+                                        logs_dir=logs_dir, client=http_client)
     result = serve_mod.run(config, context.settings())
     if as_json:
         click.echo(json.dumps(result))

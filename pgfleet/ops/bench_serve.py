@@ -194,7 +194,7 @@ async def _http(run: Run, result: dict[str, Any]) -> None:
     # a cache hit: one query, asked once to cache its vector, then again and again
     query = {"query": run.query(-10_000_000), "k": cfg.k}
     with run.measured("cache_hit"):
-        async with http_client(run.fleet.url, run.fleet.key, 1) as client:
+        async with http_client(run.fleet.url, run.fleet.key, 1, cfg.client) as client:
             (await client.post("/v1/search", json=query)).raise_for_status()
             samples = await closed_loop(client, "/v1/search", lambda _i: query, 1,
                                         seconds=max(2.0, cfg.seconds / 4),
@@ -247,7 +247,7 @@ def run(config: ServeBenchConfig, conf: Settings) -> dict[str, Any]:
     result: dict[str, Any] = {
         "machine": machine(), "settings": {},
         "config": {"clients": list(config.clients), "docs": config.docs,
-                   "seconds": config.seconds, "k": config.k},
+                   "seconds": config.seconds, "k": config.k, "client": config.client},
         "bare": {}, "http": {}, "broker": {}, "backlog": {}}
     started = time.perf_counter()
     texts = texts_for(config)

@@ -208,3 +208,51 @@ def test_round_trips_wait_for_each_result_in_turn():
 
 def test_the_module_documents_its_phases():
     assert "celery.ping" in (bench_serve.__doc__ or "")
+
+
+@pytest.mark.parametrize("kind", ["aiohttp", "httpx"])
+def test_both_load_clients_send_the_key_and_read_status_and_body(kind):
+    from aiohttp import web
+
+    from pgfleet.ops.bench_serve_load import http_client
+
+    async def answer(request):
+        body = await request.json()
+        if request.headers.get("Authorization") != "Bearer pgf_k":
+            return web.json_response({"error": "no key"}, status=401)
+        return web.json_response({"echo": body, "path": request.path},
+                                 status=200 if body.get("ok") else 500)
+
+    async def go():
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with http_client(f"http://127.0.0.1:{port}", "pgf_k", 2, kind) as client:
+                good = await client.post("/v1/search", json={"ok": True})
+                bad = await client.post("/v1/search", json={"ok": False})
+            async with http_client(f"http://127.0.0.1:{port}", "other", 1, kind) as client:
+                refused = await client.post("/v1/search", json={"ok": True})
+        finally:
+            await runner.cleanup()
+        return good, bad, refused
+
+    good, bad, refused = asyncio.run(go())
+    assert good.status_code == 200 and good.json() == {"echo": {"ok": True},
+                                                       "path": "/v1/search"}
+    good.raise_for_status()
+    assert bad.status_code == 500 and '"echo"' in bad.text
+    with pytest.raises(RuntimeError, match="HTTP 500"):
+        bad.raise_for_status()
+    assert refused.status_code == 401
+
+
+def test_an_unknown_load_client_is_refused():
+    from pgfleet.ops.bench_serve_load import http_client
+
+    with pytest.raises(ValueError, match="aiohttp, httpx"):
+        http_client("http://127.0.0.1:1", "k", 1, "curl")
