@@ -507,6 +507,24 @@ def plain_logging() -> None:
     root.setLevel(level)
 
 
+def lower_priority(niceness: int) -> None:
+    """This process and the threads it starts yield the CPU to the fleet's other processes
+    when they want it (``PGFLEET_API_NICE``). Linux's autogroup scheduling weighs each
+    session against the others by the session's niceness, not the process's, so a process
+    leading its own session (as every child of ``pgfleet up`` does) sets that too; one
+    started in someone's terminal session leaves the session alone."""
+    import os
+
+    os.nice(niceness)
+    autogroup = Path("/proc/self/autogroup")
+    if os.getsid(0) != os.getpid() or not autogroup.exists():
+        return
+    try:
+        autogroup.write_text(str(niceness))
+    except OSError as exc:   # another kernel's rules: the process's niceness stands
+        logger.info("could not set this session's autogroup niceness: %s", exc)
+
+
 def serve(conf: Settings, *, port: int | None = None, address: str | None = None) -> None:
     """Run the API until SIGTERM or Ctrl-C (uvicorn; its access log names no header)."""
     import os
@@ -518,6 +536,8 @@ def serve(conf: Settings, *, port: int | None = None, address: str | None = None
     # imported later, when the first engine loads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     plain_logging()
+    if conf.api_nice:
+        lower_priority(conf.api_nice)
     app = create_app(conf)
     started = time.monotonic()
     logger.info("pgfleet API on http://%s:%s (docs at /docs)", address or conf.api_address,

@@ -22,6 +22,8 @@ def test_defaults_and_parsing():
     ({"PGFLEET_DEVICE": "tpu"}, "PGFLEET_DEVICE must be"),
     ({"PGFLEET_DATABASE_URL": "mysql://x"}, "PGFLEET_DATABASE_URL must start with"),
     ({"PGFLEET_REDIS_URL": "http://x"}, "PGFLEET_REDIS_URL must start with"),
+    ({"PGFLEET_API_NICE": "20"}, "PGFLEET_API_NICE must be a niceness from 0 to 19"),
+    ({"PGFLEET_API_NICE": "-1"}, "PGFLEET_API_NICE must be a niceness from 0 to 19"),
 ])
 def test_bad_settings_give_one_clear_message(env, fragment):
     with pytest.raises(ConfigurationError) as info:
