@@ -130,11 +130,10 @@ class Service:
         is refused without a lookup."""
         if not key or not keys.well_formed(key):
             return None
-        digest = keys.digest(key)
-        now = time.monotonic()
-        known = self._keys.get(digest)
-        if known is not None and now - known[1] < KEY_TTL_S:
-            return known[0]
+        known = self.known_key(key)
+        if known is not None:
+            return known
+        digest, now = keys.digest(key), time.monotonic()
         with self.connection() as conn:
             found = keys.check(conn, key)
         if found is None:
