@@ -78,26 +78,52 @@ def route(conn: psycopg.Connection, version_ref: str | None, key: str | None,
     """The version named, else the one the split assigns (:func:`pgfleet.models.routing.route`);
     one still being backfilled hands over to the complete serving version with the most
     traffic."""
+    return _route_and_cached(conn, version_ref, key, name, None)[0]
+
+
+def _route_and_cached(conn: psycopg.Connection, version_ref: str | None, key: str | None,
+                      name: str | None, digest: bytes | None) -> tuple[Route, Any]:
+    """:func:`route`, and the answering version's cached vector of the query whose hash is
+    ``digest`` (None: not cached, or no digest): a routed search's first round trip finds
+    both."""
     if version_ref is not None:
         named = routing.route(conn, "embedding", version_ref, key, name)
-        return Route(named.spec, named.spec)
-    # the serving versions and whether each is being backfilled, in one round trip
-    rows = db.fetch_all(conn, "serving_versions_backfilling", {"kind": "embedding", "name": name})
+        return Route(named.spec, named.spec), _cached(conn, named.spec, digest)
+    # the serving versions, whether each is being backfilled and its cached vector of the
+    # query, in one round trip; binary: pgvector's loader reads 384 floats as one buffer
+    with conn.cursor(binary=True, row_factory=dict_row) as cur:
+        rows = cur.execute(schema.query("serving_versions_backfilling"),
+                           {"kind": "embedding", "name": name,
+                            "input_hash": digest or b""}).fetchall()
     if not rows:   # no version serves: routing says why (or one began to, meanwhile)
         routed = routing.route(conn, "embedding", None, key, name)
-        return Route(routed.spec, routed.spec)
+        return Route(routed.spec, routed.spec), _cached(conn, routed.spec, digest)
     serving = [versions.Version.from_row(r) for r in rows]
     backfilling = {int(r["id"]) for r in rows if r["backfilling"]}
     chosen = splits.assign(serving[0].name, [(v.version, v.traffic_percent) for v in serving],
                            key=key)
     assigned = next(v for v in serving if v.version == chosen)
     if assigned.id not in backfilling:
-        return Route(assigned.spec, assigned.spec)
-    complete = splits.leader([v for v in serving if v.id not in backfilling],
-                             lambda v: v.traffic_percent)
-    if complete is not None:
-        return Route(complete.spec, assigned.spec, fallback_from=assigned.label)
-    return Route(assigned.spec, assigned.spec, incomplete=True)
+        found = Route(assigned.spec, assigned.spec)
+    else:
+        complete = splits.leader([v for v in serving if v.id not in backfilling],
+                                 lambda v: v.traffic_percent)
+        if complete is not None:
+            found = Route(complete.spec, assigned.spec, fallback_from=assigned.label)
+        else:
+            found = Route(assigned.spec, assigned.spec, incomplete=True)
+    vector = next((r["cached"] for r in rows if int(r["id"]) == found.spec.version_id), None)
+    return found, (as_array(vector) if vector is not None and digest else None)
+
+
+def _cached(conn: psycopg.Connection, spec: ModelSpec, digest: bytes | None) -> Any:
+    """Version ``spec``'s cached vector of the query whose hash is ``digest``, or None."""
+    if digest is None:
+        return None
+    with conn.cursor(binary=True) as cur:
+        row = cur.execute(schema.query("cache_query_vector"),
+                          (spec.version_id, digest)).fetchone()
+    return as_array(row[0]) if row is not None else None
 
 
 @dataclass
@@ -125,13 +151,8 @@ def begin(conn: psycopg.Connection, text: str, k: int, *, version_ref: str | Non
     if k < 1:
         raise ValueError("k must be at least 1")
     started = time.perf_counter()
-    chosen = route(conn, version_ref, key, name)
     digest = hashlib.sha256(text.encode("utf-8")).digest()
-    # binary: pgvector's loader reads 384 floats as one buffer, not as text
-    with conn.cursor(binary=True) as cur:
-        row = cur.execute(schema.query("cache_query_vector"),
-                          (chosen.spec.version_id, digest)).fetchone()
-    cached = as_array(row[0]) if row is not None else None
+    chosen, cached = _route_and_cached(conn, version_ref, key, name, digest)
     return Begun(text, k, key, chosen, digest, cached, time.perf_counter() - started)
 
 

@@ -208,6 +208,41 @@ def test_a_search_assigned_to_a_version_still_backfilling_falls_back(fleet, clea
     clean.execute("DELETE FROM pending_embeddings WHERE version_id = %s", (v2,))
 
 
+def test_routing_finds_the_answering_versions_cached_query_vector(clean):
+    """A search's first round trip routes and reads the cache: the vector it finds is the
+    answering version's, also when a backfilling version hands over to a complete one."""
+    from pgfleet.embedding import search
+
+    v2 = _add(clean, "v2")
+    for version_id, vector in ((1, "[1,0,0]"), (v2, "[0,2,0]")):
+        clean.execute("INSERT INTO model_cache (version_id, input_hash, embedding) VALUES "
+                      "(%s, sha256(convert_to('the query', 'UTF8')), %s)", (version_id, vector))
+    begun = search.begin(clean, "the query", 3)
+    assert begun.route.spec.version_id == 1 and list(begun.cached) == [1, 0, 0]
+    named = search.begin(clean, "the query", 3, version_ref="v2")
+    assert named.route.spec.version_id == v2 and list(named.cached) == [0, 2, 0]
+    assert search.begin(clean, "never asked", 3).cached is None
+    assert search.begin(clean, "never asked", 3, version_ref="v2").cached is None
+
+    [doc] = [r[0] for r in clean.execute("INSERT INTO docs (content) VALUES ('x') RETURNING id")]
+    with clean.transaction():
+        clean.execute("UPDATE model_versions SET active = true, traffic_percent = 99 "
+                      "WHERE id = %s", (v2,))
+        clean.execute("UPDATE model_versions SET traffic_percent = 1 WHERE id = 1")
+    clean.execute("INSERT INTO pending_embeddings (doc_id, version_id, content_hash, priority, "
+                  "enqueued_at, not_before) VALUES (%s, %s, '\\x00', 1, now(), now() + "
+                  "interval '1 hour') ON CONFLICT (doc_id, version_id) DO UPDATE SET priority = 1, "
+                  "enqueued_at = now(), not_before = now() + interval '1 hour'", (doc, v2))
+    try:
+        begun = next(b for b in (search.begin(clean, "the query", 3, key=f"k{i}")
+                                 for i in range(200))
+                     if b.route.assigned.version_id == v2)
+        assert begun.route.fallback_from == f"{NAME}@v2"
+        assert begun.route.spec.version_id == 1 and list(begun.cached) == [1, 0, 0]
+    finally:
+        clean.execute("DELETE FROM pending_embeddings WHERE version_id = %s", (v2,))
+
+
 def test_the_report_matches_a_hand_computation(clean):
     v2 = _add(clean, "v2")
     abtest.set_split(clean, NAME, {"v1": 50, "v2": 50})
