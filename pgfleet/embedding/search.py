@@ -73,19 +73,12 @@ def search_sql(dims: int) -> sql.Composed:
     return sql.SQL(schema.query("search")).format(dims=sql.Literal(dims))
 
 
-def route(conn: psycopg.Connection, version_ref: str | None, key: str | None,
-          name: str | None = None) -> Route:
-    """The version named, else the one the split assigns (:func:`pgfleet.models.routing.route`);
-    one still being backfilled hands over to the complete serving version with the most
-    traffic."""
-    return _route_and_cached(conn, version_ref, key, name, None)[0]
-
-
 def _route_and_cached(conn: psycopg.Connection, version_ref: str | None, key: str | None,
-                      name: str | None, digest: bytes | None) -> tuple[Route, Any]:
-    """:func:`route`, and the answering version's cached vector of the query whose hash is
-    ``digest`` (None: not cached, or no digest): a routed search's first round trip finds
-    both."""
+                      name: str | None, digest: bytes) -> tuple[Route, Any]:
+    """The version named, else the one the split assigns (:func:`pgfleet.models.routing.route`;
+    one still being backfilled hands over to the complete serving version with the most
+    traffic), and that version's cached vector of the query whose hash is ``digest`` (None:
+    not cached): a routed search's first round trip finds both."""
     if version_ref is not None:
         named = routing.route(conn, "embedding", version_ref, key, name)
         return Route(named.spec, named.spec), _cached(conn, named.spec, digest)
@@ -94,7 +87,7 @@ def _route_and_cached(conn: psycopg.Connection, version_ref: str | None, key: st
     with conn.cursor(binary=True, row_factory=dict_row) as cur:
         rows = cur.execute(schema.query("serving_versions_backfilling"),
                            {"kind": "embedding", "name": name,
-                            "input_hash": digest or b""}).fetchall()
+                            "input_hash": digest}).fetchall()
     if not rows:   # no version serves: routing says why (or one began to, meanwhile)
         routed = routing.route(conn, "embedding", None, key, name)
         return Route(routed.spec, routed.spec), _cached(conn, routed.spec, digest)
@@ -113,13 +106,11 @@ def _route_and_cached(conn: psycopg.Connection, version_ref: str | None, key: st
         else:
             found = Route(assigned.spec, assigned.spec, incomplete=True)
     vector = next((r["cached"] for r in rows if int(r["id"]) == found.spec.version_id), None)
-    return found, (as_array(vector) if vector is not None and digest else None)
+    return found, (as_array(vector) if vector is not None else None)
 
 
-def _cached(conn: psycopg.Connection, spec: ModelSpec, digest: bytes | None) -> Any:
+def _cached(conn: psycopg.Connection, spec: ModelSpec, digest: bytes) -> Any:
     """Version ``spec``'s cached vector of the query whose hash is ``digest``, or None."""
-    if digest is None:
-        return None
     with conn.cursor(binary=True) as cur:
         row = cur.execute(schema.query("cache_query_vector"),
                           (spec.version_id, digest)).fetchone()

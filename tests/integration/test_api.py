@@ -40,7 +40,8 @@ def test_every_v1_endpoint_needs_a_live_key_and_healthz_none(api, conn):
     docs = api.get("/docs", key="")
     assert docs.status_code == 200 and "https://" not in docs.text
     assert "/v1/embeddings" in api.get("/openapi.json", key="").json()["paths"]
-    for key in ("", "pgf_not-a-key", "Basic abc"):
+    # what cannot be a key (a wrong prefix, or over 128 characters) is refused unlooked-up
+    for key in ("", "pgf_not-a-key", "Basic abc", "pgf_" + "A" * 5000, "' OR 1=1 --"):
         response = api.get("/v1/models", key=key)
         assert response.status_code == 401, (key, response.text)
         assert response.headers["www-authenticate"] == "Bearer"
