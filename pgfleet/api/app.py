@@ -507,6 +507,26 @@ def plain_logging() -> None:
     root.setLevel(level)
 
 
+AUTOGROUP = Path("/proc/self/autogroup")
+
+
+def autogroup_niceness() -> int | None:
+    """This session's autogroup niceness, or None where autogroups do not apply: a kernel
+    without them, or a process in a cgroup of its own (a container's), for which the kernel
+    shows an empty file and weighs the cgroup instead."""
+    try:
+        text = AUTOGROUP.read_text()
+    except OSError:
+        return None
+    words = text.split()       # "/autogroup-1 nice 0"
+    if len(words) != 3 or words[1] != "nice":
+        return None
+    try:
+        return int(words[2])
+    except ValueError:
+        return None
+
+
 def lower_priority(niceness: int) -> None:
     """This process and the threads it starts yield the CPU to the fleet's other processes
     when they want it (``PGFLEET_API_NICE``). Linux's autogroup scheduling weighs each
@@ -516,11 +536,10 @@ def lower_priority(niceness: int) -> None:
     import os
 
     os.nice(niceness)
-    autogroup = Path("/proc/self/autogroup")
-    if os.getsid(0) != os.getpid() or not autogroup.exists():
+    if os.getsid(0) != os.getpid() or autogroup_niceness() is None:
         return
     try:
-        autogroup.write_text(str(niceness))
+        AUTOGROUP.write_text(str(niceness))
     except OSError as exc:   # another kernel's rules: the process's niceness stands
         logger.info("could not set this session's autogroup niceness: %s", exc)
 

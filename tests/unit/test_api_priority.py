@@ -7,19 +7,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from pgfleet.api.app import autogroup_niceness
 from pgfleet.settings import Settings
 
 PROBE = """
 import os
-from pathlib import Path
-from pgfleet.api.app import lower_priority
+from pgfleet.api.app import autogroup_niceness, lower_priority
 lower_priority(7)
-group = Path("/proc/self/autogroup")
-print(os.nice(0), group.read_text().split()[-1] if group.exists() else "none")
+print(os.nice(0), autogroup_niceness())
 """
 
 
@@ -40,13 +38,31 @@ def test_a_session_leader_sets_its_process_and_its_autogroup():
     before = os.nice(0)
     niceness, group = _probe(own_session=True)
     assert int(niceness) == min(19, before + 7)
-    if Path("/proc/self/autogroup").exists():
+    if group != "None":        # autogroups apply to this process
         assert group == "7"
 
 
-@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no autogroups")
+@pytest.mark.skipif(autogroup_niceness() is None,
+                    reason="autogroups do not apply here (no kernel support, or a cgroup of its own)")
 def test_in_another_session_only_the_process_is_niced():
-    mine = Path("/proc/self/autogroup").read_text().split()[-1]
+    mine = str(autogroup_niceness())
     niceness, group = _probe(own_session=False)
     assert int(niceness) >= 7
     assert group == mine       # this test's session (the caller's terminal) is left alone
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("/autogroup-12 nice 5\n", 5),
+    ("", None),                        # a process in a container's cgroup: the kernel shows nothing
+    ("/autogroup-1 nice x\n", None),
+    ("garbage\n", None),
+])
+def test_the_autogroup_file_is_read_or_left_alone(tmp_path, monkeypatch, text, expected):
+    import pgfleet.api.app as app
+
+    fake = tmp_path / "autogroup"
+    fake.write_text(text)
+    monkeypatch.setattr(app, "AUTOGROUP", fake)
+    assert app.autogroup_niceness() == expected
+    monkeypatch.setattr(app, "AUTOGROUP", tmp_path / "missing")
+    assert app.autogroup_niceness() is None
