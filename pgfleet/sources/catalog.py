@@ -1,0 +1,492 @@
+"""Sources: a user's table the fleet embeds, checked against PostgreSQL's catalog and given
+its own objects.
+
+``add`` checks everything a source names before it creates anything: the table (an ordinary
+or partitioned table this role may SELECT from and create triggers on), its primary key (one
+column of type integer, bigint, text or uuid), the columns (text ones, or any with a
+template), the template's fields, the model name and the text search configuration. Every
+name is looked up in the catalog with bound parameters and then used only as a composed
+identifier; the template's literal text only as a composed literal. Then, in one
+transaction, it creates:
+
+* a view ``pgfleet_source_<id>`` (key, key as text, the text to embed), which the fleet's
+  restricted role may read: it sees those columns, not the rest of the table;
+* three statement-level triggers on the table (insert, update, delete) and one for
+  TRUNCATE, whose functions queue a row for every active version of the source's model only
+  when its text changed, and remove a deleted row's chunks. They are SECURITY DEFINER with a
+  fixed search_path, so whoever writes the table needs no rights on the fleet's tables;
+* a full-text index over the source's chunks;
+* the backfill: every existing row queued behind live changes.
+
+``drop`` removes all of that and the source's pending rows, chunks and failures; nothing of
+the user's table.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+import schema
+from pgfleet import db
+from pgfleet.errors import PgfleetError
+from pgfleet.sources.chunking import CHUNKINGS
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+#: a text search configuration's name as the source takes it (looked up in the catalog too)
+TEXT_CONFIG_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+#: the built-in source: the docs table, embedded by its own path
+BUILTIN = "docs"
+KEY_TYPES = {"integer": "integer", "bigint": "bigint", "text": "text", "uuid": "uuid",
+             "character varying": "text"}
+TEXT_TYPES = ("text", "character varying", "character", "citext", "name")
+DEFAULT_CHUNK_TOKENS = 200
+DEFAULT_OVERLAP = 32
+MAX_TEMPLATE_CHARS = 4000
+
+
+class SourceError(PgfleetError):
+    """A source that cannot be added, found or dropped: the message says why."""
+
+
+@dataclass
+class SourceSpec:
+    name: str
+    table: str
+    columns: list[str]
+    key: str | None = None
+    template: str | None = None
+    model: str | None = None
+    chunking: str = "markdown"
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    overlap: int = DEFAULT_OVERLAP
+    text_config: str = "english"
+    always: bool = False
+
+
+@dataclass
+class Source:
+    id: int
+    name: str
+    schema_name: str
+    table_name: str
+    key_column: str
+    key_type: str
+    columns: list[str]
+    template: str | None
+    model_name: str | None
+    chunking: str
+    chunk_tokens: int
+    overlap: int
+    text_config: str
+    always: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Source:
+        names = cls.__dataclass_fields__.keys() - {"extra"}
+        return cls(**{k: row[k] for k in names},
+                   extra={k: v for k, v in row.items() if k not in names})
+
+    @property
+    def table(self) -> str:
+        return f"{self.schema_name}.{self.table_name}"
+
+    @property
+    def view(self) -> sql.Identifier:
+        return sql.Identifier(f"pgfleet_source_{self.id}")
+
+    def as_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        extra = out.pop("extra")
+        out["table"] = self.table
+        out.update({k: v for k, v in extra.items() if not isinstance(v, bytes | memoryview)})
+        return out
+
+
+def get(conn: psycopg.Connection, name: str) -> Source:
+    row = db.fetch_one(conn, "source_by_name", {"name": name})
+    if row is None:
+        known = [r["name"] for r in db.fetch_all(conn, "list_sources")]
+        raise SourceError(f"no source named {name!r}; known: "
+                          f"{', '.join([BUILTIN, *known])}")
+    return Source.from_row(row)
+
+
+def by_id(conn: psycopg.Connection, source_id: int) -> Source | None:
+    row = db.fetch_one(conn, "source_by_id", {"source_id": source_id})
+    return None if row is None else Source.from_row(row)
+
+
+def list_sources(conn: psycopg.Connection) -> list[Source]:
+    return [Source.from_row(r) for r in db.fetch_all(conn, "list_sources")]
+
+
+def add(conn: psycopg.Connection, spec: SourceSpec) -> tuple[Source, int]:
+    """Check the source, create its objects and queue its existing rows, in one
+    transaction. Returns the source and how many rows were queued."""
+    with conn.transaction():
+        checked = _check(conn, spec)
+        row = db.fetch_one(conn, "insert_source", checked)
+        assert row is not None
+        source = Source.from_row(row)
+        fleet_schema = _fleet_schema(conn)
+        for statement in _ddl(conn, source, fleet_schema):
+            conn.execute(statement)
+        queued = backfill(conn, source)
+    return source, queued
+
+
+def drop(conn: psycopg.Connection, name: str) -> Source:
+    """Remove the source's triggers, view, index, pending rows, chunks and failures."""
+    with conn.transaction():
+        source = get(conn, name)
+        for tgname, nspname, relname in conn.execute(
+                schema.query("source_triggers"),
+                {"names": [f"{_prefix(source)}_{suffix}" for suffix in _EVENTS]}):
+            conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}.{}").format(
+                sql.Identifier(tgname), sql.Identifier(nspname), sql.Identifier(relname)))
+        fleet_schema = sql.Identifier(_fleet_schema(conn))
+        conn.execute(sql.SQL("DROP VIEW IF EXISTS {}.{}").format(fleet_schema, source.view))
+        for suffix in _EVENTS:
+            conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}.{}()").format(
+                fleet_schema, sql.Identifier(f"{_prefix(source)}_{suffix}")))
+        conn.execute(sql.SQL("DROP INDEX IF EXISTS {}.{}").format(
+            fleet_schema, sql.Identifier(f"{_prefix(source)}_tsv")))
+        db.execute(conn, "delete_source", {"source_id": source.id})
+    return source
+
+
+def backfill(conn: psycopg.Connection, source: Source, version_id: int | None = None) -> int:
+    """Queue, behind live changes, the source's rows with no chunks of their current text and
+    no pending row or failure, for its active versions."""
+    count = conn.execute(_composed(source, "source_backfill"),
+                         {"source_id": source.id, "model_name": source.model_name,
+                          "version_id": version_id}).rowcount
+    if count:
+        conn.execute("SELECT pg_notify('pgfleet_pending', '')")
+    return count
+
+
+def repair(conn: psycopg.Connection, source: Source) -> int:
+    """Pending rows, chunks and failures of rows that no longer exist (deleted with
+    triggers off: replication, a restore)."""
+    row = conn.execute(_composed(source, "source_orphans"), {"source_id": source.id}).fetchone()
+    return sum(int(n) for n in row) if row else 0
+
+
+def composed(source: Source, name: str) -> sql.Composed:
+    """A named query of ``schema/queries/sources.sql`` with the source's view and key type
+    composed in (``{view}``, ``{key_type}``)."""
+    return _composed(source, name)
+
+
+def _composed(source: Source, name: str) -> sql.Composed:
+    return sql.SQL(schema.query(name)).format(
+        view=source.view, key_type=sql.SQL(KEY_TYPES[source.key_type]))
+
+
+def _prefix(source: Source) -> str:
+    return f"pgfleet_source_{source.id}"
+
+
+def _fleet_schema(conn: psycopg.Connection) -> str:
+    row = conn.execute(schema.query("fleet_schema")).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _check(conn: psycopg.Connection, spec: SourceSpec) -> dict[str, Any]:
+    _check_options(conn, spec)
+    table = _table(conn, spec)
+    key = _key(conn, table, spec.key)
+    columns = _columns(conn, table, spec)
+    if spec.model is not None and db.fetch_one(
+            conn, "embedding_model_exists", {"name": spec.model}) is None:
+        raise SourceError(f"--model {spec.model!r}: no embedding model of that name "
+                          "(pgfleet models list)")
+    if not TEXT_CONFIG_RE.match(spec.text_config) or db.fetch_one(
+            conn, "text_config_exists", {"name": spec.text_config}) is None:
+        raise SourceError(f"no text search configuration {spec.text_config!r} (\\dF in psql "
+                          "lists them; 'simple' knows no language)")
+    return {"name": spec.name, "schema_name": table["schema_name"],
+            "table_name": table["table_name"], "key_column": key[0], "key_type": key[1],
+            "columns": columns, "template": spec.template, "model_name": spec.model,
+            "chunking": spec.chunking, "chunk_tokens": spec.chunk_tokens,
+            "overlap": spec.overlap, "text_config": spec.text_config, "always": spec.always}
+
+
+def _check_options(conn: psycopg.Connection, spec: SourceSpec) -> None:
+    if not NAME_RE.match(spec.name):
+        raise SourceError(f"source name {spec.name!r}: use 1-40 lowercase letters, digits and "
+                          "underscores, starting with a letter")
+    if spec.name == BUILTIN:
+        raise SourceError("'docs' is the built-in source (the docs table); choose another name")
+    if db.fetch_one(conn, "source_by_name", {"name": spec.name}) is not None:
+        raise SourceError(f"a source named {spec.name!r} exists already "
+                          f"(pgfleet source drop {spec.name} first to replace it)")
+    if spec.chunking not in CHUNKINGS:
+        raise SourceError(f"--chunking {spec.chunking!r}: use one of {', '.join(CHUNKINGS)}")
+    if not 16 <= spec.chunk_tokens <= 8192:
+        raise SourceError(f"--chunk-tokens {spec.chunk_tokens}: use 16 to 8192")
+    if not 0 <= spec.overlap < spec.chunk_tokens:
+        raise SourceError(f"--overlap {spec.overlap}: use 0 to --chunk-tokens - 1 "
+                          f"({spec.chunk_tokens - 1})")
+
+
+def _table(conn: psycopg.Connection, spec: SourceSpec) -> dict[str, Any]:
+    table = db.fetch_one(conn, "source_table", {"table": spec.table})
+    if table is None:
+        raise SourceError(f"no table {spec.table!r} (give it as TABLE or SCHEMA.TABLE, as "
+                          "psql would find it)")
+    where = table["where"] = f"{table['schema_name']}.{table['table_name']}"
+    if table["kind"] not in ("r", "p"):
+        raise SourceError(f"{where} is not a table (a view, or another kind of relation): "
+                          "a source needs a table, whose triggers see its changes")
+    if table["schema_name"] in ("pg_catalog", "information_schema", "pg_toast"):
+        raise SourceError(f"{where} is one of PostgreSQL's system catalogs")
+    if table["schema_name"] == _fleet_schema(conn) and table["table_name"] in fleet_tables():
+        raise SourceError(f"{where} is one of the fleet's own tables")
+    missing = [right for right in ("SELECT", "TRIGGER") if not table[right.lower()]]
+    if missing:
+        raise SourceError(f"this role ({table['role']}) lacks {' and '.join(missing)} on "
+                          f"{where}: GRANT SELECT, TRIGGER ON {where} TO {table['role']}; "
+                          "the fleet reads the source's columns and adds triggers that queue "
+                          "changed rows, nothing else")
+    if spec.always and not table["owner"]:
+        raise SourceError(f"--always sets the triggers ENABLE ALWAYS, which only {where}'s "
+                          f"owner can do; this role ({table['role']}) is not it")
+    return table
+
+
+def fleet_tables() -> set[str]:
+    """The tables the fleet's migrations create: never a source."""
+    found: set[str] = set()
+    for migration in schema.migrations():
+        found.update(re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", migration.text))
+    return found
+
+
+def _key(conn: psycopg.Connection, table: dict[str, Any], wanted: str | None,
+         ) -> tuple[str, str]:
+    where = table["where"]
+    keys = db.fetch_all(conn, "table_primary_key", {"oid": table["oid"]})
+    if not keys:
+        raise SourceError(f"{where} has no primary key: a source finds its rows by it")
+    if len(keys) > 1:
+        raise SourceError(f"{where}'s primary key has {len(keys)} columns "
+                          f"({', '.join(k['name'] for k in keys)}): a source needs a one-column "
+                          "key (add a surrogate key, e.g. a bigint identity column)")
+    name, type_ = keys[0]["name"], keys[0]["type"]
+    if wanted is not None and wanted != name:
+        raise SourceError(f"--key {wanted!r}: {where}'s primary key is {name!r}; a source "
+                          "keys its rows by the primary key")
+    if type_ not in KEY_TYPES:
+        raise SourceError(f"{where}'s key {name!r} is of type {type_}: a source's key must be "
+                          "integer, bigint, text or uuid")
+    return name, "text" if type_ == "character varying" else type_
+
+
+def _columns(conn: psycopg.Connection, table: dict[str, Any], spec: SourceSpec) -> list[str]:
+    where = table["where"]
+    if not spec.columns:
+        raise SourceError("--columns: name at least one column to embed")
+    if len(spec.columns) > 32:
+        raise SourceError(f"--columns: at most 32 columns, got {len(spec.columns)}")
+    if len(set(spec.columns)) != len(spec.columns):
+        raise SourceError("--columns: a column is named twice")
+    found = {r["name"]: r["type"] for r in db.fetch_all(conn, "table_columns",
+                                                        {"oid": table["oid"]})}
+    unknown = [c for c in spec.columns if c not in found]
+    if unknown:
+        raise SourceError(f"{where} has no column {', '.join(map(repr, unknown))}; it has "
+                          f"{', '.join(sorted(found))}")
+    if spec.template is None:
+        other = [f"{c} ({found[c]})" for c in spec.columns if found[c] not in TEXT_TYPES]
+        if other:
+            raise SourceError(f"{', '.join(other)}: not text; give --template to say how the "
+                              "text is made from them, e.g. --template '{title}: {price}'")
+    else:
+        fields = template_fields(spec.template)
+        outside = [f for f in fields if f not in spec.columns]
+        if outside:
+            raise SourceError(f"--template names {', '.join(map(repr, outside))}, which "
+                              "--columns does not list")
+    return list(spec.columns)
+
+
+def template_fields(template: str) -> list[str]:
+    """The columns a template names, ``{column}`` each (``{{`` and ``}}`` are braces); a
+    template with no field, a format spec or a conversion is refused."""
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise SourceError(f"--template: at most {MAX_TEMPLATE_CHARS} characters")
+    fields = []
+    try:
+        for _literal, field_name, format_spec, conversion in string.Formatter().parse(template):
+            if field_name is None:
+                continue
+            if not field_name or format_spec or conversion:
+                raise SourceError(
+                    f"--template: {{{field_name}{'!' + conversion if conversion else ''}"
+                    f"{':' + format_spec if format_spec else ''}}} is not a field: write "
+                    "{column}, and {{ or }} for a brace")
+            fields.append(field_name)
+    except ValueError as exc:
+        raise SourceError(f"--template: {exc} (write {{{{ or }}}} for a brace)") from None
+    if not fields:
+        raise SourceError("--template names no column: write {column} where a column's "
+                          "value goes")
+    return fields
+
+
+def text_expression(source: Source, alias: str) -> sql.Composable:
+    """The SQL of the text a row embeds, over the row alias ``alias``: the template with
+    each field cast to text (a NULL is empty), or the columns joined by blank lines."""
+    row = sql.Identifier(alias)
+    if source.template is None:
+        return sql.SQL("concat_ws({}, {})").format(
+            sql.Literal("\n\n"),
+            sql.SQL(", ").join(sql.SQL("{}.{}").format(row, sql.Identifier(c))
+                               for c in source.columns))
+    parts: list[sql.Composable] = []
+    for literal, field_name, _spec, _conv in string.Formatter().parse(source.template):
+        if literal:
+            parts.append(sql.Literal(literal))
+        if field_name:
+            parts.append(sql.SQL("({}.{})::text").format(row, sql.Identifier(field_name)))
+    return sql.SQL("concat({})").format(sql.SQL(", ").join(parts))
+
+
+def _ddl(conn: psycopg.Connection, source: Source, fleet_schema: str,
+         ) -> Sequence[sql.Composable]:
+    fleet = sql.Identifier(fleet_schema)
+    table = sql.SQL("{}.{}").format(sql.Identifier(source.schema_name),
+                                    sql.Identifier(source.table_name))
+    key = sql.Identifier(source.key_column)
+    prefix = _prefix(source)
+    values = {
+        "fleet": fleet, "id": sql.Literal(source.id), "key": key,
+        "model": sql.Literal(source.model_name),
+        "text_n": text_expression(source, "n"), "text_o": text_expression(source, "o"),
+        "requeue": sql.SQL(_REQUEUE),
+    }
+    values["versions"] = sql.SQL(_VERSIONS).format(model=values["model"])
+    # a body is rendered, then passed as one string literal (never dollar-quoted: a
+    # template's literal text could hold the closing quote)
+    bodies = {name: sql.SQL(text).format(**values).as_string(conn)
+              for name, text in _BODIES.items()}
+    statements: list[sql.Composable] = [
+        sql.SQL("CREATE VIEW {fleet}.{view} AS SELECT t.{key} AS key, (t.{key})::text AS "
+                "row_key, {text} AS body FROM {table} t").format(
+            fleet=fleet, view=source.view, key=key, text=text_expression(source, "t"),
+            table=table),
+        sql.SQL("GRANT SELECT ON {}.{} TO pgfleet_worker").format(fleet, source.view),
+        sql.SQL("CREATE INDEX {} ON {}.source_chunks USING gin (tsv) WHERE source_id = {}"
+                ).format(sql.Identifier(f"{prefix}_tsv"), fleet, sql.Literal(source.id)),
+    ]
+    for suffix, body in bodies.items():
+        function = sql.SQL("{}.{}").format(fleet, sql.Identifier(f"{prefix}_{suffix}"))
+        statements.append(sql.SQL(
+            "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
+            "SET search_path = pg_catalog, pg_temp AS {body}").format(
+            function=function, body=sql.Literal(body)))
+        statements.append(sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(function))
+        event, transition = _EVENTS[suffix]
+        statements.append(sql.SQL(
+            "CREATE TRIGGER {name} AFTER {event} ON {table} {transition} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION {function}()").format(
+            name=sql.Identifier(f"{prefix}_{suffix}"), event=sql.SQL(event), table=table,
+            transition=sql.SQL(transition), function=function))
+        if source.always:
+            statements.append(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}").format(
+                table, sql.Identifier(f"{prefix}_{suffix}")))
+    return statements
+
+
+_EVENTS = {
+    "inserted": ("INSERT", "REFERENCING NEW TABLE AS new_rows"),
+    "updated": ("UPDATE", "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+    "deleted": ("DELETE", "REFERENCING OLD TABLE AS old_rows"),
+    "truncated": ("TRUNCATE", ""),
+}
+
+_VERSIONS = ("v.kind = 'embedding' AND v.active AND ({model}::text IS NULL "
+             "OR v.name = {model}::text)")
+_REQUEUE = ("ON CONFLICT (source_id, row_key, version_id) DO UPDATE "
+            "SET content_hash = EXCLUDED.content_hash, priority = 0, queued_at = now(), "
+            "enqueued_at = NULL, attempts = 0, not_before = now(), last_error = NULL, "
+            "started_at = NULL, started_by = NULL")
+
+# The triggers' bodies (composed: {fleet} the fleet's schema, {id} the source's id, {key}
+# its key column, {text_n}/{text_o} the text of a new/old row). A row is queued once per
+# active version of the source's model; a failure recorded for its old text is cleared.
+_BODIES = {
+    "inserted": """
+BEGIN
+    INSERT INTO {fleet}.source_pending (source_id, row_key, version_id, content_hash)
+    SELECT {id}, (n.{key})::text, v.id, {fleet}.pgfleet_content_hash_v1({text_n})
+    FROM new_rows n CROSS JOIN {fleet}.model_versions v
+    WHERE {versions}
+    {requeue};
+    IF FOUND THEN
+        DELETE FROM {fleet}.source_failures f USING new_rows n
+        WHERE f.source_id = {id} AND f.row_key = (n.{key})::text;
+        PERFORM pg_notify('pgfleet_pending', '');
+    END IF;
+    RETURN NULL;
+END""",
+    # a row whose key changed leaves its old key's rows behind: they go; a row is queued
+    # only when its text changed (an update of other columns, or a no-op, queues nothing)
+    "updated": """
+BEGIN
+    DELETE FROM {fleet}.source_pending p USING old_rows o
+    WHERE p.source_id = {id} AND p.row_key = (o.{key})::text
+      AND NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.{key} = o.{key});
+    DELETE FROM {fleet}.source_chunks c USING old_rows o
+    WHERE c.source_id = {id} AND c.row_key = (o.{key})::text
+      AND NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.{key} = o.{key});
+    DELETE FROM {fleet}.source_failures f USING old_rows o
+    WHERE f.source_id = {id} AND f.row_key = (o.{key})::text
+      AND NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.{key} = o.{key});
+    INSERT INTO {fleet}.source_pending (source_id, row_key, version_id, content_hash)
+    SELECT {id}, (n.{key})::text, v.id, {fleet}.pgfleet_content_hash_v1({text_n})
+    FROM new_rows n LEFT JOIN old_rows o ON o.{key} = n.{key}
+    CROSS JOIN {fleet}.model_versions v
+    WHERE {versions}
+      AND (o.{key} IS NULL OR {text_o} IS DISTINCT FROM {text_n})
+    {requeue};
+    IF FOUND THEN
+        DELETE FROM {fleet}.source_failures f
+        USING new_rows n LEFT JOIN old_rows o ON o.{key} = n.{key}
+        WHERE f.source_id = {id} AND f.row_key = (n.{key})::text
+          AND (o.{key} IS NULL OR {text_o} IS DISTINCT FROM {text_n});
+        PERFORM pg_notify('pgfleet_pending', '');
+    END IF;
+    RETURN NULL;
+END""",
+    # the pending rows first: a worker writing this row's chunks holds its pending row, so
+    # the delete waits for that write and then removes what it wrote
+    "deleted": """
+BEGIN
+    DELETE FROM {fleet}.source_pending p USING old_rows o
+    WHERE p.source_id = {id} AND p.row_key = (o.{key})::text;
+    DELETE FROM {fleet}.source_chunks c USING old_rows o
+    WHERE c.source_id = {id} AND c.row_key = (o.{key})::text;
+    DELETE FROM {fleet}.source_failures f USING old_rows o
+    WHERE f.source_id = {id} AND f.row_key = (o.{key})::text;
+    RETURN NULL;
+END""",
+    "truncated": """
+BEGIN
+    DELETE FROM {fleet}.source_pending WHERE source_id = {id};
+    DELETE FROM {fleet}.source_chunks WHERE source_id = {id};
+    DELETE FROM {fleet}.source_failures WHERE source_id = {id};
+    RETURN NULL;
+END""",
+}

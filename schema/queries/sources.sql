@@ -1,0 +1,383 @@
+-- Sources (a user's table the fleet embeds, chunk by chunk): the catalog checks of `source
+-- add`, the source's rows, the producer's claim, the worker's fetch and write, the
+-- reconciler's checks and search over a source's chunks.
+-- Values are bound parameters. A few queries name the source's view ({view}) and its key's
+-- type ({key_type}): composed identifiers taken from the sources row, which `source add`
+-- checked against the catalog (pgfleet.sources.catalog).
+
+-- name: fleet_schema
+-- The schema the fleet's tables live in (the triggers' functions name it explicitly).
+SELECT n.nspname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = 'source_pending'::regclass;
+
+-- name: source_table
+-- The table a source names, as PostgreSQL resolves the name (to_regclass: NULL when there
+-- is none), with what this role may do on it.
+SELECT c.oid, n.nspname AS schema_name, c.relname AS table_name, c.relkind AS kind,
+       has_table_privilege(c.oid, 'SELECT') AS select,
+       has_table_privilege(c.oid, 'TRIGGER') AS trigger,
+       pg_has_role(c.relowner, 'USAGE') AS owner,
+       current_user AS role
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass(%(table)s);
+
+-- name: table_primary_key
+SELECT a.attname AS name, format_type(a.atttypid, NULL) AS type
+FROM pg_index i
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+WHERE i.indrelid = %(oid)s AND i.indisprimary
+ORDER BY array_position(i.indkey::smallint[], a.attnum);
+
+-- name: table_columns
+SELECT a.attname AS name, format_type(a.atttypid, NULL) AS type
+FROM pg_attribute a
+WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum;
+
+-- name: embedding_model_exists
+SELECT 1 FROM model_versions WHERE kind = 'embedding' AND name = %(name)s LIMIT 1;
+
+-- name: text_config_exists
+SELECT 1 FROM pg_ts_config c WHERE c.cfgname = %(name)s AND pg_ts_config_is_visible(c.oid);
+
+-- name: source_triggers
+-- A source's triggers (by their names), wherever its table now is (renamed, moved).
+SELECT t.tgname, n.nspname, c.relname
+FROM pg_trigger t
+JOIN pg_class c ON c.oid = t.tgrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE t.tgname = ANY (%(names)s::text[]) AND NOT t.tgisinternal;
+
+-- name: insert_source
+INSERT INTO sources (name, schema_name, table_name, key_column, key_type, columns, template,
+                     model_name, chunking, chunk_tokens, overlap, text_config, always)
+VALUES (%(name)s, %(schema_name)s, %(table_name)s, %(key_column)s, %(key_type)s,
+        %(columns)s, %(template)s, %(model_name)s, %(chunking)s, %(chunk_tokens)s,
+        %(overlap)s, %(text_config)s, %(always)s)
+RETURNING *;
+
+-- name: delete_source
+-- Its pending rows, chunks and failures go with it (ON DELETE CASCADE).
+DELETE FROM sources WHERE id = %(source_id)s;
+
+-- name: source_by_name
+SELECT * FROM sources WHERE name = %(name)s;
+
+-- name: source_by_id
+SELECT * FROM sources WHERE id = %(source_id)s;
+
+-- name: list_sources
+-- Every source with its counts: rows embedded (for any version), chunks, rows pending and
+-- rows failed.
+SELECT s.*,
+       (SELECT count(DISTINCT c.row_key) FROM source_chunks c WHERE c.source_id = s.id)
+           AS rows_embedded,
+       (SELECT count(*) FROM source_chunks c WHERE c.source_id = s.id) AS chunks,
+       (SELECT count(*) FROM source_pending p WHERE p.source_id = s.id) AS pending,
+       (SELECT count(*) FROM source_failures f WHERE f.source_id = s.id) AS failed
+FROM sources s
+ORDER BY s.name;
+
+-- name: source_backfill
+-- The source's rows with no chunks of their current text (none, or of older text), no
+-- pending row and no recorded failure, for its active versions: queued behind live
+-- changes (priority 1). Run when the source is added and by the reconciler (a version
+-- activated, rows loaded or changed with triggers off).
+INSERT INTO source_pending (source_id, row_key, version_id, content_hash, priority)
+SELECT %(source_id)s, s.row_key, v.id, pgfleet_content_hash_v1(s.body), 1
+FROM {view} s
+CROSS JOIN model_versions v
+WHERE v.kind = 'embedding' AND v.active
+  AND (%(model_name)s::text IS NULL OR v.name = %(model_name)s::text)
+  AND (%(version_id)s::integer IS NULL OR v.id = %(version_id)s::integer)
+  AND NOT EXISTS (SELECT 1 FROM source_chunks c
+                  WHERE c.source_id = %(source_id)s AND c.version_id = v.id
+                    AND c.row_key = s.row_key AND c.chunk = 0
+                    AND c.content_hash = pgfleet_content_hash_v1(s.body))
+  AND NOT EXISTS (SELECT 1 FROM source_pending p
+                  WHERE p.source_id = %(source_id)s AND p.row_key = s.row_key
+                    AND p.version_id = v.id)
+  AND NOT EXISTS (SELECT 1 FROM source_failures f
+                  WHERE f.source_id = %(source_id)s AND f.row_key = s.row_key
+                    AND f.version_id = v.id)
+ON CONFLICT DO NOTHING;
+
+-- name: source_orphans
+-- Pending rows, chunks and failures of rows that no longer exist: deleted with triggers off
+-- (replication, session_replication_role = replica, a restore).
+WITH pending AS (
+    DELETE FROM source_pending p
+    WHERE p.source_id = %(source_id)s
+      AND NOT EXISTS (SELECT 1 FROM {view} s WHERE s.key = p.row_key::{key_type})
+    RETURNING 1
+), chunks AS (
+    DELETE FROM source_chunks c
+    WHERE c.source_id = %(source_id)s
+      AND NOT EXISTS (SELECT 1 FROM {view} s WHERE s.key = c.row_key::{key_type})
+    RETURNING 1
+), failures AS (
+    DELETE FROM source_failures f
+    WHERE f.source_id = %(source_id)s
+      AND NOT EXISTS (SELECT 1 FROM {view} s WHERE s.key = f.row_key::{key_type})
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM pending), (SELECT count(*) FROM chunks),
+       (SELECT count(*) FROM failures);
+
+-- name: claim_source_pending
+-- A producer claims source rows to publish, as claim_pending does for docs.
+WITH claimable AS (
+    SELECT source_id, row_key, version_id
+    FROM source_pending
+    WHERE enqueued_at IS NULL AND not_before <= now() AND priority <= %(max_priority)s
+    ORDER BY priority, not_before, queued_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE source_pending p
+SET enqueued_at = now()
+FROM claimable c
+WHERE p.source_id = c.source_id AND p.row_key = c.row_key AND p.version_id = c.version_id
+RETURNING p.source_id, p.version_id, p.row_key;
+
+-- name: requeue_stale_sources
+-- Source rows published long ago and still pending (a lost message, a killed worker): made
+-- publishable again. A row a worker started that long ago and did not finish spends an
+-- attempt (its process died, or its write failed as a whole): after
+-- %(max_attempts)s of them it is recorded as failed instead (it may be what kills the
+-- worker), and its chunks of older text are removed.
+WITH stale AS (
+    SELECT source_id, row_key, version_id, started_at IS NOT NULL AS died,
+           attempts + (started_at IS NOT NULL)::int AS attempts
+    FROM source_pending
+    WHERE enqueued_at < now() - make_interval(secs => %(older_than_s)s)
+      AND (NOT %(broker_busy)s
+           OR enqueued_at < now() - make_interval(secs => %(older_than_s)s * 10))
+      -- a row started lately is being embedded: left alone
+      AND (started_at IS NULL OR started_at < now() - make_interval(secs => %(older_than_s)s))
+    FOR UPDATE SKIP LOCKED
+), given_up AS (
+    INSERT INTO source_failures (source_id, row_key, version_id, content_hash, reason,
+                                 attempts, last_error)
+    SELECT s.source_id, s.row_key, s.version_id, p.content_hash, 'worker died', s.attempts,
+           'the worker process embedding this row died ' || s.attempts || ' time(s)'
+    FROM stale s JOIN source_pending p USING (source_id, row_key, version_id)
+    WHERE s.died AND s.attempts >= %(max_attempts)s
+    ON CONFLICT (source_id, row_key, version_id) DO UPDATE
+        SET reason = EXCLUDED.reason, attempts = EXCLUDED.attempts,
+            last_error = EXCLUDED.last_error, last_failed_at = now(),
+            content_hash = EXCLUDED.content_hash
+    RETURNING source_id, row_key, version_id
+), dropped AS (
+    DELETE FROM source_pending p USING given_up g
+    WHERE p.source_id = g.source_id AND p.row_key = g.row_key AND p.version_id = g.version_id
+    RETURNING 1
+), cleared AS (
+    DELETE FROM source_chunks c USING given_up g
+    WHERE c.source_id = g.source_id AND c.row_key = g.row_key AND c.version_id = g.version_id
+    RETURNING 1
+), requeued AS (
+    UPDATE source_pending p
+    SET enqueued_at = NULL, started_at = NULL, started_by = NULL, attempts = s.attempts
+    FROM stale s
+    WHERE p.source_id = s.source_id AND p.row_key = s.row_key AND p.version_id = s.version_id
+      AND NOT (s.died AND s.attempts >= %(max_attempts)s)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM requeued) AS requeued,
+       (SELECT count(*) FROM given_up) AS given_up,
+       (SELECT count(*) FROM dropped) + (SELECT count(*) FROM cleared) AS removed;
+
+-- name: start_source_rows
+-- A worker starts these rows: their pending rows as they are now (the hash and the time
+-- queued, which the write checks again), marked as started by this process. Rows in backoff
+-- or no longer pending are not returned. The text is read by the next statement, whose
+-- snapshot is newer than this one's: it is never older than the pending row seen here.
+UPDATE source_pending p
+SET started_at = now(), started_by = %(worker)s
+WHERE p.source_id = %(source_id)s AND p.version_id = %(version_id)s
+  AND p.row_key = ANY (%(keys)s::text[]) AND p.not_before <= now()
+RETURNING p.row_key, p.content_hash, p.queued_at, p.attempts;
+
+-- name: source_texts
+-- The rows' text to embed (cut at %(max_chars)s characters), whether it was cut, and its
+-- hash; a key with no row is not returned.
+SELECT s.row_key, left(s.body, %(max_chars)s) AS body,
+       length(s.body) > %(max_chars)s AS cut, pgfleet_content_hash_v1(s.body) AS hash
+FROM {view} s
+WHERE s.key = ANY (%(keys)s::{key_type}[]);
+
+-- name: lock_source_rows
+-- The pending rows still as the worker started them (same hash, same time queued), locked:
+-- a change of the row (its trigger rewrites the pending row) or a delete (its trigger
+-- deletes it) waits until this write commits, and a row changed since the start is left
+-- to its newer job.
+SELECT p.row_key
+FROM source_pending p
+JOIN unnest(%(keys)s::text[], %(hashes)s::bytea[], %(queued)s::timestamptz[])
+     AS u(row_key, hash, queued_at)
+  ON p.row_key = u.row_key AND p.content_hash = u.hash AND p.queued_at = u.queued_at
+WHERE p.source_id = %(source_id)s AND p.version_id = %(version_id)s
+ORDER BY p.row_key
+FOR UPDATE OF p;
+
+-- name: delete_source_chunks
+-- The locked rows' old chunks, removed in the write's transaction before replace_source_chunks
+-- inserts the new ones (a row that had ten chunks and now has three has exactly three).
+-- A statement of its own: an insert in the same statement would not see these deletes.
+DELETE FROM source_chunks c
+WHERE c.source_id = %(source_id)s AND c.version_id = %(version_id)s
+  AND c.row_key = ANY (%(rows)s::text[]);
+
+-- name: replace_source_chunks
+-- The locked rows' new chunks, with the cache rows, the hit counts, the log row and the
+-- pending rows' deletes (after delete_source_chunks, in the same transaction).
+WITH added AS (
+    INSERT INTO source_chunks (source_id, row_key, version_id, chunk, content, start_offset,
+                               end_offset, heading, content_hash, embedding, tsv)
+    SELECT %(source_id)s, u.row_key, %(version_id)s, u.chunk, u.content, u.start_offset,
+           u.end_offset, u.heading, u.hash, u.embedding,
+           to_tsvector(%(text_config)s::regconfig, u.heading || E'\n' || u.content)
+    FROM unnest(%(keys)s::text[], %(chunks)s::integer[], %(contents)s::text[],
+                %(starts)s::integer[], %(ends)s::integer[], %(headings)s::text[],
+                %(hashes)s::bytea[], %(vectors)b::vector[])
+         AS u(row_key, chunk, content, start_offset, end_offset, heading, hash, embedding)
+    RETURNING 1
+), done AS (
+    DELETE FROM source_pending p
+    WHERE p.source_id = %(source_id)s AND p.version_id = %(version_id)s
+      AND p.row_key = ANY (%(rows)s::text[])
+    RETURNING 1
+), cleared AS (
+    DELETE FROM source_failures f
+    WHERE f.source_id = %(source_id)s AND f.version_id = %(version_id)s
+      AND f.row_key = ANY (%(rows)s::text[])
+    RETURNING 1
+), cached AS (
+    INSERT INTO model_cache (version_id, input_hash, embedding)
+    SELECT %(version_id)s, u.hash, u.embedding
+    FROM unnest(%(miss_hashes)s::bytea[], %(miss_vectors)b::vector[]) AS u(hash, embedding)
+    ON CONFLICT (version_id, input_hash) DO NOTHING
+    RETURNING 1
+), hit AS (
+    UPDATE model_cache c
+    SET hits = c.hits + 1, last_hit_at = now()
+    WHERE c.version_id = %(version_id)s AND c.input_hash = ANY (%(hit_hashes)s::bytea[])
+    RETURNING 1
+), logged AS (
+    INSERT INTO inference_logs (version_id, task, latency_ms, batch_size, cache_hits,
+                                model_calls, worker)
+    VALUES (%(version_id)s, 'embed_source', %(latency_ms)s, %(batch_size)s, %(cache_hits)s,
+            %(model_calls)s, %(worker)s)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM added) AS chunks, (SELECT count(*) FROM done) AS done;
+
+-- name: forget_source_rows
+-- Pending rows of rows that no longer exist (deleted with triggers off), with their chunks.
+WITH done AS (
+    DELETE FROM source_pending p
+    WHERE p.source_id = %(source_id)s AND p.version_id = %(version_id)s
+      AND p.row_key = ANY (%(keys)s::text[])
+    RETURNING 1
+)
+DELETE FROM source_chunks c
+WHERE c.source_id = %(source_id)s AND c.version_id = %(version_id)s
+  AND c.row_key = ANY (%(keys)s::text[]);
+
+-- name: cached_vectors
+-- The cached vectors of these inputs for the version.
+SELECT input_hash, embedding
+FROM model_cache
+WHERE version_id = %(version_id)s AND input_hash = ANY (%(hashes)s::bytea[]);
+
+-- name: record_source_failure
+-- A row failed, which spends an attempt: retried after a backoff below the limit; at it, or
+-- for a permanent failure, recorded, its pending row removed and its chunks of older text
+-- too (search must not return what a row no longer says). Only while the pending row is as
+-- the worker started it.
+WITH target AS (
+    SELECT p.source_id, p.row_key, p.version_id, p.attempts + 1 AS attempts
+    FROM source_pending p
+    WHERE p.source_id = %(source_id)s AND p.version_id = %(version_id)s
+      AND p.row_key = %(row_key)s AND p.content_hash = %(hash)s
+      AND p.queued_at = %(queued_at)s
+    FOR UPDATE
+), final AS (
+    SELECT * FROM target WHERE %(permanent)s OR attempts >= %(max_attempts)s
+), failure AS (
+    INSERT INTO source_failures (source_id, row_key, version_id, content_hash, reason,
+                                 attempts, last_error)
+    SELECT source_id, row_key, version_id, %(hash)s, %(reason)s, attempts, %(error)s
+    FROM final
+    ON CONFLICT (source_id, row_key, version_id) DO UPDATE
+        SET reason = EXCLUDED.reason, attempts = EXCLUDED.attempts,
+            last_error = EXCLUDED.last_error, last_failed_at = now(),
+            content_hash = EXCLUDED.content_hash
+    RETURNING 1
+), dropped AS (
+    DELETE FROM source_pending p USING final f
+    WHERE p.source_id = f.source_id AND p.row_key = f.row_key AND p.version_id = f.version_id
+    RETURNING 1
+), cleared AS (
+    DELETE FROM source_chunks c USING final f
+    WHERE c.source_id = f.source_id AND c.row_key = f.row_key AND c.version_id = f.version_id
+    RETURNING 1
+), retried AS (
+    UPDATE source_pending p
+    SET attempts = t.attempts, last_error = %(error)s, enqueued_at = NULL,
+        started_at = NULL, started_by = NULL,
+        not_before = now() + make_interval(secs => %(retry_in_s)s)
+    FROM target t
+    WHERE p.source_id = t.source_id AND p.row_key = t.row_key AND p.version_id = t.version_id
+      AND NOT (%(permanent)s OR t.attempts >= %(max_attempts)s)
+    RETURNING p.attempts
+)
+SELECT (SELECT count(*) FROM failure) > 0 AS given_up,
+       (SELECT count(*) FROM retried) > 0 AS retried,
+       (SELECT max(attempts) FROM target) AS attempts;
+
+-- name: list_source_failures
+SELECT s.name AS source, f.row_key, v.name || '@' || v.version AS version, f.reason,
+       f.attempts, f.last_error, f.last_failed_at
+FROM source_failures f
+JOIN sources s ON s.id = f.source_id
+JOIN model_versions v ON v.id = f.version_id
+WHERE %(source_id)s::integer IS NULL OR f.source_id = %(source_id)s::integer
+ORDER BY f.last_failed_at DESC
+LIMIT %(limit)s;
+
+-- name: source_nearest
+-- The chunks nearest a query vector (the caller keeps each row's best: several of a row's
+-- chunks may be among them, so more than k are read).
+SELECT c.row_key, c.chunk, c.content, c.heading, c.start_offset, c.end_offset,
+       1 - (c.embedding <=> %(query)b) AS score
+FROM source_chunks c
+WHERE c.source_id = %(source_id)s AND c.version_id = %(version_id)s
+ORDER BY c.embedding <=> %(query)b
+LIMIT %(candidates)s;
+
+-- name: source_text_matches
+-- The chunks that best match a full-text query (websearch syntax: words, "phrases", or,
+-- -not; in the source's configuration), ranked by ts_rank_cd.
+WITH q AS (
+    SELECT websearch_to_tsquery(%(text_config)s::regconfig, %(query_text)s) AS query
+)
+SELECT c.row_key, c.chunk, c.content, c.heading, c.start_offset, c.end_offset,
+       ts_rank_cd(c.tsv, q.query) AS score
+FROM source_chunks c, q
+WHERE c.source_id = %(source_id)s AND c.version_id = %(version_id)s AND c.tsv @@ q.query
+ORDER BY score DESC, c.row_key, c.chunk
+LIMIT %(candidates)s;
+
+-- name: source_versions
+-- The versions a source is embedded with: active embedding versions of its model (all of
+-- them when it names none), with how many of its rows each has chunks for.
+SELECT v.id, v.name, v.version, v.traffic_percent, v.active,
+       (SELECT count(DISTINCT c.row_key) FROM source_chunks c
+        WHERE c.source_id = %(source_id)s AND c.version_id = v.id) AS rows
+FROM model_versions v
+WHERE v.kind = 'embedding' AND v.active
+  AND (%(model_name)s::text IS NULL OR v.name = %(model_name)s::text)
+ORDER BY v.traffic_percent DESC, v.id;

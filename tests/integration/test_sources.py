@@ -1,0 +1,416 @@
+"""Sources: a user's table embedded chunk by chunk, with the guarantees docs have.
+
+The catalog checks, the triggers and the pipeline run against the real database (the
+scratch one, which no worker consumes), the pipeline in-process with a fake engine whose
+tokens are words; tests/e2e and the fleet tests run the real model and worker."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pgfleet import db
+from pgfleet.embedding.pipeline import EmbedPipeline
+from pgfleet.settings import Settings
+from pgfleet.sources import catalog
+from pgfleet.sources.catalog import SourceError, SourceSpec
+from pgfleet.sources.pipeline import SourcePipeline
+from pgfleet.sources.search import search_source
+from pgfleet.testing import FakeEngine
+
+pytestmark = pytest.mark.integration
+
+LONG = "\n\n".join([
+    "# Installing",
+    " ".join(f"install{i}" for i in range(150)),
+    "## From source",
+    " ".join(f"build{i}" for i in range(150)),
+    "# Usage",
+    "Run the fleet with pgfleet up and watch the vectors arrive.",
+])
+
+
+@pytest.fixture
+def db_(scratch):
+    """The scratch database with no sources and a fresh user table ``articles``."""
+    for source in catalog.list_sources(scratch):
+        catalog.drop(scratch, source.name)
+    scratch.execute("DROP TABLE IF EXISTS articles, pairs, plain, gadgets CASCADE")
+    scratch.execute("CREATE TABLE articles (id bigint PRIMARY KEY, title text, body text, "
+                    "views integer NOT NULL DEFAULT 0)")
+    return scratch
+
+
+@pytest.fixture
+def make_pipeline(scratch_url):
+    pools = []
+
+    def make(**engine_kwargs) -> SourcePipeline:
+        pool = db.open_pool(scratch_url, min_size=1, max_size=2, name="pgfleet-test")
+        pools.append(pool)
+        engines: dict[int, FakeEngine] = {}
+
+        def load(spec):
+            return engines.setdefault(spec.version_id, FakeEngine(spec, **engine_kwargs))
+
+        settings = Settings(max_attempts=2, retry_base_s=0.0, retry_max_s=0.0)
+        embed = EmbedPipeline(pool, settings, load, name="test", sleep=lambda s: None)
+        pipeline = SourcePipeline(pool, settings, spec=embed.spec, engine=embed.engine,
+                                  name="test", sleep=lambda s: None)
+        pipeline.engines = engines  # type: ignore[attr-defined]
+        return pipeline
+
+    yield make
+    for pool in pools:
+        pool.close()
+
+
+def add(conn, **kwargs):
+    spec = SourceSpec(**{"name": "articles", "table": "articles",
+                         "columns": ["title", "body"], **kwargs})
+    return catalog.add(conn, spec)
+
+
+def pending(conn, source_id: int) -> dict[str, int]:
+    return dict(conn.execute("SELECT row_key, priority FROM source_pending WHERE source_id = %s",
+                             (source_id,)).fetchall())
+
+
+def chunks(conn, source_id: int, key: str) -> list[tuple]:
+    return conn.execute("SELECT chunk, content, heading, start_offset, end_offset "
+                        "FROM source_chunks WHERE source_id = %s AND row_key = %s "
+                        "ORDER BY chunk", (source_id, key)).fetchall()
+
+
+def embed_all(pipeline: SourcePipeline, conn, source_id: int):
+    keys = [r[0] for r in conn.execute("SELECT row_key FROM source_pending WHERE source_id = %s",
+                                       (source_id,))]
+    return pipeline.run(source_id, 1, keys)
+
+
+# --- source add: what it checks -------------------------------------------------------
+
+@pytest.mark.parametrize("change, message", [
+    ({"table": "nowhere"}, "no table 'nowhere'"),
+    ({"table": "articles; DROP TABLE docs"}, "no table"),
+    ({"table": "source_chunks"}, "one of the fleet's own tables"),
+    ({"table": "pg_class"}, "system catalogs"),
+    ({"columns": ["title", "missing"]}, "has no column 'missing'"),
+    ({"columns": ["views"]}, "views (integer): not text; give --template"),
+    ({"columns": ["title"], "template": "{title} {views}"}, "--template names 'views'"),
+    ({"template": "{title!r}"}, "is not a field"),
+    ({"template": "no fields"}, "names no column"),
+    ({"template": "{title"}, "--template"),
+    ({"name": "docs"}, "built-in source"),
+    ({"name": "Bad-Name"}, "lowercase letters"),
+    ({"key": "title"}, "primary key is 'id'"),
+    ({"model": "no-such-model"}, "no embedding model"),
+    ({"text_config": "klingon"}, "no text search configuration"),
+    ({"text_config": "english'; --"}, "no text search configuration"),
+    ({"chunk_tokens": 8}, "--chunk-tokens 8"),
+    ({"overlap": 500}, "--overlap 500"),
+    ({"chunking": "sentences"}, "--chunking 'sentences'"),
+])
+def test_a_source_that_cannot_work_is_refused_with_why(db_, change, message):
+    with pytest.raises(SourceError, match=None) as caught:
+        add(db_, **change)
+    assert message in str(caught.value)
+    assert catalog.list_sources(db_) == []
+    # nothing was created on the table
+    assert db_.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'articles'::regclass"
+                       ).fetchone()[0] == 0
+
+
+def test_keys_a_source_cannot_use_are_refused(db_):
+    db_.execute("CREATE TABLE pairs (a int, b int, body text, PRIMARY KEY (a, b))")
+    db_.execute("CREATE TABLE plain (body text)")
+    db_.execute("CREATE TABLE gadgets (id numeric PRIMARY KEY, body text)")
+    for table, message in [("pairs", "primary key has 2 columns"),
+                           ("plain", "has no primary key"),
+                           ("gadgets", "of type numeric")]:
+        with pytest.raises(SourceError) as caught:
+            catalog.add(db_, SourceSpec(name=table, table=table, columns=["body"]))
+        assert message in str(caught.value)
+
+
+def test_a_name_is_taken_once(db_):
+    add(db_)
+    with pytest.raises(SourceError, match="exists already"):
+        add(db_)
+
+
+def test_missing_rights_on_the_table_are_named(db_):
+    db_.execute("DROP ROLE IF EXISTS source_tester")
+    db_.execute("CREATE ROLE source_tester")
+    db_.execute("GRANT USAGE ON SCHEMA public TO source_tester")
+    db_.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO source_tester")
+    db_.execute("GRANT INSERT ON sources TO source_tester")
+    try:
+        db_.execute("SET ROLE source_tester")
+        with pytest.raises(SourceError) as caught:
+            add(db_)
+        assert "lacks TRIGGER on public.articles" in str(caught.value)
+        assert "GRANT SELECT, TRIGGER ON public.articles TO source_tester" in str(caught.value)
+    finally:
+        db_.execute("RESET ROLE")
+        db_.execute("DROP OWNED BY source_tester")
+        db_.execute("DROP ROLE source_tester")
+
+
+# --- the triggers ---------------------------------------------------------------------
+
+def test_existing_rows_are_backfilled_behind_live_changes(db_):
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'old', 'row'), (2, 'b', 'c')")
+    source, queued = add(db_)
+    assert queued == 2
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (3, 'new', 'row')")
+    assert pending(db_, source.id) == {"1": 1, "2": 1, "3": 0}
+
+
+def test_only_a_change_of_the_embedded_text_queues_a_row(db_, make_pipeline):
+    source, _ = add(db_)
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'title', 'body')")
+    embed_all(make_pipeline(), db_, source.id)
+    assert pending(db_, source.id) == {}
+    db_.execute("UPDATE articles SET views = views + 1")           # not a source column
+    db_.execute("UPDATE articles SET title = title")               # no change
+    assert pending(db_, source.id) == {}
+    db_.execute("UPDATE articles SET body = 'new body' WHERE id = 1")
+    assert pending(db_, source.id) == {"1": 0}
+
+
+def test_a_delete_a_truncate_and_a_new_key_leave_nothing_behind(db_, make_pipeline):
+    source, _ = add(db_)
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'a', 'b'), (2, 'c', 'd'), "
+                "(3, 'e', 'f')")
+    run = make_pipeline()
+    embed_all(run, db_, source.id)
+    db_.execute("DELETE FROM articles WHERE id = 1")
+    db_.execute("UPDATE articles SET id = 20 WHERE id = 2")
+    keys = {r[0] for r in db_.execute("SELECT DISTINCT row_key FROM source_chunks")}
+    assert keys == {"3"}
+    assert pending(db_, source.id) == {"20": 0}
+    embed_all(run, db_, source.id)
+    db_.execute("TRUNCATE articles")
+    assert db_.execute("SELECT count(*) FROM source_chunks").fetchone()[0] == 0
+    assert pending(db_, source.id) == {}
+
+
+def test_with_always_rows_arriving_by_replication_are_queued_too(db_):
+    def replicated(key: int) -> None:
+        with db_.transaction():   # what a logical replication apply worker runs as
+            db_.execute("SET LOCAL session_replication_role = replica")
+            db_.execute("INSERT INTO articles (id, title, body) VALUES (%s, 'r', 'row')",
+                        (key,))
+
+    source, _ = add(db_)
+    replicated(1)
+    assert pending(db_, source.id) == {}   # the default: like every ordinary trigger
+    catalog.drop(db_, "articles")
+    source, _ = add(db_, always=True)
+    assert pending(db_, source.id) == {"1": 1}   # backfilled
+    replicated(2)
+    assert pending(db_, source.id) == {"1": 1, "2": 0}
+
+
+# --- the pipeline ---------------------------------------------------------------------
+
+def test_a_long_row_is_embedded_in_chunks_that_keep_their_headings(db_, make_pipeline):
+    source, _ = add(db_, chunk_tokens=64, overlap=8)
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'Guide', %s)", (LONG,))
+    report = embed_all(make_pipeline(), db_, source.id)
+    rows = chunks(db_, source.id, "1")
+    assert report.written == 1 and report.chunks == len(rows) > 4
+    text = db_.execute(sql.SQL("SELECT body FROM {} WHERE key = 1").format(source.view)
+                       ).fetchone()[0]
+    for _, content, _, start, end in rows:
+        assert text[start:end] == content          # a chunk is a slice of the row's text
+        assert len(content.split()) <= 64
+    headings = [h for _, _, h, _, _ in rows]
+    assert "Installing" in headings and "Installing > From source" in headings
+    assert "Usage" in headings
+    # the last words of the long sections are searchable too: nothing was cut away
+    assert any("build149" in c for _, c, _, _, _ in rows)
+
+
+def test_a_row_that_shrinks_from_many_chunks_to_one_has_exactly_one(db_, make_pipeline):
+    source, _ = add(db_, chunk_tokens=32, overlap=0)
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 't', %s)", (LONG,))
+    run = make_pipeline()
+    embed_all(run, db_, source.id)
+    assert len(chunks(db_, source.id, "1")) > 8
+    db_.execute("UPDATE articles SET body = 'short now' WHERE id = 1")
+    embed_all(run, db_, source.id)
+    assert [c[1] for c in chunks(db_, source.id, "1")] == ["t\n\nshort now"]
+
+
+def test_a_template_formats_the_text_and_any_column_type(db_, make_pipeline):
+    source, _ = add(db_, columns=["title", "views"], template="{title} ({views} views)",
+                    chunking="none")
+    db_.execute("INSERT INTO articles (id, title, views) VALUES (7, 'Popular', 42)")
+    embed_all(make_pipeline(), db_, source.id)
+    assert [c[1] for c in chunks(db_, source.id, "7")] == ["Popular (42 views)"]
+    db_.execute("UPDATE articles SET views = 43")              # now a source column
+    assert pending(db_, source.id) == {"7": 0}
+
+
+def test_a_bad_row_fails_alone_and_a_blank_one_is_recorded(db_, make_pipeline):
+    source, _ = add(db_)
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'fine', 'row'), "
+                "(2, 'a POISON', 'row'), (3, '', ' '), (4, 'also', 'fine')")
+    run = make_pipeline(poison="POISON")
+    embed_all(run, db_, source.id)
+    embed_all(run, db_, source.id)  # max_attempts = 2, no backoff here
+    failures = dict(db_.execute("SELECT row_key, reason FROM source_failures").fetchall())
+    assert failures == {"2": "model error", "3": "empty text"}
+    done = {r[0] for r in db_.execute("SELECT DISTINCT row_key FROM source_chunks")}
+    assert done == {"1", "4"}
+    assert pending(db_, source.id) == {}
+    # fixing the row clears its failure and embeds it
+    db_.execute("UPDATE articles SET title = 'cured' WHERE id = 2")
+    assert "2" not in dict(db_.execute("SELECT row_key, 1 FROM source_failures").fetchall())
+    embed_all(run, db_, source.id)
+    assert chunks(db_, source.id, "2")
+
+
+def test_identical_chunks_are_encoded_once_and_then_come_from_the_cache(db_, make_pipeline):
+    source, _ = add(db_)
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'same', 'text'), "
+                "(2, 'same', 'text')")
+    run = make_pipeline()
+    report = embed_all(run, db_, source.id)
+    assert report.model_calls == 1 and report.written == 2
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (3, 'same', 'text')")
+    report = embed_all(run, db_, source.id)
+    assert report.model_calls == 0 and report.cache_hits == 1 and report.written == 1
+
+
+def test_a_row_changed_while_it_was_embedded_keeps_its_newer_job(db_, make_pipeline,
+                                                                scratch_url):
+    source, _ = add(db_)
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'first', 'text')")
+    run = make_pipeline()
+    engine_class = run.engine
+
+    def engine(spec):
+        real = engine_class(spec)
+        original = real.encode
+
+        def encode(texts):
+            # another session changes the row between the read and the write
+            with psycopg.connect(scratch_url, autocommit=True) as other:
+                other.execute("UPDATE articles SET body = 'second' WHERE id = 1")
+            real.encode = original
+            return original(texts)
+
+        real.encode = encode
+        return real
+
+    run.engine = engine
+    report = embed_all(run, db_, source.id)
+    assert report.written == 0
+    assert chunks(db_, source.id, "1") == []
+    assert pending(db_, source.id) == {"1": 0}
+    run.engine = engine_class
+    embed_all(run, db_, source.id)
+    assert [c[1] for c in chunks(db_, source.id, "1")] == ["first\n\nsecond"]
+
+
+def test_a_row_deleted_while_it_is_embedded_gets_no_chunks(db_, make_pipeline,
+                                                          scratch_url):
+    source, _ = add(db_)
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'going', 'away')")
+    run = make_pipeline()
+    deleted = threading.Event()
+    engine_class = run.engine
+
+    def engine(spec):
+        real = engine_class(spec)
+        original = real.encode
+
+        def encode(texts):
+            def delete():
+                with psycopg.connect(scratch_url, autocommit=True) as other:
+                    other.execute("DELETE FROM articles WHERE id = 1")
+                deleted.set()
+            threading.Thread(target=delete).start()
+            deleted.wait(5)
+            real.encode = original
+            return original(texts)
+
+        real.encode = encode
+        return real
+
+    run.engine = engine
+    embed_all(run, db_, source.id)
+    assert deleted.is_set()
+    assert chunks(db_, source.id, "1") == []
+    assert pending(db_, source.id) == {}
+
+
+def test_rows_deleted_with_triggers_off_are_repaired(db_, make_pipeline):
+    source, _ = add(db_)
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'a', 'b'), (2, 'c', 'd')")
+    embed_all(make_pipeline(), db_, source.id)
+    with db_.transaction():
+        db_.execute("SET LOCAL session_replication_role = replica")
+        db_.execute("DELETE FROM articles WHERE id = 1")
+        db_.execute("UPDATE articles SET body = 'changed quietly' WHERE id = 2")
+    assert catalog.repair(db_, source) == 1
+    assert catalog.backfill(db_, source) == 1
+    assert pending(db_, source.id) == {"2": 1}
+
+
+def test_drop_removes_the_source_and_nothing_of_the_table(db_, make_pipeline):
+    source, _ = add(db_)
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'a', 'b')")
+    embed_all(make_pipeline(), db_, source.id)
+    catalog.drop(db_, "articles")
+    assert db_.execute("SELECT count(*) FROM articles").fetchone()[0] == 1
+    assert db_.execute("SELECT count(*) FROM source_chunks").fetchone()[0] == 0
+    assert db_.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'articles'::regclass"
+                       ).fetchone()[0] == 0
+    assert db_.execute("SELECT to_regclass(%s)", (f"pgfleet_source_{source.id}",)
+                       ).fetchone()[0] is None
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (2, 'c', 'd')")  # still works
+    with pytest.raises(SourceError, match="no source named 'articles'"):
+        catalog.drop(db_, "articles")
+
+
+def test_the_restricted_role_reads_only_the_view(db_, scratch_url):
+    source, _ = add(db_)
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'a', 'b')")
+    db_.execute("SET ROLE pgfleet_worker")
+    try:
+        assert db_.execute(sql.SQL("SELECT body FROM {}").format(source.view)
+                           ).fetchone() == ("a\n\nb",)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            db_.execute("SELECT views FROM articles")
+    finally:
+        db_.execute("RESET ROLE")
+
+
+# --- search ---------------------------------------------------------------------------
+
+def test_search_returns_each_row_once_with_its_best_chunk(db_, make_pipeline):
+    source, _ = add(db_, chunk_tokens=32, overlap=0)
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'Guide', %s), "
+                "(2, 'Other', 'nothing about installing here')", (LONG,))
+    run = make_pipeline()
+    embed_all(run, db_, source.id)
+    engine = next(iter(run.engines.values()))   # type: ignore[attr-defined]
+    [target] = [c for c in chunks(db_, source.id, "1") if "build149" in c[1]]
+    query = (f"{target[2]}\n\n{target[1]}" if target[2] else target[1])
+    answer = search_source(db_, lambda spec: engine, "articles", query, k=5, mode="vector")
+    keys = [h["key"] for h in answer["hits"]]
+    assert keys[0] == "1" and len(keys) == len(set(keys))
+    assert answer["hits"][0]["chunk"]["number"] == target[0]
+    assert answer["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    # hybrid: the full-text side finds the word, the fusion ranks the row first
+    answer = search_source(db_, lambda spec: engine, "articles", "build77", k=5, mode="hybrid")
+    assert answer["hits"][0]["key"] == "1"
+    assert "build77" in answer["hits"][0]["chunk"]["text"]
+    assert answer["mode"] == "hybrid" and answer["source"] == "articles"
