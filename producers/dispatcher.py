@@ -16,10 +16,11 @@ from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
 from psycopg_pool import ConnectionPool
 
+import schema
 from pgfleet import db
 from pgfleet.embedding.batching import chunked
 from pgfleet.errors import BrokerUnavailable
-from workers.queues import TASK_EMBED, queue_for_format
+from workers.queues import TASK_EMBED, TASK_EMBED_SOURCE, queue_for_format
 
 logger = logging.getLogger(__name__)
 
@@ -82,18 +83,53 @@ class Dispatcher:
             logger.info("published %d docs in %d messages", published.docs, published.messages)
         return published
 
+    def dispatch_sources_once(self, max_priority: int = BACKFILL) -> Published:
+        """As ``dispatch_once``, for the rows of sources (``embed_source`` messages)."""
+        published = Published()
+        with db.pooled(self.pool) as conn, conn.transaction():
+            rows = conn.execute(schema.query("claim_source_pending"), {
+                "limit": self.claim_limit, "max_priority": max_priority}).fetchall()
+            if not rows:
+                return published
+            published.claimed = len(rows)
+            by_target: dict[tuple[int, int], list[str]] = defaultdict(list)
+            for source_id, version_id, row_key in rows:
+                by_target[(source_id, version_id)].append(row_key)
+            self._refresh_queues(conn, {v: [] for _, v in by_target})
+            try:
+                with self.app.producer_or_acquire() as producer:
+                    for (source_id, version_id), keys in by_target.items():
+                        queue = self._queues.get(version_id)
+                        if queue is None:
+                            continue
+                        for part in chunked(sorted(keys), self.ids_per_message):
+                            self.app.send_task(TASK_EMBED_SOURCE,
+                                               args=(source_id, version_id, part), queue=queue,
+                                               producer=producer, retry=True,
+                                               retry_policy=PUBLISH_RETRY, ignore_result=True)
+                            published.messages += 1
+                            published.docs += len(part)
+            except KombuOperationalError as exc:
+                raise BrokerUnavailable(f"cannot publish to the broker: {exc}") from exc
+        if published.docs:
+            logger.info("published %d source rows in %d messages", published.docs,
+                        published.messages)
+        return published
+
     def drain(self) -> Published:
-        """Publish until nothing is left to claim. Backfill is published only while the
-        broker holds fewer than BACKFILL_QUEUE_LIMIT messages, so that live changes never
-        queue behind a large backfill."""
+        """Publish until nothing is left to claim, docs and sources' rows alike. Backfill is
+        published only while the broker holds fewer than BACKFILL_QUEUE_LIMIT messages, so
+        that live changes never queue behind a large backfill."""
         total = Published()
-        while True:
-            step = self.dispatch_once(self._max_priority())
-            total.claimed += step.claimed
-            total.docs += step.docs
-            total.messages += step.messages
-            if step.claimed < self.claim_limit:
-                return total
+        for dispatch in (self.dispatch_once, self.dispatch_sources_once):
+            while True:
+                step = dispatch(self._max_priority())
+                total.claimed += step.claimed
+                total.docs += step.docs
+                total.messages += step.messages
+                if step.claimed < self.claim_limit:
+                    break
+        return total
 
     def _max_priority(self) -> int:
         if self.backlog is None:
@@ -101,7 +137,7 @@ class Dispatcher:
         waiting = self.backlog()
         return BACKFILL if waiting is not None and waiting < BACKFILL_QUEUE_LIMIT else LIVE
 
-    def _refresh_queues(self, conn, by_version: dict[int, list[int]]) -> None:
+    def _refresh_queues(self, conn, by_version: dict[int, list]) -> None:
         if all(v in self._queues for v in by_version):
             return
         for row in db.fetch_all(conn, "model_versions"):

@@ -16,9 +16,11 @@ from producers.reconcile import (
     drop_retired,
     reap_stale_runs,
     reconcile_missing,
+    reconcile_sources,
     repair,
     republish_lost_runs,
     requeue_stale,
+    requeue_stale_sources,
 )
 from workers.queues import NOTIFY_CHANNEL, QUEUE_CPU, QUEUE_GPU
 
@@ -55,6 +57,7 @@ class ProducerLoop:
     def reconcile(self) -> None:
         repair(self.pool)
         reconcile_missing(self.pool)
+        reconcile_sources(self.pool)
 
     def run_once(self) -> Published:
         self.reconcile()
@@ -64,12 +67,15 @@ class ProducerLoop:
     def _requeue(self) -> None:
         busy = bool(backlog(self.redis_url, EMBED_QUEUES))
         requeue_stale(self.pool, self.settings.requeue_after_s, broker_busy=busy)
+        requeue_stale_sources(self.pool, self.settings.requeue_after_s,
+                              self.settings.max_attempts, broker_busy=busy)
         reap_stale_runs(self.pool, self.settings.training_stale_s)
         republish_lost_runs(self.pool, self.app, self.redis_url, self.settings.training_stale_s)
 
     def _republish_all(self) -> None:
         """The broker lost its data: everything published and unfinished is gone."""
         requeue_stale(self.pool, 0.0)
+        requeue_stale_sources(self.pool, 0.0, self.settings.max_attempts)
         republish_lost_runs(self.pool, self.app, self.redis_url, 0.0)
 
     def run_forever(self) -> None:

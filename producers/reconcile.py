@@ -8,6 +8,7 @@ from psycopg_pool import ConnectionPool
 
 import schema
 from pgfleet import db
+from pgfleet.errors import PgfleetError
 from producers import broker
 
 logger = logging.getLogger(__name__)
@@ -106,3 +107,53 @@ def republish_lost_runs(pool: ConnectionPool, app, redis_url: str, lost_after_s:
                        republished, lost_after_s)
     return republished
 
+
+
+def reconcile_sources(pool: ConnectionPool) -> dict[str, int]:
+    """For every source: rows deleted with triggers off (their pending rows, chunks and
+    failures go), then rows with no chunks of their current text queued as backfill."""
+    from pgfleet.sources import catalog
+
+    totals = {"removed": 0, "queued": 0}
+    with db.pooled(pool) as conn:
+        sources = catalog.list_sources(conn)
+    for source in sources:
+        try:
+            with db.pooled(pool) as conn, conn.transaction():
+                removed = catalog.repair(conn, source)
+                queued = catalog.backfill(conn, source)
+        except PgfleetError as exc:
+            logger.error("reconciling source %s failed: %s", source.name, exc)
+            continue
+        if removed:
+            logger.warning("source %s: removed %d pending rows, chunks or failures of rows "
+                           "deleted with triggers off (replication, a restore?)", source.name,
+                           removed)
+        if queued:
+            logger.warning("source %s: queued %d rows that had no chunks of their current "
+                           "text and no pending work (a version activated, or rows changed "
+                           "with triggers off?)", source.name, queued)
+        totals["removed"] += removed
+        totals["queued"] += queued
+    return totals
+
+
+def requeue_stale_sources(pool: ConnectionPool, older_than_s: float, max_attempts: int, *,
+                          broker_busy: bool = False) -> dict[str, int]:
+    """Source rows published more than ``older_than_s`` ago and not done: published again,
+    or, when a worker started them that long ago (its process died) for the
+    ``max_attempts``-th time, recorded as failed."""
+    with db.pooled(pool) as conn, conn.transaction():
+        row = db.fetch_one(conn, "requeue_stale_sources", {
+            "older_than_s": older_than_s, "broker_busy": broker_busy,
+            "max_attempts": max_attempts})
+    assert row is not None
+    counts = {k: int(v) for k, v in row.items()}
+    if counts["requeued"]:
+        logger.warning("republishing %d source rows published more than %.0f s ago and not "
+                       "done (broker restart, killed worker?)", counts["requeued"], older_than_s)
+    if counts["given_up"]:
+        logger.error("%d source rows were started %d times by workers that died before "
+                     "finishing: recorded as failed (pgfleet source failures)",
+                     counts["given_up"], max_attempts)
+    return counts

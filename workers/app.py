@@ -24,7 +24,8 @@ def create_app(settings: Settings | None = None) -> Celery:
             # importing the app must not fail; whatever uses the bad setting says so clearly
             logger.debug("%s; the app uses default settings", exc)
             settings = Settings()
-    app = Celery("pgfleet", include=["workers.tasks.embed", "workers.tasks.train",
+    app = Celery("pgfleet", include=["workers.tasks.embed", "workers.tasks.embed_source",
+                                      "workers.tasks.train",
                                       "workers.tasks.text2sql", "workers.tasks.maintenance"])
     broker = _broker_url(settings)
     app.conf.update(

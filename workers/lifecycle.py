@@ -48,6 +48,20 @@ def pipeline():
         return value
 
 
+def source_pipeline():
+    """The source pipeline of this process: the embedding pipeline's pool, model and name."""
+    from pgfleet.sources.pipeline import SourcePipeline
+
+    embed = pipeline()
+    with _lock:
+        value = _state.get("source_pipeline")
+        if value is None or getattr(value, "pool", None) is not embed.pool:
+            value = _state["source_pipeline"] = SourcePipeline(
+                embed.pool, embed.settings, spec=embed.spec, engine=embed.engine,
+                name=embed.name)
+        return value
+
+
 @signals.worker_init.connect
 def _threads_sleep_when_idle(**_kwargs) -> None:
     """torch's and ONNX Runtime's OpenMP threads sleep when they have no work instead of
@@ -68,6 +82,7 @@ def _forget_parent_state(**_kwargs) -> None:
     # a forked child must build its own pool; the parent's connections are not its own
     with _lock:
         _state.pop("pipeline", None)
+        _state.pop("source_pipeline", None)
 
 
 @signals.worker_process_shutdown.connect

@@ -17,6 +17,8 @@ ALL_QUEUES = (QUEUE_GPU, QUEUE_CPU, QUEUE_TRAINING)
 TRAINING_TASKS = tuple(SPECS)
 
 TASK_EMBED = "pgfleet.embed_docs"
+#: a source's rows (pgfleet.sources): ``embed_source(source_id, version_id, row_keys)``
+TASK_EMBED_SOURCE = "pgfleet.embed_source"
 #: SQL for a question (interactive; on QUEUE_CPU, see workers/tasks/text2sql.py)
 TASK_GENERATE_SQL = "generate_sql"
 

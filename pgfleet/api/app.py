@@ -87,6 +87,12 @@ class SearchRequest(Strict):
     name: str | None = Field(None, max_length=200,
                              description="the model to route within (default: the active "
                                          "one's)")
+    source: str | None = Field(None, max_length=40, pattern=r"^[a-z][a-z0-9_]*$",
+                               description="search this source's rows (pgfleet source list) "
+                                           "instead of docs")
+    mode: Literal["vector", "hybrid"] = Field(
+        "vector", description="hybrid: vector and full-text results fused by reciprocal rank "
+                              "(a source only)")
 
 
 class EmbeddingsRequest(BaseModel):
@@ -202,11 +208,29 @@ def _operations(app: FastAPI) -> None:
         return Response(body, media_type=content_type)
 
 
+def _over_a_source(body: SearchRequest) -> bool:
+    """Whether a search is of a source's rows (``docs`` is the built-in source: the docs
+    path), refusing what only one of the two takes."""
+    if body.source is not None and body.source != "docs":
+        if body.name is not None:
+            raise ApiError(422, "a source is searched with its own model's versions; name a "
+                                "version instead", param="name")
+        return True
+    if body.mode != "vector":
+        raise ApiError(422, "hybrid search is over a source's chunks: give source",
+                       param="mode")
+    return False
+
+
 def _requests(app: FastAPI, conf: Settings) -> None:
     @app.post("/v1/search", tags=["search"])
     def search(body: SearchRequest, svc: Svc, _caller: Caller) -> JSONResponse:
         """The nearest docs to a query, as `pgfleet search --json` answers."""
         _check_text(conf, body.query, "query")
+        if _over_a_source(body) and body.source is not None:
+            return JSONResponse(svc.search_source(body.source, body.query, body.k,
+                                                  mode=body.mode, key=body.key,
+                                                  version=body.version))
         answer = svc.search(body.query, body.k, key=body.key, version=body.version,
                             name=body.name)
         return JSONResponse(answer.as_json())
@@ -460,6 +484,13 @@ def _handlers(app: FastAPI) -> None:
 
 
 def _library_errors(app: FastAPI, reply: Any) -> None:
+    from pgfleet.sources.catalog import UnknownSource
+
+    @app.exception_handler(UnknownSource)
+    async def unknown_source(_request: Request, exc: UnknownSource):
+        return reply(404, error_body(str(exc), "invalid_request_error", "source",
+                                     "source_not_found"))
+
     @app.exception_handler(UnknownModelVersion)
     async def unknown_model(_request: Request, exc: UnknownModelVersion):
         return reply(404, error_body(str(exc), "invalid_request_error", "model",

@@ -221,6 +221,17 @@ class Service:
         with self.connection() as conn:
             return search.finish(conn, begun, vector, encode_s)
 
+    def search_source(self, source: str, query: str, k: int, *, mode: str = "vector",
+                      key: str | None = None, version: str | None = None) -> dict[str, Any]:
+        """The rows of a source that best answer ``query``, each with its best chunk
+        (:func:`pgfleet.sources.search.search_source`); the query is encoded by the
+        version's batched engine, with every other caller's."""
+        from pgfleet.sources.search import search_source
+
+        with self.connection() as conn:
+            return search_source(conn, self.engine, source, query, k, mode=mode,
+                                 version_ref=version, key=key)
+
     def embed(self, model: str, texts: list[str], *, key: str | None = None) -> Embeddings:
         """Vectors for ``texts`` from the version ``model`` names: a model name (routed by its
         A/B split, sticky for ``key``) or a version (``v2``, ``name@v2``, an id). Cached ones

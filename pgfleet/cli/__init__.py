@@ -28,6 +28,7 @@ from pgfleet.cli import (
     models,
     search,
     serve,
+    source,
     sql,
     status,
     text2sql,
@@ -48,5 +49,5 @@ def main(log_level: str) -> None:
 for _command in (up.up, flower.flower, db.db, models.models, failures.failures,
                  verify.verify, load.load, search.search, ab.ab, bench.bench, train.train,
                  sql.sql, status.status, text2sql.text2sql, cache.cache, beat.beat,
-                 metrics.metrics, serve.serve, api_key.api_key):
+                 metrics.metrics, serve.serve, api_key.api_key, source.source):
     main.add_command(_command)

@@ -55,6 +55,10 @@ class SourceError(PgfleetError):
     """A source that cannot be added, found or dropped: the message says why."""
 
 
+class UnknownSource(SourceError):
+    """No source of that name."""
+
+
 @dataclass
 class SourceSpec:
     name: str
@@ -114,7 +118,7 @@ def get(conn: psycopg.Connection, name: str) -> Source:
     row = db.fetch_one(conn, "source_by_name", {"name": name})
     if row is None:
         known = [r["name"] for r in db.fetch_all(conn, "list_sources")]
-        raise SourceError(f"no source named {name!r}; known: "
+        raise UnknownSource(f"no source named {name!r}; known: "
                           f"{', '.join([BUILTIN, *known])}")
     return Source.from_row(row)
 
@@ -364,7 +368,7 @@ def text_expression(source: Source, alias: str) -> sql.Composable:
 
 
 def _ddl(conn: psycopg.Connection, source: Source, fleet_schema: str,
-         ) -> Sequence[sql.Composable]:
+         ) -> Sequence[sql.Composed]:
     fleet = sql.Identifier(fleet_schema)
     table = sql.SQL("{}.{}").format(sql.Identifier(source.schema_name),
                                     sql.Identifier(source.table_name))
@@ -381,7 +385,7 @@ def _ddl(conn: psycopg.Connection, source: Source, fleet_schema: str,
     # template's literal text could hold the closing quote)
     bodies = {name: sql.SQL(text).format(**values).as_string(conn)
               for name, text in _BODIES.items()}
-    statements: list[sql.Composable] = [
+    statements: list[sql.Composed] = [
         sql.SQL("CREATE VIEW {fleet}.{view} AS SELECT t.{key} AS key, (t.{key})::text AS "
                 "row_key, {text} AS body FROM {table} t").format(
             fleet=fleet, view=source.view, key=key, text=text_expression(source, "t"),

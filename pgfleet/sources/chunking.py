@@ -92,7 +92,8 @@ class Chunker:
                 out.append(Chunk(len(out), piece, section.start + start,
                                  section.start + start + len(piece), heading))
         if not out:  # headings only: the text as it is
-            return [Chunk(0, text.strip(), 0, len(text))]
+            start = len(text) - len(text.lstrip())
+            return [Chunk(0, text.strip(), start, start + len(text.strip()))]
         return out
 
     def _split(self, text: str, size: int) -> list[tuple[str, tuple[int, int]]]:

@@ -31,7 +31,7 @@ import numpy as np
 
 import schema
 from pgfleet import db
-from pgfleet.embedding.batching import backoff_s, chunked
+from pgfleet.embedding.batching import backoff_s
 from pgfleet.embedding.engines.base import Engine, ModelSpec
 from pgfleet.embedding.isolation import check_vectors, with_retry
 from pgfleet.errors import DatabaseRejected, ModelLoadError, UnknownModelVersion
@@ -127,8 +127,9 @@ class SourcePipeline:
         if spec is None:
             raise UnknownModelVersion(
                 f"model version {version_id} does not exist or is not an embedding model")
-        for part in chunked(sorted(set(keys)), ROWS_PER_BATCH):
-            self._batch(source, spec, part, report)
+        ordered = sorted(set(keys))
+        for at in range(0, len(ordered), ROWS_PER_BATCH):
+            self._batch(source, spec, ordered[at:at + ROWS_PER_BATCH], report)
         return report
 
     def _batch(self, source: Source, spec: ModelSpec, keys: list[str],

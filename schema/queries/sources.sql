@@ -381,3 +381,10 @@ FROM model_versions v
 WHERE v.kind = 'embedding' AND v.active
   AND (%(model_name)s::text IS NULL OR v.name = %(model_name)s::text)
 ORDER BY v.traffic_percent DESC, v.id;
+
+-- name: docs_source_counts
+-- The built-in source's counts, as list_sources gives a source's.
+SELECT (SELECT count(DISTINCT doc_id) FROM embeddings) AS rows_embedded,
+       (SELECT count(*) FROM embeddings) AS chunks,
+       (SELECT count(*) FROM pending_embeddings) AS pending,
+       (SELECT count(*) FROM embedding_failures) AS failed;
