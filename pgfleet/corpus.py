@@ -90,3 +90,32 @@ def sample_docs() -> list[dict]:
     """The small hand-written sample shipped with pgfleet (content + metadata)."""
     text = resources.files("pgfleet").joinpath("data/sample_docs.jsonl").read_text("utf-8")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def markdown_pages(limit: int, *, min_words: int = 600) -> list[dict[str, str]]:
+    """Up to ``limit`` whole Markdown pages: the descriptions (READMEs) of the installed
+    packages whose metadata says ``text/markdown``, at least ``min_words`` words each, with
+    the package's name and its one-line summary; distinct, in name order."""
+    import email
+
+    seen: set[str] = set()
+    pages: list[dict[str, str]] = []
+    roots = {Path(p) for p in (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])}
+    for path in sorted(p for root in roots for p in root.glob("*.dist-info/METADATA")):
+        try:
+            message = email.message_from_string(path.read_text("utf-8"))
+        except (OSError, UnicodeDecodeError):
+            continue
+        kind = (message.get("Description-Content-Type") or "").lower()
+        body = message.get_payload()
+        if "markdown" not in kind or not isinstance(body, str):
+            continue
+        body = body.strip()
+        if len(body.split()) < min_words or body in seen:
+            continue
+        seen.add(body)
+        pages.append({"name": str(message.get("Name") or path.parent.name),
+                      "summary": str(message.get("Summary") or ""), "body": body})
+        if len(pages) >= limit:
+            break
+    return pages

@@ -168,3 +168,43 @@ def bench_serve(clients: str, docs: int, seconds: float, logs_dir: Path | None,
     out.print(targets)
     out.print(f"machine: {result['machine']}")
     out.print(f"settings: {result['settings']}")
+
+
+@bench.command("sources")
+@click.option("--rows", type=click.IntRange(min=0), default=20_000, show_default=True,
+              help="rows in the throughput backlog (0: no throughput phase)")
+@click.option("--inserts", type=click.IntRange(min=0), default=2000, show_default=True,
+              help="single-row inserts per measurement of the triggers' cost (0: none)")
+@click.option("--retrieval/--no-retrieval", default=True,
+              help="truncation against chunking and hybrid on long pages")
+@click.option("--chunk-tokens", type=click.IntRange(16, 8192), default=200, show_default=True)
+@click.option("--overlap", type=click.IntRange(min=0), default=32, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench_sources(rows: int, inserts: int, retrieval: bool, chunk_tokens: int, overlap: int,
+                  as_json: bool) -> None:
+    """Sources: retrieval on long pages (MRR@10, recall@10 for truncation, tokens, markdown
+    and hybrid), the triggers' cost on inserts, and a backlog's chunks/s against the bare
+    model. Starts its own embedded servers and fleet in a temporary directory."""
+    from pgfleet.cli import context
+    from pgfleet.ops import bench_sources as mod
+
+    config = mod.SourcesBenchConfig(rows=rows, retrieval=retrieval, inserts=inserts,
+                                    throughput=rows > 0, chunk_tokens=chunk_tokens,
+                                    overlap=overlap)
+    result = mod.run(config, context.settings())
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    if "retrieval" in result:
+        table = Table(title=f"retrieval: {result['retrieval']['pages']} pages, queries "
+                            f"{result['retrieval']['queries']}")
+        for col in ("mode", "deep MRR@10", "deep recall@10", "gist MRR@10", "gist recall@10"):
+            table.add_column(col)
+        for mode, score in result["retrieval"]["scores"].items():
+            table.add_row(mode, str(score["deep"]["mrr@10"]), str(score["deep"]["recall@10"]),
+                          str(score["gist"]["mrr@10"]), str(score["gist"]["recall@10"]))
+        out.print(table)
+    if "inserts" in result:
+        out.print(f"inserts: {result['inserts']}")
+    if "throughput" in result:
+        out.print(f"throughput: {result['throughput']}")

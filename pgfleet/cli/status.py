@@ -116,7 +116,10 @@ def render(data: dict[str, Any], *, problem: str | None = None) -> Group:
     parts: list[Any] = [_headline(data)]
     if problem:
         parts.append(Text(f"cannot refresh: {problem} (showing the last view)", style="red"))
-    parts += [_versions(data["versions"]), _queues(data["queues"]), _workers(data["workers"])]
+    parts += [_versions(data["versions"])]
+    if data.get("sources"):
+        parts.append(_sources(data["sources"]))
+    parts += [_queues(data["queues"]), _workers(data["workers"])]
     if data.get("ab"):
         parts.append(_splits(data["ab"]))
     if data.get("training"):
@@ -176,6 +179,16 @@ def _versions(rows: list[dict[str, Any]]) -> Table:
                       str(v["pending"]),
                       Text(str(v["failed"]), style="red" if v["failed"] else ""),
                       lag_text(v["oldest_pending_s"]) if v["active"] else Text("-", "dim"))
+    return table
+
+
+def _sources(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="sources", title_justify="left")
+    for col in ("source", "version", "rows embedded", "chunks", "pending", "failed", "lag"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["source"], r["version"], str(r["embedded"]), str(r["chunks"]),
+                      str(r["pending"]), str(r["failed"]), lag_text(r["oldest_pending_s"]))
     return table
 
 

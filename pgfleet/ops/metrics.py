@@ -174,6 +174,7 @@ class FleetCollector(Collector):
                         for r in db.fetch_all(conn, "model_versions")}
         self._read_logs(conn)
         yield from self._version_families(conn)
+        yield from self._source_families(conn)
         yield from self._failure_families(conn)
         yield from self._cache_families(conn)
         yield from self._training_families(conn)
@@ -214,6 +215,30 @@ class FleetCollector(Collector):
             families["coverage"].add_metric(labels, coverage(int(r["embedded"]), int(r["docs"])))
             families["pending"].add_metric(labels, float(r["pending"]))
             families["oldest"].add_metric(labels, float(r["oldest_pending_s"] or 0.0))
+        yield from families.values()
+
+    def _source_families(self, conn: psycopg.Connection) -> Iterator[Any]:
+        labels = ["source", *LABELS]
+        families = {
+            "embedded": GaugeMetricFamily("pgfleet_source_embedded_rows",
+                                          "a source's rows with chunks for the version",
+                                          labels=labels),
+            "chunks": GaugeMetricFamily("pgfleet_source_chunks",
+                                        "a source's chunks for the version", labels=labels),
+            "pending": GaugeMetricFamily("pgfleet_source_pending_rows",
+                                         "a source's rows waiting to be embedded",
+                                         labels=labels),
+            "failed": GaugeMetricFamily("pgfleet_source_failed_rows",
+                                        "a source's rows that could not be embedded "
+                                        "(pgfleet source failures)", labels=labels),
+            "oldest_pending_s": GaugeMetricFamily(
+                "pgfleet_source_oldest_pending_age_seconds",
+                "age of a source's oldest pending row (0 when none)", labels=labels),
+        }
+        for r in db.fetch_all(conn, "source_status"):
+            values = [r["source"], r["name"], r["version"]]
+            for name, family in families.items():
+                family.add_metric(values, float(r[name] or 0.0))
         yield from families.values()
 
     def _failure_families(self, conn: psycopg.Connection) -> Iterator[Any]:

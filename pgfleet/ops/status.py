@@ -40,6 +40,17 @@ def version_rows(conn: psycopg.Connection) -> list[dict[str, Any]]:
     } for r in rows]
 
 
+def source_rows(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Per source and active version of its model: rows embedded, chunks, pending, failed
+    and lag."""
+    return [{"source": r["source"], "version": f"{r['name']}@{r['version']}",
+             "embedded": int(r["embedded"]), "chunks": int(r["chunks"]),
+             "pending": int(r["pending"]), "failed": int(r["failed"]),
+             "oldest_pending_s": (round(float(r["oldest_pending_s"]), 3)
+                                  if r["oldest_pending_s"] is not None else None)}
+            for r in db.fetch_all(conn, "source_status")]
+
+
 def coverage(embedded: int, docs: int) -> float | None:
     """The share of docs with a vector, to 4 places (None when there are no docs)."""
     ratio = stats.coverage(embedded, docs)
@@ -215,7 +226,8 @@ def collect(conn: psycopg.Connection, redis_url: str, *,
 
 def collect_database(conn: psycopg.Connection) -> dict[str, Any]:
     return {"generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "versions": version_rows(conn), "failures": recent_failures(conn),
+            "versions": version_rows(conn), "sources": source_rows(conn),
+            "failures": recent_failures(conn),
             "ab": ab_splits(conn), "training": training_runs(conn)}
 
 

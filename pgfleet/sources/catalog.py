@@ -32,6 +32,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 
 import schema
 from pgfleet import db
@@ -183,6 +184,20 @@ def repair(conn: psycopg.Connection, source: Source) -> int:
     triggers off: replication, a restore)."""
     row = conn.execute(_composed(source, "source_orphans"), {"source_id": source.id}).fetchone()
     return sum(int(n) for n in row) if row else 0
+
+
+def verify(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """``pgfleet verify``'s rows for every source: per active version of its model, its rows
+    and how many are missing, stale, orphaned or duplicated, pending and failed."""
+    out = []
+    for source in list_sources(conn):
+        with conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(_composed(source, "verify_source"),
+                               {"source_id": source.id, "model_name": source.model_name}
+                               ).fetchall()
+        out.extend({"source": source.name, **{k: int(v) if isinstance(v, int) else v
+                                              for k, v in r.items()}} for r in rows)
+    return out
 
 
 def composed(source: Source, name: str) -> sql.Composed:

@@ -21,7 +21,10 @@ PGFLEET_TABLES = (
     "model_versions", "embeddings", "pending_embeddings", "model_cache", "inference_logs",
     "embedding_failures", "ab_history", "search_feedback", "training_pairs", "training_runs",
     "text2sql_examples", "pgfleet_migrations", "api_keys",
+    "sources", "source_pending", "source_chunks", "source_failures",
 )
+#: the views a source creates (pgfleet.sources.catalog) are the fleet's too
+PGFLEET_VIEW_PREFIX = "pgfleet_source_"
 TABLE_SEP = " | "
 COLUMN_SEP = " , "
 
@@ -72,7 +75,8 @@ def introspect(conn: psycopg.Connection, schemas: Iterable[str] | None = None, *
     names = list(schemas) if schemas is not None else ["public"]
     params = {"schemas": names, "exclude": list(exclude)}
     tables = {(s, t): Table(s, t) for s, t in conn.execute(
-        sql_files.query("text2sql_tables"), params).fetchall()}
+        sql_files.query("text2sql_tables"), params).fetchall()
+        if not t.startswith(PGFLEET_VIEW_PREFIX)}
     for nsp, rel, col, type_, not_null in conn.execute(
             sql_files.query("text2sql_columns"), {"schemas": names}).fetchall():
         if (nsp, rel) in tables:

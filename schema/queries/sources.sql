@@ -388,3 +388,65 @@ SELECT (SELECT count(DISTINCT doc_id) FROM embeddings) AS rows_embedded,
        (SELECT count(*) FROM embeddings) AS chunks,
        (SELECT count(*) FROM pending_embeddings) AS pending,
        (SELECT count(*) FROM embedding_failures) AS failed;
+
+-- name: source_status
+-- Per source and active version of its model: rows with chunks, chunks, rows pending, rows
+-- failed and the oldest pending row's age (what pgfleet status and the metrics show).
+SELECT s.name AS source, v.name, v.version,
+       (SELECT count(DISTINCT c.row_key) FROM source_chunks c
+        WHERE c.source_id = s.id AND c.version_id = v.id) AS embedded,
+       (SELECT count(*) FROM source_chunks c
+        WHERE c.source_id = s.id AND c.version_id = v.id) AS chunks,
+       (SELECT count(*) FROM source_pending p
+        WHERE p.source_id = s.id AND p.version_id = v.id) AS pending,
+       (SELECT count(*) FROM source_failures f
+        WHERE f.source_id = s.id AND f.version_id = v.id) AS failed,
+       (SELECT extract(epoch FROM now() - min(p.queued_at)) FROM source_pending p
+        WHERE p.source_id = s.id AND p.version_id = v.id) AS oldest_pending_s
+FROM sources s
+JOIN model_versions v ON v.kind = 'embedding' AND v.active
+     AND (s.model_name IS NULL OR v.name = s.model_name)
+ORDER BY s.name, v.id;
+
+-- name: verify_source
+-- What pgfleet verify checks of a source, per active version of its model: rows with no
+-- chunks at all and no pending job or failure (missing); rows whose chunks
+-- are of older text with no newer job pending (stale); chunks of rows that no longer exist
+-- (orphaned); rows whose chunks are of two texts or not numbered 0..n-1 (duplicated).
+WITH cur AS (
+    SELECT s.row_key, pgfleet_content_hash_v1(s.body) AS hash FROM {view} s
+), chunked AS (
+    SELECT c.version_id, c.row_key, min(c.content_hash) AS hash,
+           count(DISTINCT c.content_hash) AS hashes, count(*) AS n, max(c.chunk) AS top
+    FROM source_chunks c
+    WHERE c.source_id = %(source_id)s
+    GROUP BY c.version_id, c.row_key
+), pend AS (
+    SELECT version_id, row_key FROM source_pending WHERE source_id = %(source_id)s
+), fail AS (
+    SELECT version_id, row_key FROM source_failures WHERE source_id = %(source_id)s
+)
+SELECT v.name, v.version,
+       (SELECT count(*) FROM cur) AS rows,
+       (SELECT count(*) FROM cur
+        WHERE NOT EXISTS (SELECT 1 FROM chunked k WHERE k.version_id = v.id
+                            AND k.row_key = cur.row_key)
+          AND NOT EXISTS (SELECT 1 FROM pend p WHERE p.version_id = v.id
+                            AND p.row_key = cur.row_key)
+          AND NOT EXISTS (SELECT 1 FROM fail f WHERE f.version_id = v.id
+                            AND f.row_key = cur.row_key)) AS missing,
+       (SELECT count(*) FROM chunked k JOIN cur ON cur.row_key = k.row_key
+        WHERE k.version_id = v.id AND (k.hash <> cur.hash OR k.hashes > 1)
+          AND NOT EXISTS (SELECT 1 FROM pend p WHERE p.version_id = v.id
+                            AND p.row_key = k.row_key)) AS stale,
+       (SELECT count(*) FROM chunked k
+        WHERE k.version_id = v.id
+          AND NOT EXISTS (SELECT 1 FROM cur WHERE cur.row_key = k.row_key)) AS orphaned,
+       (SELECT count(*) FROM chunked k
+        WHERE k.version_id = v.id AND (k.hashes > 1 OR k.n <> k.top + 1)) AS duplicated,
+       (SELECT count(*) FROM pend p WHERE p.version_id = v.id) AS pending,
+       (SELECT count(*) FROM fail f WHERE f.version_id = v.id) AS failed
+FROM model_versions v
+WHERE v.kind = 'embedding' AND v.active
+  AND (%(model_name)s::text IS NULL OR v.name = %(model_name)s::text)
+ORDER BY v.id;

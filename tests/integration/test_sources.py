@@ -414,3 +414,44 @@ def test_search_returns_each_row_once_with_its_best_chunk(db_, make_pipeline):
     assert answer["hits"][0]["key"] == "1"
     assert "build77" in answer["hits"][0]["chunk"]["text"]
     assert answer["mode"] == "hybrid" and answer["source"] == "articles"
+
+
+def test_status_and_metrics_show_each_source(db_, scratch_url, make_pipeline):
+    from pgfleet.ops.metrics import FleetCollector
+    from pgfleet.ops.status import source_rows
+
+    source, _ = add(db_, chunk_tokens=32, overlap=0)
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'Guide', %s), (2, 'b', 'c')",
+                (LONG,))
+    embed_all(make_pipeline(), db_, source.id)
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (3, 'new', 'row')")
+    [row] = source_rows(db_)
+    assert row["source"] == "articles" and row["version"] == "all-minilm-l6-v2@v1"
+    assert (row["embedded"], row["pending"], row["failed"]) == (2, 1, 0)
+    assert row["chunks"] > 8 and row["oldest_pending_s"] >= 0
+    families = {f.name: f for f in FleetCollector(scratch_url).collect()}
+    [sample] = families["pgfleet_source_pending_rows"].samples
+    assert sample.labels == {"source": "articles", "model": "all-minilm-l6-v2",
+                             "version": "v1"} and sample.value == 1.0
+    assert families["pgfleet_source_chunks"].samples[0].value == row["chunks"]
+
+
+def test_verify_finds_what_is_wrong_with_a_sources_chunks(db_, make_pipeline):
+    from pgfleet.embedding.verify import consistent
+
+    source, _ = add(db_, chunk_tokens=32, overlap=0)
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'Guide', %s), (2, 'b', 'c'), "
+                "(3, 'd', 'e'), (4, 'f', 'g')", (LONG,))
+    embed_all(make_pipeline(), db_, source.id)
+    [report] = catalog.verify(db_)
+    assert report["rows"] == 4 and consistent([report])
+    with db_.transaction():
+        db_.execute("SET LOCAL session_replication_role = replica")
+        db_.execute("UPDATE articles SET body = 'quietly changed' WHERE id = 2")
+        db_.execute("DELETE FROM articles WHERE id = 3")
+        db_.execute("INSERT INTO articles (id, title, body) VALUES (5, 'quiet', 'insert')")
+    db_.execute("DELETE FROM source_chunks WHERE row_key = '1' AND chunk = 1")
+    [report] = catalog.verify(db_)
+    assert {k: report[k] for k in ("missing", "stale", "orphaned", "duplicated")} == {
+        "missing": 1, "stale": 1, "orphaned": 1, "duplicated": 1}
+    assert not consistent([report], settled=False)

@@ -76,3 +76,4 @@ def test_embed_source_refuses_malformed_arguments(args):
 
     with pytest.raises(InvalidTaskArguments):
         validate_source_args(*args)
+
