@@ -189,7 +189,7 @@ def repair(conn: psycopg.Connection, source: Source) -> int:
 def verify(conn: psycopg.Connection) -> list[dict[str, Any]]:
     """``pgfleet verify``'s rows for every source: per active version of its model, its rows
     and how many are missing, stale, orphaned or duplicated, pending and failed."""
-    out = []
+    out: list[dict[str, Any]] = []
     for source in list_sources(conn):
         with conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(_composed(source, "verify_source"),
