@@ -152,18 +152,19 @@ def drop(conn: psycopg.Connection, name: str) -> Source:
     """Remove the source's triggers, view, index, pending rows, chunks and failures."""
     with conn.transaction():
         source = get(conn, name)
+        fleet_schema = _fleet_schema(conn)
         for tgname, nspname, relname in conn.execute(
                 schema.query("source_triggers"),
-                {"names": [f"{_prefix(source)}_{suffix}" for suffix in _EVENTS]}):
-            conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}.{}").format(
-                sql.Identifier(tgname), sql.Identifier(nspname), sql.Identifier(relname)))
-        fleet_schema = sql.Identifier(_fleet_schema(conn))
-        conn.execute(sql.SQL("DROP VIEW IF EXISTS {}.{}").format(fleet_schema, source.view))
-        for suffix in _EVENTS:
-            conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}.{}()").format(
-                fleet_schema, sql.Identifier(f"{_prefix(source)}_{suffix}")))
-        conn.execute(sql.SQL("DROP INDEX IF EXISTS {}.{}").format(
-            fleet_schema, sql.Identifier(f"{_prefix(source)}_tsv")))
+                {"names": [f"{_prefix(source)}_{suffix}" for suffix in EVENTS]}):
+            conn.execute(_query("source_drop_trigger", trigger=sql.Identifier(tgname),
+                                table=sql.SQL("{}.{}").format(sql.Identifier(nspname),
+                                                              sql.Identifier(relname))))
+        names = _names(source, fleet_schema)
+        conn.execute(_query("source_drop_view", **names))
+        for suffix in EVENTS:
+            conn.execute(_query("source_drop_function",
+                                **_trigger_names(source, fleet_schema, suffix)))
+        conn.execute(_query("source_drop_index", **names))
         db.execute(conn, "delete_source", {"source_id": source.id})
     return source
 
@@ -175,7 +176,7 @@ def backfill(conn: psycopg.Connection, source: Source, version_id: int | None = 
                          {"source_id": source.id, "model_name": source.model_name,
                           "version_id": version_id}).rowcount
     if count:
-        conn.execute("SELECT pg_notify('pgfleet_pending', '')")
+        conn.execute(schema.query("source_notify"))
     return count
 
 
@@ -285,11 +286,10 @@ def _table(conn: psycopg.Connection, spec: SourceSpec) -> dict[str, Any]:
 
 
 def fleet_tables() -> set[str]:
-    """The tables the fleet's migrations create: never a source."""
-    found: set[str] = set()
-    for migration in schema.migrations():
-        found.update(re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", migration.text))
-    return found
+    """The fleet's own tables (and docs, the built-in source): never a source."""
+    from pgfleet.text2sql.schema_text import PGFLEET_TABLES
+
+    return {*PGFLEET_TABLES, BUILTIN}
 
 
 def _key(conn: psycopg.Connection, table: dict[str, Any], wanted: str | None,
@@ -384,128 +384,45 @@ def text_expression(source: Source, alias: str) -> sql.Composable:
 
 def _ddl(conn: psycopg.Connection, source: Source, fleet_schema: str,
          ) -> Sequence[sql.Composed]:
-    fleet = sql.Identifier(fleet_schema)
-    table = sql.SQL("{}.{}").format(sql.Identifier(source.schema_name),
-                                    sql.Identifier(source.table_name))
-    key = sql.Identifier(source.key_column)
-    prefix = _prefix(source)
-    values = {
-        "fleet": fleet, "id": sql.Literal(source.id), "key": key,
-        "model": sql.Literal(source.model_name),
-        "text_n": text_expression(source, "n"), "text_o": text_expression(source, "o"),
-        "requeue": sql.SQL(_REQUEUE),
-    }
-    values["versions"] = sql.SQL(_VERSIONS).format(model=values["model"])
-    # a body is rendered, then passed as one string literal (never dollar-quoted: a
-    # template's literal text could hold the closing quote)
-    bodies = {name: sql.SQL(text).format(**values).as_string(conn)
-              for name, text in _BODIES.items()}
-    statements: list[sql.Composed] = [
-        sql.SQL("CREATE VIEW {fleet}.{view} AS SELECT t.{key} AS key, (t.{key})::text AS "
-                "row_key, {text} AS body FROM {table} t").format(
-            fleet=fleet, view=source.view, key=key, text=text_expression(source, "t"),
-            table=table),
-        sql.SQL("GRANT SELECT ON {}.{} TO pgfleet_worker").format(fleet, source.view),
-        sql.SQL("CREATE INDEX {} ON {}.source_chunks USING gin (tsv) WHERE source_id = {}"
-                ).format(sql.Identifier(f"{prefix}_tsv"), fleet, sql.Literal(source.id)),
-    ]
-    for suffix, body in bodies.items():
-        function = sql.SQL("{}.{}").format(fleet, sql.Identifier(f"{prefix}_{suffix}"))
-        statements.append(sql.SQL(
-            "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
-            "SET search_path = pg_catalog, pg_temp AS {body}").format(
-            function=function, body=sql.Literal(body)))
-        statements.append(sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(function))
-        event, transition = _EVENTS[suffix]
-        statements.append(sql.SQL(
-            "CREATE TRIGGER {name} AFTER {event} ON {table} {transition} "
-            "FOR EACH STATEMENT EXECUTE FUNCTION {function}()").format(
-            name=sql.Identifier(f"{prefix}_{suffix}"), event=sql.SQL(event), table=table,
-            transition=sql.SQL(transition), function=function))
+    names = _names(source, fleet_schema)
+    values = {**names, "id": sql.Literal(source.id), "key": sql.Identifier(source.key_column),
+              "model": sql.Literal(source.model_name),
+              "text_n": text_expression(source, "n"), "text_o": text_expression(source, "o")}
+    statements = [_query("source_create_view", **values, text=text_expression(source, "t")),
+                  _query("source_grant_view", **values),
+                  _query("source_create_index", **values)]
+    for suffix in EVENTS:
+        parts = {**values, **_trigger_names(source, fleet_schema, suffix)}
+        # rendered here, then passed as one literal (see source_create_function)
+        body = _query(f"source_trigger_{suffix}", **parts).as_string(conn)
+        statements += [_query("source_create_function", **parts, body=sql.Literal(body)),
+                       _query("source_revoke_function", **parts),
+                       _query(f"source_create_trigger_{suffix}", **parts)]
         if source.always:
-            statements.append(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}").format(
-                table, sql.Identifier(f"{prefix}_{suffix}")))
+            statements.append(_query("source_enable_always", **parts))
     return statements
 
 
-_EVENTS = {
-    "inserted": ("INSERT", "REFERENCING NEW TABLE AS new_rows"),
-    "updated": ("UPDATE", "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"),
-    "deleted": ("DELETE", "REFERENCING OLD TABLE AS old_rows"),
-    "truncated": ("TRUNCATE", ""),
-}
+#: the source's triggers, one per event
+EVENTS = ("inserted", "updated", "deleted", "truncated")
 
-_VERSIONS = ("v.kind = 'embedding' AND v.active AND ({model}::text IS NULL "
-             "OR v.name = {model}::text)")
-_REQUEUE = ("ON CONFLICT (source_id, row_key, version_id) DO UPDATE "
-            "SET content_hash = EXCLUDED.content_hash, priority = 0, queued_at = now(), "
-            "enqueued_at = NULL, attempts = 0, not_before = now(), last_error = NULL, "
-            "started_at = NULL, started_by = NULL")
 
-# The triggers' bodies (composed: {fleet} the fleet's schema, {id} the source's id, {key}
-# its key column, {text_n}/{text_o} the text of a new/old row). A row is queued once per
-# active version of the source's model; a failure recorded for its old text is cleared.
-_BODIES = {
-    "inserted": """
-BEGIN
-    INSERT INTO {fleet}.source_pending (source_id, row_key, version_id, content_hash)
-    SELECT {id}, (n.{key})::text, v.id, {fleet}.pgfleet_content_hash_v1({text_n})
-    FROM new_rows n CROSS JOIN {fleet}.model_versions v
-    WHERE {versions}
-    {requeue};
-    IF FOUND THEN
-        DELETE FROM {fleet}.source_failures f USING new_rows n
-        WHERE f.source_id = {id} AND f.row_key = (n.{key})::text;
-        PERFORM pg_notify('pgfleet_pending', '');
-    END IF;
-    RETURN NULL;
-END""",
-    # a row whose key changed leaves its old key's rows behind: they go; a row is queued
-    # only when its text changed (an update of other columns, or a no-op, queues nothing)
-    "updated": """
-BEGIN
-    DELETE FROM {fleet}.source_pending p USING old_rows o
-    WHERE p.source_id = {id} AND p.row_key = (o.{key})::text
-      AND NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.{key} = o.{key});
-    DELETE FROM {fleet}.source_chunks c USING old_rows o
-    WHERE c.source_id = {id} AND c.row_key = (o.{key})::text
-      AND NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.{key} = o.{key});
-    DELETE FROM {fleet}.source_failures f USING old_rows o
-    WHERE f.source_id = {id} AND f.row_key = (o.{key})::text
-      AND NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.{key} = o.{key});
-    INSERT INTO {fleet}.source_pending (source_id, row_key, version_id, content_hash)
-    SELECT {id}, (n.{key})::text, v.id, {fleet}.pgfleet_content_hash_v1({text_n})
-    FROM new_rows n LEFT JOIN old_rows o ON o.{key} = n.{key}
-    CROSS JOIN {fleet}.model_versions v
-    WHERE {versions}
-      AND (o.{key} IS NULL OR {text_o} IS DISTINCT FROM {text_n})
-    {requeue};
-    IF FOUND THEN
-        DELETE FROM {fleet}.source_failures f
-        USING new_rows n LEFT JOIN old_rows o ON o.{key} = n.{key}
-        WHERE f.source_id = {id} AND f.row_key = (n.{key})::text
-          AND (o.{key} IS NULL OR {text_o} IS DISTINCT FROM {text_n});
-        PERFORM pg_notify('pgfleet_pending', '');
-    END IF;
-    RETURN NULL;
-END""",
-    # the pending rows first: a worker writing this row's chunks holds its pending row, so
-    # the delete waits for that write and then removes what it wrote
-    "deleted": """
-BEGIN
-    DELETE FROM {fleet}.source_pending p USING old_rows o
-    WHERE p.source_id = {id} AND p.row_key = (o.{key})::text;
-    DELETE FROM {fleet}.source_chunks c USING old_rows o
-    WHERE c.source_id = {id} AND c.row_key = (o.{key})::text;
-    DELETE FROM {fleet}.source_failures f USING old_rows o
-    WHERE f.source_id = {id} AND f.row_key = (o.{key})::text;
-    RETURN NULL;
-END""",
-    "truncated": """
-BEGIN
-    DELETE FROM {fleet}.source_pending WHERE source_id = {id};
-    DELETE FROM {fleet}.source_chunks WHERE source_id = {id};
-    DELETE FROM {fleet}.source_failures WHERE source_id = {id};
-    RETURN NULL;
-END""",
-}
+def _query(name: str, **parts: sql.Composable) -> sql.Composed:
+    text = schema.query(name)
+    used = {k: v for k, v in parts.items() if "{" + k + "}" in text}
+    return sql.SQL(text).format(**used)
+
+
+def _names(source: Source, fleet_schema: str) -> dict[str, sql.Composable]:
+    fleet = sql.Identifier(fleet_schema)
+    return {"fleet": fleet, "view": source.view,
+            "table": sql.SQL("{}.{}").format(sql.Identifier(source.schema_name),
+                                             sql.Identifier(source.table_name)),
+            "index": sql.Identifier(f"{_prefix(source)}_tsv")}
+
+
+def _trigger_names(source: Source, fleet_schema: str, suffix: str) -> dict[str, sql.Composable]:
+    name = f"{_prefix(source)}_{suffix}"
+    return {"trigger": sql.Identifier(name),
+            "function": sql.SQL("{}.{}").format(sql.Identifier(fleet_schema),
+                                                sql.Identifier(name))}

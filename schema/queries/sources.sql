@@ -450,3 +450,147 @@ FROM model_versions v
 WHERE v.kind = 'embedding' AND v.active
   AND (%(model_name)s::text IS NULL OR v.name = %(model_name)s::text)
 ORDER BY v.id;
+
+-- The objects `source add` creates, composed with the names it checked against the catalog
+-- (pgfleet.sources.catalog): {fleet} the fleet's schema, {table} the user's table, {key} its
+-- key column, {view}, {function}, {trigger} and {index} the source's own names, {id} its
+-- id and {model} its model name (literals), {text} the SQL of a row's text (over alias t).
+
+-- name: source_notify
+SELECT pg_notify('pgfleet_pending', '');
+
+-- name: source_create_view
+CREATE VIEW {fleet}.{view} AS
+SELECT t.{key} AS key, (t.{key})::text AS row_key, {text} AS body FROM {table} t;
+
+-- name: source_grant_view
+-- The fleet's restricted role reads the source's columns through the view, nothing else.
+GRANT SELECT ON {fleet}.{view} TO pgfleet_worker;
+
+-- name: source_create_index
+CREATE INDEX {index} ON {fleet}.source_chunks USING gin (tsv) WHERE source_id = {id};
+
+-- name: source_create_function
+-- A trigger function ({body}: its PL/pgSQL, rendered and passed as one string literal, never
+-- dollar-quoted: a template's literal text could hold the closing quote). It runs with its
+-- owner's rights and a fixed search_path, so whoever writes the table needs no rights on
+-- the fleet's tables.
+CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp AS {body};
+
+-- name: source_revoke_function
+REVOKE ALL ON FUNCTION {function}() FROM PUBLIC;
+
+-- name: source_enable_always
+-- Fired for rows applied by logical replication too (session_replication_role = replica).
+ALTER TABLE {table} ENABLE ALWAYS TRIGGER {trigger};
+
+-- name: source_drop_trigger
+DROP TRIGGER IF EXISTS {trigger} ON {table};
+
+-- name: source_drop_view
+DROP VIEW IF EXISTS {fleet}.{view};
+
+-- name: source_drop_function
+DROP FUNCTION IF EXISTS {function}();
+
+-- name: source_drop_index
+DROP INDEX IF EXISTS {fleet}.{index};
+
+-- name: source_create_trigger_inserted
+CREATE TRIGGER {trigger} AFTER INSERT ON {table} REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {function}();
+
+-- name: source_create_trigger_updated
+CREATE TRIGGER {trigger} AFTER UPDATE ON {table}
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {function}();
+
+-- name: source_create_trigger_deleted
+CREATE TRIGGER {trigger} AFTER DELETE ON {table} REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {function}();
+
+-- name: source_create_trigger_truncated
+CREATE TRIGGER {trigger} AFTER TRUNCATE ON {table}
+    FOR EACH STATEMENT EXECUTE FUNCTION {function}();
+
+-- name: source_trigger_inserted
+-- The inserted trigger's body.
+-- A row is queued once per active version of the source's model; a failure recorded for
+-- its old text is cleared.
+BEGIN
+    INSERT INTO {fleet}.source_pending (source_id, row_key, version_id, content_hash)
+    SELECT {id}, (n.{key})::text, v.id, {fleet}.pgfleet_content_hash_v1({text_n})
+    FROM new_rows n CROSS JOIN {fleet}.model_versions v
+    WHERE v.kind = 'embedding' AND v.active
+      AND ({model}::text IS NULL OR v.name = {model}::text)
+    ON CONFLICT (source_id, row_key, version_id) DO UPDATE
+        SET content_hash = EXCLUDED.content_hash, priority = 0, queued_at = now(),
+            enqueued_at = NULL, attempts = 0, not_before = now(), last_error = NULL,
+            started_at = NULL, started_by = NULL;
+    IF FOUND THEN
+        DELETE FROM {fleet}.source_failures f USING new_rows n
+        WHERE f.source_id = {id} AND f.row_key = (n.{key})::text;
+        PERFORM pg_notify('pgfleet_pending', '');
+    END IF;
+    RETURN NULL;
+END
+
+-- name: source_trigger_updated
+-- The updated trigger's body.
+-- A row whose key changed leaves its old key's rows behind: they go. A row is queued only
+-- when its text changed (an update of other columns, or a no-op, queues nothing).
+BEGIN
+    DELETE FROM {fleet}.source_pending p USING old_rows o
+    WHERE p.source_id = {id} AND p.row_key = (o.{key})::text
+      AND NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.{key} = o.{key});
+    DELETE FROM {fleet}.source_chunks c USING old_rows o
+    WHERE c.source_id = {id} AND c.row_key = (o.{key})::text
+      AND NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.{key} = o.{key});
+    DELETE FROM {fleet}.source_failures f USING old_rows o
+    WHERE f.source_id = {id} AND f.row_key = (o.{key})::text
+      AND NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.{key} = o.{key});
+    INSERT INTO {fleet}.source_pending (source_id, row_key, version_id, content_hash)
+    SELECT {id}, (n.{key})::text, v.id, {fleet}.pgfleet_content_hash_v1({text_n})
+    FROM new_rows n LEFT JOIN old_rows o ON o.{key} = n.{key}
+    CROSS JOIN {fleet}.model_versions v
+    WHERE v.kind = 'embedding' AND v.active
+      AND ({model}::text IS NULL OR v.name = {model}::text)
+      AND (o.{key} IS NULL OR {text_o} IS DISTINCT FROM {text_n})
+    ON CONFLICT (source_id, row_key, version_id) DO UPDATE
+        SET content_hash = EXCLUDED.content_hash, priority = 0, queued_at = now(),
+            enqueued_at = NULL, attempts = 0, not_before = now(), last_error = NULL,
+            started_at = NULL, started_by = NULL;
+    IF FOUND THEN
+        DELETE FROM {fleet}.source_failures f
+        USING new_rows n LEFT JOIN old_rows o ON o.{key} = n.{key}
+        WHERE f.source_id = {id} AND f.row_key = (n.{key})::text
+          AND (o.{key} IS NULL OR {text_o} IS DISTINCT FROM {text_n});
+        PERFORM pg_notify('pgfleet_pending', '');
+    END IF;
+    RETURN NULL;
+END
+
+-- name: source_trigger_deleted
+-- The deleted trigger's body.
+-- The pending rows first: a worker writing this row's chunks holds its pending row, so
+-- the delete waits for that write and then removes what it wrote.
+BEGIN
+    DELETE FROM {fleet}.source_pending p USING old_rows o
+    WHERE p.source_id = {id} AND p.row_key = (o.{key})::text;
+    DELETE FROM {fleet}.source_chunks c USING old_rows o
+    WHERE c.source_id = {id} AND c.row_key = (o.{key})::text;
+    DELETE FROM {fleet}.source_failures f USING old_rows o
+    WHERE f.source_id = {id} AND f.row_key = (o.{key})::text;
+    RETURN NULL;
+END
+
+-- name: source_trigger_truncated
+-- The truncated trigger's body.
+-- Everything of the source goes.
+BEGIN
+    DELETE FROM {fleet}.source_pending WHERE source_id = {id};
+    DELETE FROM {fleet}.source_chunks WHERE source_id = {id};
+    DELETE FROM {fleet}.source_failures WHERE source_id = {id};
+    RETURN NULL;
+END

@@ -17,7 +17,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.chaos.conftest import FLEET_ENV, Load, Outcome, record, settle_and_verify
+from tests.chaos.conftest import (
+    FLEET_ENV,
+    Load,
+    Outcome,
+    add_notes_source,
+    record,
+    settle_and_verify,
+)
 from tests.conftest import ROOT, wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(400)]
@@ -85,6 +92,7 @@ def up_fleet(tmp_path_factory) -> Iterator[UpFleet]:
             fleet.state().get("children") or {}), 120, interval_s=0.2,
             message="pgfleet up with its children")
         with fleet.connect() as conn:
+            add_notes_source(conn)
             doc = conn.execute("INSERT INTO docs (content) VALUES ('warm-up') RETURNING id"
                                ).fetchone()[0]
             wait_until(lambda: conn.execute("SELECT 1 FROM embeddings WHERE doc_id = %s",
@@ -103,6 +111,7 @@ def up_fleet(tmp_path_factory) -> Iterator[UpFleet]:
 def _kill_server_during_load(fleet: UpFleet, name: str) -> Outcome:
     with fleet.connect() as conn:
         conn.execute("TRUNCATE docs, model_cache, inference_logs RESTART IDENTITY CASCADE")
+        conn.execute("TRUNCATE notes RESTART IDENTITY")
     load = Load(fleet, duration_s=10)
     load.start()
     time.sleep(3)
