@@ -54,7 +54,7 @@ which while who whom why will with would you your yours
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9_'-]*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 MODES = ("truncated", "tokens", "markdown", "hybrid")
-BARE_SAMPLE = 6000
+BARE_SAMPLE = 3000
 
 
 @dataclasses.dataclass

@@ -516,8 +516,9 @@ CREATE TRIGGER {trigger} AFTER TRUNCATE ON {table}
 
 -- name: source_trigger_inserted
 -- The inserted trigger's body.
--- A row is queued once per active version of the source's model; a failure recorded for
--- its old text is cleared.
+-- A row is queued once per active version of the source's model. A new key has no failure
+-- to clear (a delete removes a row's failures; the reconciler, those of rows deleted with
+-- triggers off), which keeps the cost to the user's inserts down.
 BEGIN
     INSERT INTO {fleet}.source_pending (source_id, row_key, version_id, content_hash)
     SELECT {id}, (n.{key})::text, v.id, {fleet}.pgfleet_content_hash_v1({text_n})
@@ -529,8 +530,6 @@ BEGIN
             enqueued_at = NULL, attempts = 0, not_before = now(), last_error = NULL,
             started_at = NULL, started_by = NULL;
     IF FOUND THEN
-        DELETE FROM {fleet}.source_failures f USING new_rows n
-        WHERE f.source_id = {id} AND f.row_key = (n.{key})::text;
         PERFORM pg_notify('pgfleet_pending', '');
     END IF;
     RETURN NULL;
