@@ -455,3 +455,14 @@ def test_verify_finds_what_is_wrong_with_a_sources_chunks(db_, make_pipeline):
     assert {k: report[k] for k in ("missing", "stale", "orphaned", "duplicated")} == {
         "missing": 1, "stale": 1, "orphaned": 1, "duplicated": 1}
     assert not consistent([report], settled=False)
+
+
+def test_a_hostile_template_is_text_and_nothing_else(db_, make_pipeline):
+    """Quotes, dollar quotes, comments and statement ends in a template's literal text
+    reach the embedded text as written; nothing of them runs."""
+    template = "x'); DROP TABLE docs; -- $$ $body$ {title} \\'; END; $$ LANGUAGE sql; --"
+    source, _ = add(db_, columns=["title"], template=template, chunking="none")
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'T', 'b')")
+    embed_all(make_pipeline(), db_, source.id)
+    assert [c[1] for c in chunks(db_, source.id, "1")] == [template.replace("{title}", "T")]
+    assert db_.execute("SELECT to_regclass('docs')").fetchone()[0] is not None
