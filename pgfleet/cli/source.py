@@ -74,7 +74,7 @@ def listing(as_json: bool) -> None:
     from pgfleet.sources import catalog
 
     with context.connection(autocommit=True) as conn:
-        sources = catalog.list_sources(conn)
+        sources = catalog.list_sources(conn, counts=True)
         docs = wdb.fetch_one(conn, "docs_source_counts")
     builtin = {"name": catalog.BUILTIN, "table": "public.docs", "key_column": "id",
                "columns": ["content"], "chunking": "none", "builtin": True, **(docs or {})}

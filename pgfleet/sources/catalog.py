@@ -118,7 +118,7 @@ class Source:
 def get(conn: psycopg.Connection, name: str) -> Source:
     row = db.fetch_one(conn, "source_by_name", {"name": name})
     if row is None:
-        known = [r["name"] for r in db.fetch_all(conn, "list_sources")]
+        known = [r["name"] for r in db.fetch_all(conn, "all_sources")]
         raise UnknownSource(f"no source named {name!r}; known: "
                           f"{', '.join([BUILTIN, *known])}")
     return Source.from_row(row)
@@ -129,8 +129,11 @@ def by_id(conn: psycopg.Connection, source_id: int) -> Source | None:
     return None if row is None else Source.from_row(row)
 
 
-def list_sources(conn: psycopg.Connection) -> list[Source]:
-    return [Source.from_row(r) for r in db.fetch_all(conn, "list_sources")]
+def list_sources(conn: psycopg.Connection, *, counts: bool = False) -> list[Source]:
+    """Every source; with ``counts``, each with its rows embedded, chunks, pending and
+    failed rows (in ``extra``: ``pgfleet source list``), which reads all their chunks."""
+    query = "list_sources" if counts else "all_sources"
+    return [Source.from_row(r) for r in db.fetch_all(conn, query)]
 
 
 def add(conn: psycopg.Connection, spec: SourceSpec) -> tuple[Source, int]:

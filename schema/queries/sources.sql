@@ -67,6 +67,9 @@ SELECT * FROM sources WHERE name = %(name)s;
 -- name: source_by_id
 SELECT * FROM sources WHERE id = %(source_id)s;
 
+-- name: all_sources
+SELECT * FROM sources ORDER BY name;
+
 -- name: list_sources
 -- Every source with its counts: rows embedded (for any version), chunks, rows pending and
 -- rows failed.
