@@ -24,7 +24,7 @@ PGFLEET_TABLES = (
     "sources", "source_pending", "source_chunks", "source_failures",
 )
 #: the views a source creates (pgfleet.sources.catalog) are the fleet's too
-PGFLEET_VIEW_PREFIX = "pgfleet_source_"
+SOURCE_VIEW_PREFIX = "pgfleet_source_"
 TABLE_SEP = " | "
 COLUMN_SEP = " , "
 
@@ -76,7 +76,7 @@ def introspect(conn: psycopg.Connection, schemas: Iterable[str] | None = None, *
     params = {"schemas": names, "exclude": list(exclude)}
     tables = {(s, t): Table(s, t) for s, t in conn.execute(
         sql_files.query("text2sql_tables"), params).fetchall()
-        if not t.startswith(PGFLEET_VIEW_PREFIX)}
+        if not t.startswith(SOURCE_VIEW_PREFIX)}
     for nsp, rel, col, type_, not_null in conn.execute(
             sql_files.query("text2sql_columns"), {"schemas": names}).fetchall():
         if (nsp, rel) in tables:
