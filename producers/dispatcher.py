@@ -20,6 +20,7 @@ import schema
 from pgfleet import db
 from pgfleet.embedding.batching import chunked
 from pgfleet.errors import BrokerUnavailable
+from pgfleet.sources import catalog
 from workers.queues import TASK_EMBED, TASK_EMBED_SOURCE, queue_for_format
 
 logger = logging.getLogger(__name__)
@@ -116,11 +117,22 @@ class Dispatcher:
                         published.messages)
         return published
 
+    def take_source_changes(self) -> int:
+        """Turn the sources' change logs into pending rows (what their triggers wrote on the
+        users' statements); returns how many rows were queued."""
+        with db.pooled(self.pool) as conn:
+            taken = catalog.take_all_changes(conn)
+        if taken.changes:
+            logger.debug("took %d source changes (%d keys): %d rows queued", taken.changes,
+                         taken.keys, taken.queued)
+        return taken.queued
+
     def drain(self) -> Published:
         """Publish until nothing is left to claim, docs and sources' rows alike. Backfill is
         published only while the broker holds fewer than BACKFILL_QUEUE_LIMIT messages, so
         that live changes never queue behind a large backfill."""
         total = Published()
+        self.take_source_changes()
         for dispatch in (self.dispatch_once, self.dispatch_sources_once):
             while True:
                 step = dispatch(self._max_priority())

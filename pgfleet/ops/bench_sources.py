@@ -277,7 +277,7 @@ def _wait_done(conn, source_id: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if conn.execute(schema.query("bench_sources_pending_count"),
-                        (source_id,)).fetchone()[0] == 0:
+                        {"source_id": source_id}).fetchone()[0] == 0:
             return
         time.sleep(0.5)
     raise TimeoutError(f"source rows still pending after {timeout_s:.0f} s")

@@ -12,8 +12,11 @@ transaction, it creates:
 * a view ``pgfleet_source_<id>`` (key, key as text, the text to embed), which the fleet's
   restricted role may read: it sees those columns, not the rest of the table;
 * three statement-level triggers on the table (insert, update, delete) and one for
-  TRUNCATE, whose functions queue a row for every active version of the source's model only
-  when its text changed, and remove a deleted row's chunks. They are SECURITY DEFINER with a
+  TRUNCATE. An insert, or an update of a row's text, writes the statement's keys to the
+  change log (``source_changes``, one row per 1,000 keys, no index: the least a durable
+  record can cost the user's statement); the producer turns them into a pending row per
+  active version of the source's model (``take_changes``). A delete removes the row's
+  pending rows, chunks and failures at once. The functions are SECURITY DEFINER with a
   fixed search_path, so whoever writes the table needs no rights on the fleet's tables;
 * a full-text index over the source's chunks;
 * the backfill: every existing row queued behind live changes.
@@ -181,6 +184,53 @@ def backfill(conn: psycopg.Connection, source: Source, version_id: int | None = 
     if count:
         conn.execute(schema.query("source_notify"))
     return count
+
+
+#: a take of the change log queues at most this many keys (one change row more at most)
+TAKE_MAX_KEYS = 10_000
+#: and takes at most this many change rows (single-row statements make one each)
+TAKE_MAX_CHANGES = 2_000
+
+
+@dataclass
+class Taken:
+    changes: int = 0
+    keys: int = 0
+    queued: int = 0
+
+
+def take_changes(conn: psycopg.Connection, source: Source) -> Taken:
+    """One take of the source's change log: up to TAKE_MAX_KEYS keys made pending rows
+    (per active version, with their text's hash; keys whose rows are gone, or whose text is
+    already embedded, or failed, queue nothing), their change rows deleted. Run in the
+    caller's transaction; concurrent takes skip each other's change rows."""
+    row = conn.execute(_composed(source, "take_source_changes"), {
+        "source_id": source.id, "model_name": source.model_name,
+        "max_keys": TAKE_MAX_KEYS, "max_changes": TAKE_MAX_CHANGES}).fetchone()
+    assert row is not None
+    return Taken(changes=int(row[0]), keys=int(row[1]), queued=int(row[2]))
+
+
+def take_all_changes(conn: psycopg.Connection, max_takes: int = 10) -> Taken:
+    """Take every source's change log until it is empty, or ``max_takes`` full takes per
+    source (so that a flood of changes cannot keep the caller from publishing what it
+    took). Each take is a transaction of its own (a savepoint inside the caller's)."""
+    total = Taken()
+    with conn.transaction():
+        changed = [by_id(conn, int(source_id)) for (source_id,)
+                   in conn.execute(schema.query("changed_sources")).fetchall()]
+    for source in changed:
+        if source is None:  # dropped meanwhile: drop deleted its change rows
+            continue
+        for _ in range(max_takes):
+            with conn.transaction():
+                step = take_changes(conn, source)
+            total.changes += step.changes
+            total.keys += step.keys
+            total.queued += step.queued
+            if step.keys < TAKE_MAX_KEYS and step.changes < TAKE_MAX_CHANGES:
+                break
+    return total
 
 
 def repair(conn: psycopg.Connection, source: Source) -> int:

@@ -6,10 +6,11 @@
 2. each text is cut into chunks (:mod:`pgfleet.sources.chunking`) in the model's tokenizer;
 3. chunks whose exact embedded text is in the inference cache take its vector; the others are
    encoded in one call (item by item if that fails, so that one bad row fails alone);
-4. one transaction locks the pending records still as they were started (a row changed or
-   deleted since is left to its newer job, and a change or delete of a locked row waits
-   for the commit), removes those rows' old chunks, inserts the new ones, the cache rows and
-   the log row, and deletes the pending records;
+4. one transaction locks the pending records still as they were started (a row whose
+   change the producer queued since, or that was deleted, is left to its newer job; a
+   change still in the change log queues the row again once taken; a delete of a locked
+   row, or a take of its change, waits for the commit), removes those rows' old chunks,
+   inserts the new ones, the cache rows and the log row, and deletes the pending records;
 5. a failure spends an attempt of its row: retried with backoff, or recorded in
    ``source_failures`` (a blank text at once), its chunks of older text removed.
 

@@ -21,7 +21,7 @@ PGFLEET_TABLES = (
     "model_versions", "embeddings", "pending_embeddings", "model_cache", "inference_logs",
     "embedding_failures", "ab_history", "search_feedback", "training_pairs", "training_runs",
     "text2sql_examples", "pgfleet_migrations", "api_keys",
-    "sources", "source_pending", "source_chunks", "source_failures",
+    "sources", "source_changes", "source_pending", "source_chunks", "source_failures",
 )
 #: the views a source creates (pgfleet.sources.catalog) are the fleet's too
 SOURCE_VIEW_PREFIX = "pgfleet_source_"

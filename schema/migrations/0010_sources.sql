@@ -31,8 +31,20 @@ CREATE TABLE sources (
     created_at    timestamptz NOT NULL DEFAULT now()
 );
 
--- The durable record of rows to embed, written by the source's triggers in the same
--- transaction as the change (as pending_embeddings is for docs).
+-- The change log: the keys a statement on a source's table inserted or changed (the text of),
+-- written by the source's triggers in the same transaction as the change, in rows of at most
+-- 1,000 keys. It has no index and no foreign key, so that it costs the user's statement as
+-- little as a durable record can (a row and its keys); the producer turns it into pending
+-- rows (take_source_changes) and deletes it. A source's drop deletes its rows.
+CREATE TABLE source_changes (
+    source_id   integer NOT NULL,
+    row_keys    text[]  NOT NULL,
+    changed_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- The durable record of rows to embed, per model version, with the hash of the text to
+-- embed (as pending_embeddings is for docs): made by the producer from the change log, by
+-- the backfill and by the reconciler.
 CREATE TABLE source_pending (
     source_id     integer NOT NULL REFERENCES sources (id) ON DELETE CASCADE,
     row_key       text    NOT NULL,
@@ -90,5 +102,6 @@ CREATE TABLE source_failures (
 );
 
 GRANT SELECT ON sources TO pgfleet_worker;
+GRANT SELECT, DELETE ON source_changes TO pgfleet_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON source_pending, source_chunks, source_failures
     TO pgfleet_worker;

@@ -56,7 +56,9 @@ INSERT INTO bench_pages VALUES (%s, %s, %s);
 SELECT row_key FROM source_pending WHERE source_id = %s;
 
 -- name: bench_sources_pending_count
-SELECT count(*) FROM source_pending WHERE source_id = %s;
+-- Rows queued or changed and not yet queued.
+SELECT (SELECT count(*) FROM source_pending WHERE source_id = %(source_id)s)
+       + (SELECT count(*) FROM source_changes WHERE source_id = %(source_id)s);
 
 -- name: bench_sources_create_inserts
 -- The table whose inserts are timed with and without a source on it.

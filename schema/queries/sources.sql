@@ -58,7 +58,11 @@ VALUES (%(name)s, %(schema_name)s, %(table_name)s, %(key_column)s, %(key_type)s,
 RETURNING *;
 
 -- name: delete_source
--- Its pending rows, chunks and failures go with it (ON DELETE CASCADE).
+-- Its pending rows, chunks and failures go with it (ON DELETE CASCADE); its change log's
+-- rows (no foreign key there) are deleted here.
+WITH changes AS (
+    DELETE FROM source_changes WHERE source_id = %(source_id)s
+)
 DELETE FROM sources WHERE id = %(source_id)s;
 
 -- name: source_by_name
@@ -71,13 +75,15 @@ SELECT * FROM sources WHERE id = %(source_id)s;
 SELECT * FROM sources ORDER BY name;
 
 -- name: list_sources
--- Every source with its counts: rows embedded (for any version), chunks, rows pending and
--- rows failed.
+-- Every source with its counts: rows embedded (for any version), chunks, rows pending
+-- (queued, and changed but not yet queued) and rows failed.
 SELECT s.*,
        (SELECT count(DISTINCT c.row_key) FROM source_chunks c WHERE c.source_id = s.id)
            AS rows_embedded,
        (SELECT count(*) FROM source_chunks c WHERE c.source_id = s.id) AS chunks,
-       (SELECT count(*) FROM source_pending p WHERE p.source_id = s.id) AS pending,
+       (SELECT count(*) FROM source_pending p WHERE p.source_id = s.id)
+           + (SELECT coalesce(sum(cardinality(l.row_keys)), 0) FROM source_changes l
+              WHERE l.source_id = s.id) AS pending,
        (SELECT count(*) FROM source_failures f WHERE f.source_id = s.id) AS failed
 FROM sources s
 ORDER BY s.name;
@@ -127,6 +133,69 @@ WITH pending AS (
 )
 SELECT (SELECT count(*) FROM pending), (SELECT count(*) FROM chunks),
        (SELECT count(*) FROM failures);
+
+-- name: changed_sources
+-- The sources with changes in the log.
+SELECT DISTINCT source_id FROM source_changes;
+
+-- name: take_source_changes
+-- The producer turns a source's change log into pending rows: change rows up to
+-- %(max_keys)s keys (at least one row; taken with SKIP LOCKED and deleted), whose rows still
+-- exist, queued per active version of the source's model with their current text's hash,
+-- unless that version has chunks of that very text or a failure on it (a change back to
+-- what was embedded, or to what failed). A pending row of the same text is left as it is
+-- (its job, its attempts and its backoff stand); one of another text is reset to this one,
+-- as a live change (priority 0), and the row's failure is cleared.
+WITH locked AS (
+    SELECT c.ctid AS id, cardinality(c.row_keys) AS n
+    FROM source_changes c
+    WHERE c.source_id = %(source_id)s
+    LIMIT %(max_changes)s
+    FOR UPDATE SKIP LOCKED
+), chosen AS (
+    SELECT id FROM (SELECT id, sum(n) OVER (ROWS UNBOUNDED PRECEDING) - n AS before
+                    FROM locked) w
+    WHERE before < %(max_keys)s
+), taken AS (
+    DELETE FROM source_changes c
+    WHERE c.ctid = ANY (ARRAY(SELECT id FROM chosen))
+    RETURNING c.row_keys
+), keys AS (
+    SELECT DISTINCT k.row_key FROM taken, unnest(taken.row_keys) AS k(row_key)
+), cur AS (
+    SELECT s.row_key, pgfleet_content_hash_v1(s.body) AS hash
+    FROM {view} s
+    WHERE s.key = ANY (ARRAY(SELECT row_key::{key_type} FROM keys))
+), fresh AS (
+    SELECT cur.row_key, v.id AS version_id, cur.hash
+    FROM cur CROSS JOIN model_versions v
+    WHERE v.kind = 'embedding' AND v.active
+      AND (%(model_name)s::text IS NULL OR v.name = %(model_name)s::text)
+      AND NOT EXISTS (SELECT 1 FROM source_chunks c
+                      WHERE c.source_id = %(source_id)s AND c.version_id = v.id
+                        AND c.row_key = cur.row_key AND c.chunk = 0
+                        AND c.content_hash = cur.hash)
+      AND NOT EXISTS (SELECT 1 FROM source_failures f
+                      WHERE f.source_id = %(source_id)s AND f.version_id = v.id
+                        AND f.row_key = cur.row_key AND f.content_hash = cur.hash)
+), cleared AS (
+    DELETE FROM source_failures f USING fresh
+    WHERE f.source_id = %(source_id)s AND f.row_key = fresh.row_key
+      AND f.version_id = fresh.version_id
+    RETURNING 1
+), queued AS (
+    INSERT INTO source_pending AS p (source_id, row_key, version_id, content_hash)
+    SELECT %(source_id)s, fresh.row_key, fresh.version_id, fresh.hash FROM fresh
+    ORDER BY fresh.row_key, fresh.version_id
+    ON CONFLICT (source_id, row_key, version_id) DO UPDATE
+        SET content_hash = EXCLUDED.content_hash, priority = 0, queued_at = now(),
+            enqueued_at = NULL, attempts = 0, not_before = now(), last_error = NULL,
+            started_at = NULL, started_by = NULL
+        WHERE p.content_hash <> EXCLUDED.content_hash
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM taken) AS changes, (SELECT count(*) FROM keys) AS keys,
+       (SELECT count(*) FROM queued) AS queued, (SELECT count(*) FROM cleared) AS cleared;
 
 -- name: claim_source_pending
 -- A producer claims source rows to publish, as claim_pending does for docs.
@@ -213,9 +282,9 @@ WHERE s.key = ANY (%(keys)s::{key_type}[]);
 
 -- name: lock_source_rows
 -- The pending rows still as the worker started them (same hash, same time queued), locked:
--- a change of the row (its trigger rewrites the pending row) or a delete (its trigger
--- deletes it) waits until this write commits, and a row changed since the start is left
--- to its newer job.
+-- a take of a change of the row (which rewrites the pending row) or a delete (its trigger
+-- deletes it) waits until this write commits, and a row whose change was taken since the
+-- start is left to its newer job.
 SELECT p.row_key
 FROM source_pending p
 JOIN unnest(%(keys)s::text[], %(hashes)s::bytea[], %(queued)s::timestamptz[])
@@ -393,19 +462,25 @@ SELECT (SELECT count(DISTINCT doc_id) FROM embeddings) AS rows_embedded,
        (SELECT count(*) FROM embedding_failures) AS failed;
 
 -- name: source_status
--- Per source and active version of its model: rows with chunks, chunks, rows pending, rows
--- failed and the oldest pending row's age (what pgfleet status and the metrics show).
+-- Per source and active version of its model: rows with chunks, chunks, rows pending (keys
+-- in the change log count for every version), rows failed and the oldest pending row's or
+-- change's age (what pgfleet status and the metrics show).
 SELECT s.name AS source, v.name, v.version,
        (SELECT count(DISTINCT c.row_key) FROM source_chunks c
         WHERE c.source_id = s.id AND c.version_id = v.id) AS embedded,
        (SELECT count(*) FROM source_chunks c
         WHERE c.source_id = s.id AND c.version_id = v.id) AS chunks,
        (SELECT count(*) FROM source_pending p
-        WHERE p.source_id = s.id AND p.version_id = v.id) AS pending,
+        WHERE p.source_id = s.id AND p.version_id = v.id)
+           + (SELECT coalesce(sum(cardinality(l.row_keys)), 0) FROM source_changes l
+              WHERE l.source_id = s.id) AS pending,
        (SELECT count(*) FROM source_failures f
         WHERE f.source_id = s.id AND f.version_id = v.id) AS failed,
-       (SELECT extract(epoch FROM now() - min(p.queued_at)) FROM source_pending p
-        WHERE p.source_id = s.id AND p.version_id = v.id) AS oldest_pending_s
+       extract(epoch FROM now() - least(
+           (SELECT min(p.queued_at) FROM source_pending p
+            WHERE p.source_id = s.id AND p.version_id = v.id),
+           (SELECT min(l.changed_at) FROM source_changes l WHERE l.source_id = s.id)))
+           AS oldest_pending_s
 FROM sources s
 JOIN model_versions v ON v.kind = 'embedding' AND v.active
      AND (s.model_name IS NULL OR v.name = s.model_name)
@@ -425,7 +500,12 @@ WITH cur AS (
     WHERE c.source_id = %(source_id)s
     GROUP BY c.version_id, c.row_key
 ), pend AS (
+    -- queued, or in the change log (for every version: not queued yet)
     SELECT version_id, row_key FROM source_pending WHERE source_id = %(source_id)s
+    UNION
+    SELECT v.id, k.row_key
+    FROM source_changes l, unnest(l.row_keys) AS k(row_key), model_versions v
+    WHERE l.source_id = %(source_id)s AND v.kind = 'embedding' AND v.active
 ), fail AS (
     SELECT version_id, row_key FROM source_failures WHERE source_id = %(source_id)s
 )
@@ -519,19 +599,15 @@ CREATE TRIGGER {trigger} AFTER TRUNCATE ON {table}
 
 -- name: source_trigger_inserted
 -- The inserted trigger's body.
--- A row is queued once per active version of the source's model. A new key has no failure
--- to clear (a delete removes a row's failures; the reconciler, those of rows deleted with
--- triggers off), which keeps the cost to the user's inserts down.
+-- The statement's keys go to the change log, in rows of at most 1,000 (the producer takes
+-- them from there: take_source_changes). Nothing else is written on the user's insert: no
+-- hash, no pending row per version, no index entry and no foreign key check.
 BEGIN
-    INSERT INTO {fleet}.source_pending (source_id, row_key, version_id, content_hash)
-    SELECT {id}, (n.{key})::text, v.id, {fleet}.pgfleet_content_hash_v1({text_n})
-    FROM new_rows n CROSS JOIN {fleet}.model_versions v
-    WHERE v.kind = 'embedding' AND v.active
-      AND ({model}::text IS NULL OR v.name = {model}::text)
-    ON CONFLICT (source_id, row_key, version_id) DO UPDATE
-        SET content_hash = EXCLUDED.content_hash, priority = 0, queued_at = now(),
-            enqueued_at = NULL, attempts = 0, not_before = now(), last_error = NULL,
-            started_at = NULL, started_by = NULL;
+    INSERT INTO {fleet}.source_changes (source_id, row_keys)
+    SELECT {id}, array_agg(x.row_key)
+    FROM (SELECT (n.{key})::text AS row_key, row_number() OVER () - 1 AS i
+          FROM new_rows n) x
+    GROUP BY x.i / 1000;
     IF FOUND THEN
         PERFORM pg_notify('pgfleet_pending', '');
     END IF;
@@ -540,34 +616,29 @@ END
 
 -- name: source_trigger_updated
 -- The updated trigger's body.
--- A row whose key changed leaves its old key's rows behind: they go. A row is queued only
--- when its text changed (an update of other columns, or a no-op, queues nothing).
+-- A row whose key changed leaves its old key's rows behind: they go now. A row goes to the
+-- change log only when its text changed (an update of other columns, or a no-op, logs
+-- nothing).
 BEGIN
-    DELETE FROM {fleet}.source_pending p USING old_rows o
-    WHERE p.source_id = {id} AND p.row_key = (o.{key})::text
-      AND NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.{key} = o.{key});
-    DELETE FROM {fleet}.source_chunks c USING old_rows o
-    WHERE c.source_id = {id} AND c.row_key = (o.{key})::text
-      AND NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.{key} = o.{key});
-    DELETE FROM {fleet}.source_failures f USING old_rows o
-    WHERE f.source_id = {id} AND f.row_key = (o.{key})::text
-      AND NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.{key} = o.{key});
-    INSERT INTO {fleet}.source_pending (source_id, row_key, version_id, content_hash)
-    SELECT {id}, (n.{key})::text, v.id, {fleet}.pgfleet_content_hash_v1({text_n})
-    FROM new_rows n LEFT JOIN old_rows o ON o.{key} = n.{key}
-    CROSS JOIN {fleet}.model_versions v
-    WHERE v.kind = 'embedding' AND v.active
-      AND ({model}::text IS NULL OR v.name = {model}::text)
-      AND (o.{key} IS NULL OR {text_o} IS DISTINCT FROM {text_n})
-    ON CONFLICT (source_id, row_key, version_id) DO UPDATE
-        SET content_hash = EXCLUDED.content_hash, priority = 0, queued_at = now(),
-            enqueued_at = NULL, attempts = 0, not_before = now(), last_error = NULL,
-            started_at = NULL, started_by = NULL;
+    IF EXISTS (SELECT 1 FROM old_rows o
+               WHERE NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.{key} = o.{key})) THEN
+        DELETE FROM {fleet}.source_pending p USING old_rows o
+        WHERE p.source_id = {id} AND p.row_key = (o.{key})::text
+          AND NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.{key} = o.{key});
+        DELETE FROM {fleet}.source_chunks c USING old_rows o
+        WHERE c.source_id = {id} AND c.row_key = (o.{key})::text
+          AND NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.{key} = o.{key});
+        DELETE FROM {fleet}.source_failures f USING old_rows o
+        WHERE f.source_id = {id} AND f.row_key = (o.{key})::text
+          AND NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.{key} = o.{key});
+    END IF;
+    INSERT INTO {fleet}.source_changes (source_id, row_keys)
+    SELECT {id}, array_agg(x.row_key)
+    FROM (SELECT (n.{key})::text AS row_key, row_number() OVER () - 1 AS i
+          FROM new_rows n LEFT JOIN old_rows o ON o.{key} = n.{key}
+          WHERE o.{key} IS NULL OR {text_o} IS DISTINCT FROM {text_n}) x
+    GROUP BY x.i / 1000;
     IF FOUND THEN
-        DELETE FROM {fleet}.source_failures f
-        USING new_rows n LEFT JOIN old_rows o ON o.{key} = n.{key}
-        WHERE f.source_id = {id} AND f.row_key = (n.{key})::text
-          AND (o.{key} IS NULL OR {text_o} IS DISTINCT FROM {text_n});
         PERFORM pg_notify('pgfleet_pending', '');
     END IF;
     RETURN NULL;
@@ -591,6 +662,7 @@ END
 -- The truncated trigger's body.
 -- Everything of the source goes.
 BEGIN
+    DELETE FROM {fleet}.source_changes WHERE source_id = {id};
     DELETE FROM {fleet}.source_pending WHERE source_id = {id};
     DELETE FROM {fleet}.source_chunks WHERE source_id = {id};
     DELETE FROM {fleet}.source_failures WHERE source_id = {id};

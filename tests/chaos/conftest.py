@@ -221,7 +221,8 @@ def settle_and_verify(fleet: ChaosFleet, outcome: Outcome, *, timeout_s: float =
     with fleet.connect() as conn:
         wait_until(lambda: conn.execute(
             "SELECT (SELECT count(*) FROM pending_embeddings) + "
-            "(SELECT count(*) FROM source_pending)").fetchone()[0] == 0, timeout_s,
+            "(SELECT count(*) FROM source_pending) + "
+            "(SELECT count(*) FROM source_changes)").fetchone()[0] == 0, timeout_s,
             interval_s=0.2, message="nothing pending")
         outcome.settle_s = round(time.monotonic() - started, 2)
         [report] = verify(conn)

@@ -75,6 +75,8 @@ def add(conn, **kwargs):
 
 
 def pending(conn, source_id: int) -> dict[str, int]:
+    """The source's pending rows, once the change log is taken (as the producer does)."""
+    catalog.take_all_changes(conn)
     return dict(conn.execute("SELECT row_key, priority FROM source_pending WHERE source_id = %s",
                              (source_id,)).fetchall())
 
@@ -86,6 +88,7 @@ def chunks(conn, source_id: int, key: str) -> list[tuple]:
 
 
 def embed_all(pipeline: SourcePipeline, conn, source_id: int):
+    catalog.take_all_changes(conn)
     keys = [r[0] for r in conn.execute("SELECT row_key FROM source_pending WHERE source_id = %s",
                                        (source_id,))]
     return pipeline.run(source_id, 1, keys)
@@ -199,6 +202,67 @@ def test_a_delete_a_truncate_and_a_new_key_leave_nothing_behind(db_, make_pipeli
     assert pending(db_, source.id) == {}
 
 
+def change_log(conn) -> list[list[str]]:
+    return [r[0] for r in conn.execute("SELECT row_keys FROM source_changes ORDER BY ctid")]
+
+
+def test_a_statement_writes_only_its_keys_to_the_change_log(db_):
+    source, _ = add(db_)
+    db_.execute("INSERT INTO articles (id, title, body) "
+                "SELECT g, 't', 'b' FROM generate_series(1, 2500) g")
+    log = change_log(db_)
+    assert sorted(len(keys) for keys in log) == [500, 1000, 1000]   # at most 1,000 a row
+    assert sorted(int(k) for keys in log for k in keys) == list(range(1, 2501))
+    assert db_.execute("SELECT count(*) FROM source_pending").fetchone()[0] == 0
+    db_.execute("UPDATE articles SET views = 1")                  # no text changed
+    assert len(change_log(db_)) == 3
+    taken = catalog.take_all_changes(db_)
+    assert (taken.changes, taken.keys, taken.queued) == (3, 2500, 2500)
+    assert change_log(db_) == []
+    assert len(pending(db_, source.id)) == 2500
+
+
+def test_a_take_queues_what_still_needs_embedding_and_nothing_else(db_, make_pipeline):
+    source, _ = add(db_)
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'a', 'b'), (2, 'c', 'd')")
+    run = make_pipeline()
+    embed_all(run, db_, source.id)
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (3, 'gone', 'soon')")
+    db_.execute("DELETE FROM articles WHERE id = 3")               # before the take
+    db_.execute("UPDATE articles SET body = 'x' WHERE id = 1")
+    db_.execute("UPDATE articles SET body = 'b' WHERE id = 1")     # back to what is embedded
+    db_.execute("UPDATE articles SET body = 'new' WHERE id = 2")
+    assert pending(db_, source.id) == {"2": 0}
+    # a pending row of the same text keeps its job: taking it again changes nothing
+    queued_at = db_.execute("SELECT queued_at FROM source_pending").fetchone()[0]
+    db_.execute("UPDATE articles SET body = 'newer' WHERE id = 2")
+    db_.execute("UPDATE articles SET body = 'new' WHERE id = 2")
+    assert pending(db_, source.id) == {"2": 0}
+    assert db_.execute("SELECT queued_at FROM source_pending").fetchone()[0] == queued_at
+
+
+def test_takes_are_bounded_and_concurrent_takes_skip_each_other(db_, scratch_url):
+    source, _ = add(db_)
+    for start in range(0, 30_000, 1000):
+        db_.execute("INSERT INTO articles (id, title, body) "
+                    "SELECT g, 't', 'b' FROM generate_series(%s::int, %s::int) g",
+                    (start + 1, start + 1000))
+    assert len(change_log(db_)) == 30
+    with psycopg.connect(scratch_url) as other:
+        held = catalog.take_changes(other, source)            # holds its change rows, uncommitted
+        assert held.keys == catalog.TAKE_MAX_KEYS
+        # another take skips what the first one holds: it does not wait, takes nothing twice
+        db_.execute("SET lock_timeout = '5s'")
+        try:
+            assert catalog.take_changes(db_, source).keys == 0
+        finally:
+            db_.execute("RESET lock_timeout")
+        other.rollback()                                      # a producer that died: nothing lost
+    rest = catalog.take_all_changes(db_)
+    assert rest.keys == 30_000 and rest.changes == 30
+    assert len(pending(db_, source.id)) == 30_000
+
+
 def test_with_always_rows_arriving_by_replication_are_queued_too(db_):
     def replicated(key: int) -> None:
         with db_.transaction():   # what a logical replication apply worker runs as
@@ -269,8 +333,13 @@ def test_a_bad_row_fails_alone_and_a_blank_one_is_recorded(db_, make_pipeline):
     done = {r[0] for r in db_.execute("SELECT DISTINCT row_key FROM source_chunks")}
     assert done == {"1", "4"}
     assert pending(db_, source.id) == {}
+    # a change back to the text that failed queues nothing: it would fail again
+    db_.execute("UPDATE articles SET title = 'a POISON!' WHERE id = 2")
+    db_.execute("UPDATE articles SET title = 'a POISON' WHERE id = 2")
+    assert pending(db_, source.id) == {}
     # fixing the row clears its failure and embeds it
     db_.execute("UPDATE articles SET title = 'cured' WHERE id = 2")
+    assert pending(db_, source.id) == {"2": 0}
     assert "2" not in dict(db_.execute("SELECT row_key, 1 FROM source_failures").fetchall())
     embed_all(run, db_, source.id)
     assert chunks(db_, source.id, "2")
@@ -288,8 +357,9 @@ def test_identical_chunks_are_encoded_once_and_then_come_from_the_cache(db_, mak
     assert report.model_calls == 0 and report.cache_hits == 1 and report.written == 1
 
 
-def test_a_row_changed_while_it_was_embedded_keeps_its_newer_job(db_, make_pipeline,
-                                                                scratch_url):
+@pytest.mark.parametrize("taken", [False, True], ids=["change-in-the-log", "change-taken"])
+def test_a_row_changed_while_it_was_embedded_is_embedded_again(db_, make_pipeline,
+                                                                scratch_url, taken):
     source, _ = add(db_)
     db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'first', 'text')")
     run = make_pipeline()
@@ -303,6 +373,8 @@ def test_a_row_changed_while_it_was_embedded_keeps_its_newer_job(db_, make_pipel
             # another session changes the row between the read and the write
             with psycopg.connect(scratch_url, autocommit=True) as other:
                 other.execute("UPDATE articles SET body = 'second' WHERE id = 1")
+                if taken:   # the producer queued the change before the write
+                    catalog.take_all_changes(other)
             real.encode = original
             return original(texts)
 
@@ -311,12 +383,17 @@ def test_a_row_changed_while_it_was_embedded_keeps_its_newer_job(db_, make_pipel
 
     run.engine = engine
     report = embed_all(run, db_, source.id)
-    assert report.written == 0
-    assert chunks(db_, source.id, "1") == []
+    if taken:   # the write sees the newer pending row and leaves the row to its job
+        assert report.written == 0
+        assert chunks(db_, source.id, "1") == []
+    else:       # the text it read is written; the change, when taken, queues the row again
+        assert report.written == 1
+        assert [c[1] for c in chunks(db_, source.id, "1")] == ["first\n\ntext"]
     assert pending(db_, source.id) == {"1": 0}
     run.engine = engine_class
     embed_all(run, db_, source.id)
     assert [c[1] for c in chunks(db_, source.id, "1")] == ["first\n\nsecond"]
+    assert pending(db_, source.id) == {}
 
 
 def test_a_row_deleted_while_it_is_embedded_gets_no_chunks(db_, make_pipeline,

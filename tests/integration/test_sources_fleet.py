@@ -55,7 +55,8 @@ def test_a_table_added_as_a_source_is_embedded_in_chunks_and_searchable(fleet, n
     wait_until(lambda: chunk_count(notes, short) == 1, 60, message="the new row's chunk")
     # a change of a column that is not embedded queues nothing
     notes.execute("UPDATE fleet_notes SET stars = 5")
-    assert notes.execute("SELECT count(*) FROM source_pending").fetchone()[0] == 0
+    assert notes.execute("SELECT (SELECT count(*) FROM source_pending) + "
+                         "(SELECT count(*) FROM source_changes)").fetchone()[0] == 0
 
     found = run_cli("search", "how do I back up the database", "--source", "notes", "--json",
                     env=env)
