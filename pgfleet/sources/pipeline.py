@@ -72,9 +72,13 @@ class SourceReport:
     model_calls: int = 0
     gone: int = 0
     failures: list[RowFailure] = field(default_factory=list)
+    #: the source's name and the version's label (what Flower shows of a task's result)
+    source: str = ""
+    version: str = ""
 
     def as_json(self) -> dict[str, Any]:
-        return {"source_id": self.source_id, "version_id": self.version_id,
+        return {"source": self.source, "version": self.version,
+                "source_id": self.source_id, "version_id": self.version_id,
                 "requested": self.requested, "rows": self.rows, "written": self.written,
                 "chunks": self.chunks, "cache_hits": self.cache_hits,
                 "model_calls": self.model_calls, "gone": self.gone,
@@ -128,6 +132,7 @@ class SourcePipeline:
         if spec is None:
             raise UnknownModelVersion(
                 f"model version {version_id} does not exist or is not an embedding model")
+        report.source, report.version = source.name, spec.label
         ordered = sorted(set(keys))
         for at in range(0, len(ordered), ROWS_PER_BATCH):
             self._batch(source, spec, ordered[at:at + ROWS_PER_BATCH], report)

@@ -1,6 +1,6 @@
 """Flower against a running fleet, through its real HTTP API: our workers with their queues;
 each embed message and each batch (size, cache hits, duration) although celery-batches
-sends no events for them; a training run with its progress; a text-to-SQL request with its
+sends no events for them; each source task with its source, version, rows and chunks; a training run with its progress; a text-to-SQL request with its
 answer. And its dashboard, loaded in headless Chromium, listing our workers (skipped, with
 how to install it, where Chromium is absent).
 """
@@ -187,6 +187,48 @@ def test_a_bad_embed_message_shows_as_failed_with_its_reason(flower, fleet):
         task = wait_until(lambda t=task_id: (f := flower.task(t)) and f["state"] == "FAILURE"
                           and f, 30, interval_s=0.3, message="the failed message in Flower")
         assert why in task["exception"] and task["worker"].startswith("gpu@"), task
+
+
+def test_each_source_task_shows_its_source_version_rows_and_chunks(flower, clean):
+    from pgfleet.sources import catalog
+
+    clean.execute("DROP TABLE IF EXISTS flower_notes")
+    clean.execute("CREATE TABLE flower_notes (id bigint PRIMARY KEY, body text NOT NULL)")
+    catalog.add(clean, catalog.SourceSpec(name="flower_notes", table="flower_notes",
+                                          columns=["body"], chunking="tokens",
+                                          chunk_tokens=16, overlap=0))
+    try:
+        clean.execute("INSERT INTO flower_notes SELECT g, repeat('a note for Flower ' || g "
+                      "|| ', on checkpoints and the write-ahead log. ', 6) "
+                      "FROM generate_series(1, 6) g")
+
+        def chunked() -> int | None:
+            row = clean.execute(
+                "SELECT count(DISTINCT row_key), count(*) FROM source_chunks c "
+                "JOIN sources s ON s.id = c.source_id WHERE s.name = 'flower_notes'"
+            ).fetchone()
+            return row[1] if row[0] == 6 else None
+
+        chunks = wait_until(chunked, 120, message="the source's rows embedded")
+        assert chunks > 6   # several chunks a row
+
+        def tasks() -> list[dict[str, Any]] | None:
+            found = [t for t in flower.tasks("pgfleet.embed_source").values()
+                     if t["state"] == "SUCCESS"
+                     and _literal(t["result"])["source"] == "flower_notes"]
+            return found if sum(_literal(t["result"])["written"] for t in found) >= 6 else None
+
+        found = wait_until(tasks, 30, interval_s=0.5, message="the source's tasks in Flower")
+        for task in found:
+            assert task["worker"].startswith("gpu@") and task["runtime"] > 0, task
+            result = _literal(task["result"])
+            source_id, version_id, keys = _literal(task["args"])
+            assert result["version"] == "all-minilm-l6-v2@v1" and result["version_id"] == 1
+            assert result["source_id"] == source_id and result["requested"] == len(keys)
+        assert sum(_literal(t["result"])["chunks"] for t in found) == chunks
+    finally:
+        catalog.drop(clean, "flower_notes")
+        clean.execute("DROP TABLE flower_notes")
 
 
 @pytest.fixture(scope="module")
