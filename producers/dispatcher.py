@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool
 import schema
 from pgfleet import db
 from pgfleet.embedding.batching import chunked
-from pgfleet.errors import BrokerUnavailable
+from pgfleet.errors import BrokerUnavailable, PgfleetError
 from pgfleet.sources import catalog
 from workers.queues import TASK_EMBED, TASK_EMBED_SOURCE, queue_for_format
 
@@ -124,7 +124,7 @@ class Dispatcher:
             taken = catalog.take_all_changes(conn)
         if taken.changes:
             logger.debug("took %d source changes (%d keys): %d rows queued", taken.changes,
-                         taken.keys, taken.queued)
+                         taken.logged, taken.queued)
         return taken.queued
 
     def drain(self) -> Published:
@@ -132,7 +132,10 @@ class Dispatcher:
         published only while the broker holds fewer than BACKFILL_QUEUE_LIMIT messages, so
         that live changes never queue behind a large backfill."""
         total = Published()
-        self.take_source_changes()
+        try:
+            self.take_source_changes()
+        except PgfleetError as exc:  # the docs and the rows already queued go out all the same
+            logger.error("taking the sources' change logs failed: %s", exc)
         for dispatch in (self.dispatch_once, self.dispatch_sources_once):
             while True:
                 step = dispatch(self._max_priority())

@@ -57,6 +57,8 @@ class ProducerLoop:
     def reconcile(self) -> None:
         repair(self.pool)
         reconcile_missing(self.pool)
+        # the change logs first: their rows are neither missing nor to be backfilled
+        self.dispatcher.take_source_changes()
         reconcile_sources(self.pool)
 
     def run_once(self) -> Published:

@@ -27,6 +27,7 @@ the user's table.
 
 from __future__ import annotations
 
+import logging
 import re
 import string
 from collections.abc import Sequence
@@ -41,6 +42,8 @@ import schema
 from pgfleet import db
 from pgfleet.errors import PgfleetError
 from pgfleet.sources.chunking import CHUNKINGS
+
+logger = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 #: a text search configuration's name as the source takes it (looked up in the catalog too)
@@ -186,35 +189,57 @@ def backfill(conn: psycopg.Connection, source: Source, version_id: int | None = 
     return count
 
 
-#: a take of the change log queues at most this many keys (one change row more at most)
-TAKE_MAX_KEYS = 10_000
+#: a take of the change log queues at most this many keys (one change row more at most);
+#: a take holds its pending rows' locks until it commits, which a delete of those rows waits for
+TAKE_MAX_KEYS = 2_000
 #: and takes at most this many change rows (single-row statements make one each)
 TAKE_MAX_CHANGES = 2_000
+#: the class of the advisory lock that lets one take of a source run at a time
+TAKE_LOCK_CLASS = 0x70676674  # 'pgft'
 
 
 @dataclass
 class Taken:
+    #: change rows taken, the keys they held, distinct keys, pending rows queued or reset
     changes: int = 0
+    logged: int = 0
     keys: int = 0
     queued: int = 0
+    #: sources whose take failed (logged; their change logs wait for the next take)
+    failed: list[str] = field(default_factory=list)
+
+    def add(self, other: Taken) -> None:
+        self.changes += other.changes
+        self.logged += other.logged
+        self.keys += other.keys
+        self.queued += other.queued
 
 
 def take_changes(conn: psycopg.Connection, source: Source) -> Taken:
-    """One take of the source's change log: up to TAKE_MAX_KEYS keys made pending rows
-    (per active version, with their text's hash; keys whose rows are gone, or whose text is
-    already embedded, or failed, queue nothing), their change rows deleted. Run in the
-    caller's transaction; concurrent takes skip each other's change rows."""
-    row = conn.execute(_composed(source, "take_source_changes"), {
-        "source_id": source.id, "model_name": source.model_name,
-        "max_keys": TAKE_MAX_KEYS, "max_changes": TAKE_MAX_CHANGES}).fetchone()
+    """One take of the source's change log: change rows up to TAKE_MAX_KEYS keys made
+    pending rows (per active version, with their text's hash; keys whose rows are gone, or
+    whose text is already embedded, or failed, queue nothing), deleted. Run in the caller's
+    transaction; a take finds nothing while another transaction's take of the same source
+    has not committed (one at a time, so that their hashes apply in order)."""
+    with conn.transaction():
+        locked = conn.execute(schema.query("lock_source_take"), {
+            "lock_class": TAKE_LOCK_CLASS, "source_id": source.id}).fetchone()
+        if not locked or not locked[0]:
+            return Taken()
+        row = conn.execute(_composed(source, "take_source_changes"), {
+            "source_id": source.id, "model_name": source.model_name,
+            "max_keys": TAKE_MAX_KEYS, "max_changes": TAKE_MAX_CHANGES}).fetchone()
     assert row is not None
-    return Taken(changes=int(row[0]), keys=int(row[1]), queued=int(row[2]))
+    return Taken(changes=int(row[0]), logged=int(row[1]), keys=int(row[2]),
+                 queued=int(row[3]))
 
 
-def take_all_changes(conn: psycopg.Connection, max_takes: int = 10) -> Taken:
+def take_all_changes(conn: psycopg.Connection, max_takes: int = 25) -> Taken:
     """Take every source's change log until it is empty, or ``max_takes`` full takes per
     source (so that a flood of changes cannot keep the caller from publishing what it
-    took). Each take is a transaction of its own (a savepoint inside the caller's)."""
+    took). Each take is a transaction of its own (a savepoint inside the caller's). A
+    source whose take fails (its table dropped under it, say) is logged and skipped: the
+    others are taken all the same."""
     total = Taken()
     with conn.transaction():
         changed = [by_id(conn, int(source_id)) for (source_id,)
@@ -222,14 +247,19 @@ def take_all_changes(conn: psycopg.Connection, max_takes: int = 10) -> Taken:
     for source in changed:
         if source is None:  # dropped meanwhile: drop deleted its change rows
             continue
-        for _ in range(max_takes):
-            with conn.transaction():
+        try:
+            for _ in range(max_takes):
                 step = take_changes(conn, source)
-            total.changes += step.changes
-            total.keys += step.keys
-            total.queued += step.queued
-            if step.keys < TAKE_MAX_KEYS and step.changes < TAKE_MAX_CHANGES:
-                break
+                total.add(step)
+                if step.logged < TAKE_MAX_KEYS and step.changes < TAKE_MAX_CHANGES:
+                    break
+        except psycopg.OperationalError:
+            raise   # the connection, not the source: the caller's error handling decides
+        except psycopg.Error as exc:
+            logger.error("taking the change log of source %s failed (its changes wait for "
+                         "the next take): %s: %s", source.name, type(exc).__name__,
+                         str(exc).splitlines()[0] if str(exc) else "")
+            total.failed.append(source.name)
     return total
 
 

@@ -58,6 +58,8 @@ class RowFailure:
     permanent: bool = False
     #: the attempt this failure spends
     attempt: int = 1
+    #: the hash of the text that failed (the pending row's ``hash`` may be of another)
+    tried: bytes = b""
 
 
 @dataclass
@@ -353,6 +355,7 @@ class SourcePipeline:
                 row = db.fetch_one(conn, "record_source_failure", {
                     "source_id": source.id, "version_id": spec.version_id,
                     "row_key": failure.row_key, "hash": failure.hash,
+                    "tried_hash": failure.tried or failure.hash,
                     "queued_at": failure.queued_at, "reason": failure.reason,
                     "error": failure.error[:2000], "permanent": failure.permanent,
                     "max_attempts": self.settings.max_attempts, "retry_in_s": retry_in_s})
@@ -368,7 +371,7 @@ class SourcePipeline:
     @staticmethod
     def _failure(row: _Row, reason: str, error: str, *, permanent: bool = False) -> RowFailure:
         return RowFailure(row.key, row.queued_hash, row.queued_at, reason, error, permanent,
-                          attempt=row.attempts + 1)
+                          attempt=row.attempts + 1, tried=row.hash)
 
     def _retry(self, action: Callable[[], Any]) -> Any:
         return with_retry(action, self.sleep)

@@ -102,6 +102,7 @@ CREATE TABLE source_failures (
 );
 
 GRANT SELECT ON sources TO pgfleet_worker;
-GRANT SELECT, DELETE ON source_changes TO pgfleet_worker;
+-- the producer takes the log: locks change rows (FOR UPDATE needs UPDATE) and deletes them
+GRANT SELECT, UPDATE, DELETE ON source_changes TO pgfleet_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON source_pending, source_chunks, source_failures
     TO pgfleet_worker;

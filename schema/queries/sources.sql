@@ -138,27 +138,39 @@ SELECT (SELECT count(*) FROM pending), (SELECT count(*) FROM chunks),
 -- The sources with changes in the log.
 SELECT DISTINCT source_id FROM source_changes;
 
+-- name: lock_source_take
+-- One take of a source's change log at a time (two producers' takes could otherwise apply
+-- their texts' hashes out of order): a transaction lock, tried, not waited for. A statement
+-- of its own, before the take, so that the take's snapshot is newer than the lock.
+SELECT pg_try_advisory_xact_lock(%(lock_class)s::integer, %(source_id)s::integer) AS locked;
+
 -- name: take_source_changes
 -- The producer turns a source's change log into pending rows: change rows up to
--- %(max_keys)s keys (at least one row; taken with SKIP LOCKED and deleted), whose rows still
--- exist, queued per active version of the source's model with their current text's hash,
--- unless that version has chunks of that very text or a failure on it (a change back to
--- what was embedded, or to what failed). A pending row of the same text is left as it is
--- (its job, its attempts and its backoff stand); one of another text is reset to this one,
--- as a live change (priority 0), and the row's failure is cleared.
-WITH locked AS (
-    SELECT c.ctid AS id, cardinality(c.row_keys) AS n
+-- %(max_keys)s keys (at least one row; only those are locked, SKIP LOCKED, and deleted),
+-- whose rows still exist, queued per active version of the source's model with their
+-- current text's hash. A row and version with no pending row whose chunks are of that very
+-- text, or whose failure is (a change and its undo; a change back to what failed), queue
+-- nothing. A pending row is reset to the current text, as a new live job (a new queued_at,
+-- so that a worker's write or failure of the old job no longer matches), when its text
+-- differs, when a worker has started it (it may have read any text since), or when it
+-- waits as backfill; otherwise it is left as it is (its job, attempts and backoff stand).
+-- A reset keeps the attempts spent on the same text. The row's failure is cleared.
+WITH candidates AS (
+    SELECT c.ctid AS id,
+           sum(cardinality(c.row_keys)) OVER (ROWS UNBOUNDED PRECEDING)
+               - cardinality(c.row_keys) AS before
     FROM source_changes c
     WHERE c.source_id = %(source_id)s
     LIMIT %(max_changes)s
+), locked AS (
+    SELECT c.ctid AS id
+    FROM source_changes c
+    WHERE c.ctid = ANY (ARRAY(SELECT id FROM candidates WHERE before < %(max_keys)s))
+      AND c.source_id = %(source_id)s
     FOR UPDATE SKIP LOCKED
-), chosen AS (
-    SELECT id FROM (SELECT id, sum(n) OVER (ROWS UNBOUNDED PRECEDING) - n AS before
-                    FROM locked) w
-    WHERE before < %(max_keys)s
 ), taken AS (
     DELETE FROM source_changes c
-    WHERE c.ctid = ANY (ARRAY(SELECT id FROM chosen))
+    WHERE c.ctid = ANY (ARRAY(SELECT id FROM locked))
     RETURNING c.row_keys
 ), keys AS (
     SELECT DISTINCT k.row_key FROM taken, unnest(taken.row_keys) AS k(row_key)
@@ -171,13 +183,16 @@ WITH locked AS (
     FROM cur CROSS JOIN model_versions v
     WHERE v.kind = 'embedding' AND v.active
       AND (%(model_name)s::text IS NULL OR v.name = %(model_name)s::text)
-      AND NOT EXISTS (SELECT 1 FROM source_chunks c
-                      WHERE c.source_id = %(source_id)s AND c.version_id = v.id
-                        AND c.row_key = cur.row_key AND c.chunk = 0
-                        AND c.content_hash = cur.hash)
-      AND NOT EXISTS (SELECT 1 FROM source_failures f
-                      WHERE f.source_id = %(source_id)s AND f.version_id = v.id
-                        AND f.row_key = cur.row_key AND f.content_hash = cur.hash)
+      AND (EXISTS (SELECT 1 FROM source_pending p
+                   WHERE p.source_id = %(source_id)s AND p.row_key = cur.row_key
+                     AND p.version_id = v.id)
+           OR (NOT EXISTS (SELECT 1 FROM source_chunks c
+                           WHERE c.source_id = %(source_id)s AND c.version_id = v.id
+                             AND c.row_key = cur.row_key AND c.chunk = 0
+                             AND c.content_hash = cur.hash)
+               AND NOT EXISTS (SELECT 1 FROM source_failures f
+                               WHERE f.source_id = %(source_id)s AND f.version_id = v.id
+                                 AND f.row_key = cur.row_key AND f.content_hash = cur.hash)))
 ), cleared AS (
     DELETE FROM source_failures f USING fresh
     WHERE f.source_id = %(source_id)s AND f.row_key = fresh.row_key
@@ -188,13 +203,18 @@ WITH locked AS (
     SELECT %(source_id)s, fresh.row_key, fresh.version_id, fresh.hash FROM fresh
     ORDER BY fresh.row_key, fresh.version_id
     ON CONFLICT (source_id, row_key, version_id) DO UPDATE
-        SET content_hash = EXCLUDED.content_hash, priority = 0, queued_at = now(),
-            enqueued_at = NULL, attempts = 0, not_before = now(), last_error = NULL,
-            started_at = NULL, started_by = NULL
-        WHERE p.content_hash <> EXCLUDED.content_hash
+        SET content_hash = EXCLUDED.content_hash, priority = 0,
+            queued_at = clock_timestamp(), enqueued_at = NULL,
+            attempts = CASE WHEN p.content_hash = EXCLUDED.content_hash THEN p.attempts
+                            ELSE 0 END,
+            not_before = now(), last_error = NULL, started_at = NULL, started_by = NULL
+        WHERE p.content_hash <> EXCLUDED.content_hash OR p.started_at IS NOT NULL
+           OR (p.priority > 0 AND p.enqueued_at IS NULL)
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM taken) AS changes, (SELECT count(*) FROM keys) AS keys,
+SELECT (SELECT count(*) FROM taken) AS changes,
+       (SELECT coalesce(sum(cardinality(row_keys)), 0) FROM taken) AS logged,
+       (SELECT count(*) FROM keys) AS keys,
        (SELECT count(*) FROM queued) AS queued, (SELECT count(*) FROM cleared) AS cleared;
 
 -- name: claim_source_pending
@@ -366,9 +386,10 @@ WHERE version_id = %(version_id)s AND input_hash = ANY (%(hashes)s::bytea[]);
 
 -- name: record_source_failure
 -- A row failed, which spends an attempt: retried after a backoff below the limit; at it, or
--- for a permanent failure, recorded, its pending row removed and its chunks of older text
--- too (search must not return what a row no longer says). Only while the pending row is as
--- the worker started it.
+-- for a permanent failure, recorded (with the hash of the text that failed, which a take
+-- compares with a row's text), its pending row removed and its chunks of older text too
+-- (search must not return what a row no longer says). Only while the pending row is as the
+-- worker started it.
 WITH target AS (
     SELECT p.source_id, p.row_key, p.version_id, p.attempts + 1 AS attempts
     FROM source_pending p
@@ -381,7 +402,7 @@ WITH target AS (
 ), failure AS (
     INSERT INTO source_failures (source_id, row_key, version_id, content_hash, reason,
                                  attempts, last_error)
-    SELECT source_id, row_key, version_id, %(hash)s, %(reason)s, attempts, %(error)s
+    SELECT source_id, row_key, version_id, %(tried_hash)s, %(reason)s, attempts, %(error)s
     FROM final
     ON CONFLICT (source_id, row_key, version_id) DO UPDATE
         SET reason = EXCLUDED.reason, attempts = EXCLUDED.attempts,
@@ -622,6 +643,10 @@ END
 BEGIN
     IF EXISTS (SELECT 1 FROM old_rows o
                WHERE NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.{key} = o.{key})) THEN
+        PERFORM 1 FROM {fleet}.source_pending p
+        WHERE p.source_id = {id} AND p.row_key IN (SELECT (o.{key})::text FROM old_rows o)
+        ORDER BY p.row_key, p.version_id
+        FOR UPDATE OF p;
         DELETE FROM {fleet}.source_pending p USING old_rows o
         WHERE p.source_id = {id} AND p.row_key = (o.{key})::text
           AND NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.{key} = o.{key});
@@ -647,8 +672,14 @@ END
 -- name: source_trigger_deleted
 -- The deleted trigger's body.
 -- The pending rows first: a worker writing this row's chunks holds its pending row, so
--- the delete waits for that write and then removes what it wrote.
+-- the delete waits for that write and then removes what it wrote. They are locked in the
+-- order the producer's take and the workers lock them (row key, version), so that a large
+-- delete and a take wait for each other instead of deadlocking.
 BEGIN
+    PERFORM 1 FROM {fleet}.source_pending p
+    WHERE p.source_id = {id} AND p.row_key IN (SELECT (o.{key})::text FROM old_rows o)
+    ORDER BY p.row_key, p.version_id
+    FOR UPDATE OF p;
     DELETE FROM {fleet}.source_pending p USING old_rows o
     WHERE p.source_id = {id} AND p.row_key = (o.{key})::text;
     DELETE FROM {fleet}.source_chunks c USING old_rows o

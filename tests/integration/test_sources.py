@@ -241,6 +241,73 @@ def test_a_take_queues_what_still_needs_embedding_and_nothing_else(db_, make_pip
     assert db_.execute("SELECT queued_at FROM source_pending").fetchone()[0] == queued_at
 
 
+def _started(run: SourcePipeline, conn, source, key: str):
+    """A worker's first step on the row: its pending row started, its text read."""
+    from pgfleet.sources.pipeline import SourceReport
+
+    spec = run.spec(1)
+    report = SourceReport(source.id, 1)
+    [row] = run._start(source, spec, [key], report)
+    return spec, row, report
+
+
+def test_a_change_back_to_the_embedded_text_while_a_job_runs_is_not_lost(db_, make_pipeline):
+    source, _ = add(db_)
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'title', 'text A')")
+    run = make_pipeline()
+    embed_all(run, db_, source.id)
+    db_.execute("UPDATE articles SET title = '', body = ' ' WHERE id = 1")   # blank: will fail
+    assert pending(db_, source.id) == {"1": 0}
+    spec, row, report = _started(run, db_, source, "1")      # the worker reads the blank text
+    db_.execute("UPDATE articles SET title = 'title', body = 'text A' WHERE id = 1")  # undone
+    assert pending(db_, source.id) == {"1": 0}                # the started job is replaced
+    run._process(source, spec, [row], report)                 # its failure matches no job now
+    assert db_.execute("SELECT count(*) FROM source_failures").fetchone()[0] == 0
+    embed_all(run, db_, source.id)
+    assert [c[1] for c in chunks(db_, source.id, "1")] == ["title\n\ntext A"]
+    assert pending(db_, source.id) == {}
+
+
+def test_a_job_that_read_a_text_since_undone_does_not_write_it(db_, make_pipeline):
+    source, _ = add(db_)
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 't', 'B')")
+    assert pending(db_, source.id) == {"1": 0}
+    run = make_pipeline()
+    db_.execute("UPDATE articles SET body = 'C' WHERE id = 1")     # not taken yet
+    spec, row, report = _started(run, db_, source, "1")            # reads C
+    db_.execute("UPDATE articles SET body = 'B' WHERE id = 1")     # back to the queued text
+    assert pending(db_, source.id) == {"1": 0}
+    run._process(source, spec, [row], report)
+    assert report.written == 0 and chunks(db_, source.id, "1") == []  # C is not written
+    embed_all(run, db_, source.id)
+    assert [c[1] for c in chunks(db_, source.id, "1")] == ["t\n\nB"]
+
+
+def test_a_live_change_lifts_a_backfilled_row_to_a_live_job(db_):
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'old', 'row')")
+    source, _ = add(db_)
+    assert pending(db_, source.id) == {"1": 1}
+    db_.execute("UPDATE articles SET body = 'x' WHERE id = 1")
+    db_.execute("UPDATE articles SET body = 'row' WHERE id = 1")   # same text as queued
+    assert pending(db_, source.id) == {"1": 0}
+
+
+def test_a_source_whose_take_fails_does_not_stop_the_others(db_):
+    source, _ = add(db_)
+    db_.execute("CREATE TABLE gadgets (id int PRIMARY KEY, body text)")
+    other, _ = catalog.add(db_, SourceSpec(name="gadgets", table="gadgets", columns=["body"]))
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'a', 'b')")
+    db_.execute("INSERT INTO gadgets VALUES (1, 'c')")
+    db_.execute(sql.SQL("ALTER VIEW {} RENAME TO broken_view").format(other.view))
+    try:
+        taken = catalog.take_all_changes(db_)
+        assert taken.failed == ["gadgets"] and taken.queued == 1
+        assert pending(db_, source.id) == {"1": 0}
+    finally:
+        db_.execute(sql.SQL("ALTER VIEW broken_view RENAME TO {}").format(other.view))
+    assert catalog.take_all_changes(db_).queued == 1               # its changes waited
+
+
 def test_takes_are_bounded_and_concurrent_takes_skip_each_other(db_, scratch_url):
     source, _ = add(db_)
     for start in range(0, 30_000, 1000):
@@ -249,7 +316,8 @@ def test_takes_are_bounded_and_concurrent_takes_skip_each_other(db_, scratch_url
                     (start + 1, start + 1000))
     assert len(change_log(db_)) == 30
     with psycopg.connect(scratch_url) as other:
-        held = catalog.take_changes(other, source)            # holds its change rows, uncommitted
+        other.execute("SELECT 1")       # a transaction open around the take: it holds on
+        held = catalog.take_changes(other, source)
         assert held.keys == catalog.TAKE_MAX_KEYS
         # another take skips what the first one holds: it does not wait, takes nothing twice
         db_.execute("SET lock_timeout = '5s'")
