@@ -218,9 +218,10 @@ class Taken:
 def take_changes(conn: psycopg.Connection, source: Source) -> Taken:
     """One take of the source's change log: change rows up to TAKE_MAX_KEYS keys made
     pending rows (per active version, with their text's hash; keys whose rows are gone, or
-    whose text is already embedded, or failed, queue nothing), deleted. Run in the caller's
-    transaction; a take finds nothing while another transaction's take of the same source
-    has not committed (one at a time, so that their hashes apply in order)."""
+    whose text is already embedded, or failed, queue nothing), deleted. A transaction of
+    its own (a savepoint inside the caller's, which then holds its locks until it commits);
+    a take finds nothing while another transaction's take of the same source has not
+    committed (one at a time, so that their hashes apply in order)."""
     with conn.transaction():
         locked = conn.execute(schema.query("lock_source_take"), {
             "lock_class": TAKE_LOCK_CLASS, "source_id": source.id}).fetchone()
