@@ -1,7 +1,9 @@
 """Search over a source: rows, each with its best chunk, at most one hit per row.
 
 * ``vector``: the query embedded by the version that answers (routed by the A/B split of
-  the source's model, or named), then that version's nearest chunks;
+  the source's model, or named; a version still backfilling the source hands over to the
+  complete serving version with the most traffic and says so, ``fallback_from``, as a
+  search of docs does), then that version's nearest chunks;
 * ``hybrid``: those and PostgreSQL's full-text matches over the same chunks (the source's
   text search configuration, ``websearch_to_tsquery``: words, "phrases", or, -not), fused by
   reciprocal rank fusion: a chunk scores ``1 / (60 + rank)`` in each list it is in, and a
@@ -23,9 +25,9 @@ from psycopg.rows import dict_row
 
 import schema
 from pgfleet import db
-from pgfleet.embedding.batching import as_array
 from pgfleet.embedding.engines.base import Engine, ModelSpec
-from pgfleet.models import inference_logs, routing
+from pgfleet.embedding.search import route_and_cached
+from pgfleet.models import inference_logs
 from pgfleet.sources import catalog
 
 MODES = ("vector", "hybrid")
@@ -46,13 +48,11 @@ def search_source(conn: psycopg.Connection, engines: Callable[[ModelSpec], Engin
         raise ValueError("k must be 1 to 1000")
     started = time.perf_counter()
     source = catalog.get(conn, source_name)
-    version = routing.route(conn, "embedding", version_ref, key, source.model_name)
-    spec = version.spec
     digest = hashlib.sha256(query.encode("utf-8")).digest()
-    with conn.cursor(binary=True) as cur:
-        row = cur.execute(schema.query("cache_query_vector"),
-                          (spec.version_id, digest)).fetchone()
-    cached = as_array(row[0]) if row is not None else None
+    route, cached = route_and_cached(conn, version_ref, key, source.model_name, digest,
+                                     serving_query="source_serving_versions",
+                                     params={"source_id": source.id})
+    spec = route.spec
     vector = cached if cached is not None else engines(spec).encode([query])[0]
     candidates = min(MAX_CANDIDATES, k * CANDIDATES_PER_HIT)
     params = {"source_id": source.id, "version_id": spec.version_id, "query": vector,
@@ -65,7 +65,8 @@ def search_source(conn: psycopg.Connection, engines: Callable[[ModelSpec], Engin
     hits = _fuse(nearest, matches, k) if mode == "hybrid" else _best_per_row(nearest, k)
     latency_ms = (time.perf_counter() - started) * 1000.0
     log = inference_logs.row("search", version_id=spec.version_id,
-                             assigned_version_id=spec.version_id, latency_ms=latency_ms,
+                             assigned_version_id=route.assigned.version_id,
+                             latency_ms=latency_ms,
                              cache_hits=int(cached is not None),
                              model_calls=int(cached is None), key=key)
     if cached is not None:
@@ -74,10 +75,16 @@ def search_source(conn: psycopg.Connection, engines: Callable[[ModelSpec], Engin
         logged = db.fetch_one(conn, "log_search_caching_query_vector",
                               {**log, "input_hash": digest, "embedding": vector})
     assert logged is not None
-    return {"query": query, "source": source.name, "mode": mode, "version": spec.label,
-            "log_id": int(logged["id"]), "latency_ms": round(latency_ms, 2),
-            "cache_hit": cached is not None,
-            "hits": [_hit(source.name, r, s) for r, s in hits]}
+    out: dict[str, Any] = {
+        "query": query, "source": source.name, "mode": mode, "version": spec.label,
+        "assigned_version": route.assigned.label, "log_id": int(logged["id"]),
+        "latency_ms": round(latency_ms, 2), "cache_hit": cached is not None,
+        "hits": [_hit(source.name, r, s) for r, s in hits]}
+    if route.fallback_from:
+        out["fallback_from"] = route.fallback_from
+    if route.incomplete:
+        out["incomplete"] = True
+    return out
 
 
 def _best_per_row(rows: list[dict[str, Any]], k: int) -> list[tuple[dict[str, Any], float]]:

@@ -561,6 +561,50 @@ def test_search_returns_each_row_once_with_its_best_chunk(db_, make_pipeline):
     assert answer["mode"] == "hybrid" and answer["source"] == "articles"
 
 
+def test_a_search_routed_to_a_version_still_backfilling_the_source_falls_back(
+        db_, make_pipeline):
+    source, _ = add(db_)
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'Guide', 'install it')")
+    run = make_pipeline()
+    embed_all(run, db_, source.id)
+    [v2] = db_.execute(
+        "INSERT INTO model_versions (name, version, kind, format, artifact, dimensions, "
+        "max_seq_length) SELECT name, 'v2-src', kind, format, artifact, dimensions, "
+        "max_seq_length FROM model_versions WHERE id = 1 RETURNING id").fetchone()
+    try:
+        with db_.transaction():
+            db_.execute("UPDATE model_versions SET active = true, traffic_percent = 50 "
+                        "WHERE id IN (1, %s)", (v2,))
+        assert catalog.backfill(db_, source, v2) == 1          # v2 has the row left to embed
+        engine = next(iter(run.engines.values()))   # type: ignore[attr-defined]
+
+        def search(key: str):
+            return search_source(db_, lambda spec: engine, "articles", "install", k=3, key=key)
+
+        answers = {f"user-{i}": search(f"user-{i}") for i in range(40)}
+        moved = [a for a in answers.values() if a["assigned_version"].endswith("@v2-src")]
+        stayed = [a for a in answers.values() if a["assigned_version"].endswith("@v1")]
+        assert moved and stayed                                 # the split sends keys to both
+        for answer in moved:                                    # v2 is incomplete: v1 answers
+            assert answer["fallback_from"] == answer["assigned_version"]
+            assert answer["version"].endswith("@v1") and answer["hits"][0]["key"] == "1"
+        assert all("fallback_from" not in a for a in stayed)
+        logged = db_.execute("SELECT version_id, assigned_version_id FROM inference_logs "
+                             "WHERE id = %s", (moved[0]["log_id"],)).fetchone()
+        assert logged == (1, v2)
+        # once v2 has the source's rows, it answers its share itself
+        run.run(source.id, v2, ["1"])
+        key = next(k for k, a in answers.items() if a is moved[0])
+        answer = search(key)                                    # sticky: v2 again
+        assert answer["version"].endswith("@v2-src") and "fallback_from" not in answer
+    finally:
+        with db_.transaction():
+            db_.execute("UPDATE model_versions SET traffic_percent = 100 WHERE id = 1")
+            db_.execute("DELETE FROM inference_logs WHERE version_id = %s "
+                        "OR assigned_version_id = %s", (v2, v2))
+            db_.execute("DELETE FROM model_versions WHERE id = %s", (v2,))
+
+
 def test_status_and_metrics_show_each_source(db_, scratch_url, make_pipeline):
     from pgfleet.ops.metrics import FleetCollector
     from pgfleet.ops.status import source_rows
