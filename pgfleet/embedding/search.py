@@ -75,23 +75,21 @@ def search_sql(dims: int) -> sql.Composed:
 
 def route_and_cached(conn: psycopg.Connection, version_ref: str | None, key: str | None,
                      name: str | None, digest: bytes, *,
-                     serving_query: str = "serving_versions_backfilling",
-                     params: dict[str, Any] | None = None) -> tuple[Route, Any]:
+                     source_id: int | None = None) -> tuple[Route, Any]:
     """The version named, else the one the split assigns (:func:`pgfleet.models.routing.route`;
     one still being backfilled hands over to the complete serving version with the most
     traffic), and that version's cached vector of the query whose hash is ``digest`` (None:
-    not cached): a routed search's first round trip finds both. ``serving_query`` names the query
-    that says which versions serve and which are backfilling (a source's search has its
-    own, with ``params``)."""
+    not cached): a routed search's first round trip finds both. With ``source_id``, a
+    version is backfilling while it has backfill rows of that source (else of docs)."""
     if version_ref is not None:
         named = routing.route(conn, "embedding", version_ref, key, name)
         return Route(named.spec, named.spec), _cached(conn, named.spec, digest)
     # the serving versions, whether each is being backfilled and its cached vector of the
     # query, in one round trip; binary: pgvector's loader reads 384 floats as one buffer
     with conn.cursor(binary=True, row_factory=dict_row) as cur:
-        rows = cur.execute(schema.query(serving_query),
+        rows = cur.execute(schema.query("serving_versions_backfilling"),
                            {"kind": "embedding", "name": name, "input_hash": digest,
-                            **(params or {})}).fetchall()
+                            "source_id": source_id}).fetchall()
     if not rows:   # no version serves: routing says why (or one began to, meanwhile)
         routed = routing.route(conn, "embedding", None, key, name)
         return Route(routed.spec, routed.spec), _cached(conn, routed.spec, digest)

@@ -50,8 +50,7 @@ def search_source(conn: psycopg.Connection, engines: Callable[[ModelSpec], Engin
     source = catalog.get(conn, source_name)
     digest = hashlib.sha256(query.encode("utf-8")).digest()
     route, cached = route_and_cached(conn, version_ref, key, source.model_name, digest,
-                                     serving_query="source_serving_versions",
-                                     params={"source_id": source.id})
+                                     source_id=source.id)
     spec = route.spec
     vector = cached if cached is not None else engines(spec).encode([query])[0]
     candidates = min(MAX_CANDIDATES, k * CANDIDATES_PER_HIT)

@@ -464,25 +464,6 @@ WHERE c.source_id = %(source_id)s AND c.version_id = %(version_id)s AND c.tsv @@
 ORDER BY score DESC, c.row_key, c.chunk
 LIMIT %(candidates)s;
 
--- name: source_serving_versions
--- As serving_versions_backfilling, for a source: the serving versions of its model, each
--- with whether it is still backfilling this source (rows queued as backfill) and its cached
--- vector of the query.
-SELECT v.id, v.name, v.version, v.kind, v.format, v.artifact, v.dimensions,
-       v.max_seq_length, v.status, v.traffic_percent, v.active,
-       EXISTS (SELECT 1 FROM source_pending p
-               WHERE p.source_id = %(source_id)s AND p.version_id = v.id
-                 AND p.priority = 1) AS backfilling,
-       (SELECT c.embedding FROM model_cache c
-        WHERE c.version_id = v.id AND c.input_hash = %(input_hash)s) AS cached
-FROM model_versions v
-WHERE v.kind = %(kind)s AND v.active AND v.status = 'ready' AND v.traffic_percent > 0
-  AND v.name = coalesce(%(name)s::text,
-                        (SELECT a.name FROM model_versions a
-                         WHERE a.kind = %(kind)s AND a.active AND a.status = 'ready'
-                         ORDER BY a.traffic_percent DESC, a.id LIMIT 1))
-ORDER BY v.id;
-
 -- name: source_versions
 -- The versions a source is embedded with: active embedding versions of its model (all of
 -- them when it names none), with how many of its rows each has chunks for.

@@ -71,14 +71,20 @@ SELECT (SELECT count(*) FROM docs) AS docs,
 
 -- name: serving_versions_backfilling
 -- serving_versions of model %(name)s (NULL: the active version's model, as active_version
--- chooses it), each with whether it is still being backfilled and its cached vector of the
+-- chooses it), each with whether it is still being backfilled (docs, or with
+-- %(source_id)s the rows of that source) and its cached vector of the
 -- query whose hash is %(input_hash)s (NULL: not cached): a search's routing and its cache
 -- lookup in one round trip. The hit is counted by the statement that logs the search
 -- (log_search_counting_cache_hit), so that a hit costs one commit, not two.
 SELECT v.id, v.name, v.version, v.kind, v.format, v.artifact, v.dimensions,
        v.max_seq_length, v.status, v.traffic_percent, v.active,
-       EXISTS (SELECT 1 FROM pending_embeddings p
-               WHERE p.version_id = v.id AND p.priority = 1) AS backfilling,
+       CASE WHEN %(source_id)s::integer IS NULL
+            THEN EXISTS (SELECT 1 FROM pending_embeddings p
+                         WHERE p.version_id = v.id AND p.priority = 1)
+            ELSE EXISTS (SELECT 1 FROM source_pending p
+                         WHERE p.source_id = %(source_id)s::integer AND p.version_id = v.id
+                           AND p.priority = 1)
+       END AS backfilling,
        (SELECT c.embedding FROM model_cache c
         WHERE c.version_id = v.id AND c.input_hash = %(input_hash)s) AS cached
 FROM model_versions v
