@@ -17,7 +17,7 @@ import pytest
 
 from pgfleet import db
 from pgfleet.errors import DatabaseUnavailable
-from tests.conftest import ROOT, run_cli, wait_until
+from tests.conftest import ROOT, create_database, run_cli, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -302,9 +302,16 @@ def test_load_reports_bad_rows_and_inserts_the_good_ones(services, clean, tmp_pa
     assert clean.execute("SELECT count(*) FROM docs").fetchone()[0] == 4
 
 
-def test_failures_verify_and_retry(services, clean, tmp_path):
-    env = _env(tmp_path, PGFLEET_DATABASE_URL=services.database_url,
-               PGFLEET_REDIS_URL=services.redis_url)
+def test_failures_verify_and_retry(services, tmp_path):
+    # a database of its own: the session's fleet (when a test started it) consumes the
+    # shared one, and would embed these docs while this test counts their pending rows
+    url = create_database(services, "pgfleet_e2e_failures")
+    env = _env(tmp_path, PGFLEET_DATABASE_URL=url, PGFLEET_REDIS_URL=services.redis_url)
+    with db.connect(url, autocommit=True) as clean:
+        _failures_verify_and_retry(clean, env)
+
+
+def _failures_verify_and_retry(clean, env) -> None:
     clean.execute("INSERT INTO docs (content) VALUES ('fine'), ('also fine')")
     clean.execute("DELETE FROM pending_embeddings WHERE doc_id = 2")
     clean.execute("INSERT INTO embedding_failures (doc_id, version_id, reason, attempts, "
