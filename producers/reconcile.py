@@ -63,10 +63,11 @@ def reconcile_missing(pool: ConnectionPool, version_id: int | None = None) -> in
 
 
 def drop_retired(pool: ConnectionPool, grace_s: float) -> int:
-    """Vectors of versions retired more than ``grace_s`` ago, and pending work of inactive
-    versions."""
+    """Vectors of versions retired more than ``grace_s`` ago (docs' and sources' chunks), and
+    pending work of inactive versions."""
     with db.pooled(pool) as conn, conn.transaction():
-        dropped = conn.execute(schema.query("drop_retired_vectors"), {"grace_s": grace_s}).rowcount
+        row = conn.execute(schema.query("drop_retired_vectors"), {"grace_s": grace_s}).fetchone()
+        dropped = int(row[0]) if row else 0
         conn.execute(schema.query("drop_inactive_pending"))
     if dropped:
         logger.info("dropped %d vectors of retired versions", dropped)

@@ -55,14 +55,18 @@ def add(name: str, table: str, key: str | None, columns: str, template: str | No
         name=name, table=table, key=key, columns=[c.strip() for c in columns.split(",") if c.strip()],
         template=template, model=model, chunking=chunking, chunk_tokens=chunk_tokens,
         overlap=overlap, text_config=text_config, always=always)
-    with context.connection(autocommit=True) as conn:
-        added, queued = catalog.add(conn, spec)
+    conf = context.settings()
+    with context.connection(conf, autocommit=True) as conn:
+        added, queued = catalog.add(conn, spec, index_wait_s=conf.ab_lock_wait_s)
     if as_json:
         click.echo(json.dumps({**added.as_json(), "queued": queued}, default=str))
         return
     out.print(f"source {added.name!r}: {added.table} by {added.key_column}, columns "
               f"{', '.join(added.columns)}, {added.chunking} chunking; {queued} existing "
               "row(s) queued")
+    for label, index in added.extra.get("indexes", {}).items():
+        if index.get("problem"):
+            out.print(f"[yellow]{label}: {index['problem']}[/yellow]")
 
 
 @source.command("list")

@@ -1,4 +1,5 @@
-"""The HNSW index of one embedding version, and who holds a table up.
+"""The HNSW index of one embedding version (of docs, and of each source), and who holds a
+table up.
 
 The index is built with ``CREATE INDEX CONCURRENTLY``, outside any transaction: writers of
 ``embeddings`` (the workers) never wait for it. The build itself waits for transactions
@@ -40,11 +41,36 @@ def index_name(version_id: int) -> str:
     return f"embeddings_hnsw_v{int(version_id)}"
 
 
+def source_index_name(source_id: int, version_id: int) -> str:
+    """The HNSW index of one source's chunks for one version (a partial index of
+    ``source_chunks``: a search of that source and version reads that index alone)."""
+    return f"source_chunks_hnsw_s{int(source_id)}_v{int(version_id)}"
+
+
 def ensure_version_index(conn: psycopg.Connection, version_id: int, *,
                          lock_timeout_s: float) -> IndexOutcome:
-    """Make sure the version's index exists and is valid, building it concurrently. The
-    connection must not be in a transaction; it is used in autocommit mode meanwhile."""
-    name = index_name(version_id)
+    """Make sure the version's index of docs' vectors exists and is valid, building it
+    concurrently. The connection must not be in a transaction; it is used in autocommit mode
+    meanwhile."""
+    return _ensure(conn, index_name(version_id), "embeddings", "version_index_create",
+                   version_id, {}, lock_timeout_s,
+                   "searches of this version scan without it until the next pgfleet ab set "
+                   "builds it")
+
+
+def ensure_source_index(conn: psycopg.Connection, source_id: int, version_id: int, *,
+                        lock_timeout_s: float) -> IndexOutcome:
+    """The same for one source's chunks and one version."""
+    return _ensure(conn, source_index_name(source_id, version_id), "source_chunks",
+                   "source_index_create", version_id,
+                   {"source_id": sql.Literal(int(source_id))}, lock_timeout_s,
+                   "searches of this source and version scan without it until the next "
+                   "pgfleet ab set of its model builds it")
+
+
+def _ensure(conn: psycopg.Connection, name: str, table: str, create: str, version_id: int,
+            literals: dict[str, sql.Composable], lock_timeout_s: float,
+            meanwhile: str) -> IndexOutcome:
     with autocommit(conn):
         row = conn.execute(schema.query("embedding_version_dimensions"),
                            {"version_id": version_id}).fetchone()
@@ -65,16 +91,14 @@ def ensure_version_index(conn: psycopg.Connection, version_id: int, *,
                     logger.warning("index %s is invalid (a build failed); rebuilding it", name)
                     conn.execute(sql.SQL(schema.query("index_drop_concurrently")).format(
                         index=sql.Identifier(name)))
-                conn.execute(sql.SQL(schema.query("version_index_create")).format(
+                conn.execute(sql.SQL(schema.query(create)).format(
                     index=sql.Identifier(name), dims=sql.Literal(dims),
-                    version_id=sql.Literal(int(version_id))))
+                    version_id=sql.Literal(int(version_id)), **literals))
             except psycopg.errors.LockNotAvailable:
-                holders = describe(writers(conn, "embeddings"))
+                holders = describe(writers(conn, table))
                 problem = (f"index {name} was not built: it waited more than "
-                           f"{lock_timeout_s:g} s for transactions writing embeddings"
-                           + (f" ({holders})" if holders else "")
-                           + "; searches of this version scan without it until the next "
-                           "pgfleet ab set builds it")
+                           f"{lock_timeout_s:g} s for transactions writing {table}"
+                           + (f" ({holders})" if holders else "") + f"; {meanwhile}")
                 return IndexOutcome(name, False, problem)
         state = _state(conn, name)
         if state is None or not state["valid"]:

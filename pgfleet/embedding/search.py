@@ -185,20 +185,27 @@ def nearest(conn: psycopg.Connection, spec: ModelSpec, vector, k: int) -> list[H
     a transaction it is set for that transaction only. An autocommit connection (the API's
     pool) keeps it for its session and is given a new one only when k needs it, so that a
     search is one round trip instead of four (BEGIN, the setting, the query, COMMIT)."""
-    ef_search = str(max(40, k))
-    params = {"query": vector, "version_id": spec.version_id, "k": k}
+    rows = fetch_nearest(conn, search_sql(spec.dimensions),
+                         {"query": vector, "version_id": spec.version_id, "k": k}, k)
+    return [Hit(r["id"], float(r["score"]), r["content"], r["metadata"]) for r in rows]
+
+
+def fetch_nearest(conn: psycopg.Connection, query: sql.Composable, params: dict[str, Any],
+                  candidates: int) -> list[dict[str, Any]]:
+    """The rows of an HNSW ``query`` asking for ``candidates`` nearest vectors, with
+    ``hnsw.ef_search`` at least that (at most pgvector's 1,000): for the query's
+    transaction, or for the session of an idle autocommit connection (see ``nearest``)."""
+    ef_search = str(min(1000, max(40, candidates)))
     with conn.cursor(row_factory=dict_row) as cur:
         idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         if conn.autocommit and idle:
             if _session_ef_search.get(conn) != ef_search:
                 cur.execute(schema.query("search_ef_search_session"), (ef_search,))
                 _session_ef_search[conn] = ef_search
-            rows = cur.execute(search_sql(spec.dimensions), params).fetchall()
-        else:
-            with conn.transaction():
-                cur.execute(schema.query("search_ef_search"), (ef_search,))
-                rows = cur.execute(search_sql(spec.dimensions), params).fetchall()
-    return [Hit(r["id"], float(r["score"]), r["content"], r["metadata"]) for r in rows]
+            return cur.execute(query, params).fetchall()
+        with conn.transaction():
+            cur.execute(schema.query("search_ef_search"), (ef_search,))
+            return cur.execute(query, params).fetchall()
 
 
 def routed_search(conn: psycopg.Connection, engines, text: str, k: int, *,

@@ -81,6 +81,7 @@ def set_split(conn: psycopg.Connection, name: str, split: dict[str, int],
                     f"than {wait_s:g} s for {vector_index.describe(holders) or 'a lock'}; the "
                     "reconciler queues it (within PGFLEET_RECONCILE_INTERVAL_S)")
         indexes = {}
+        source_indexes: dict[str, dict[str, dict[str, Any]]] = {}
         for version in split:
             if versions[version]["kind"] != "embedding":
                 continue
@@ -89,8 +90,17 @@ def set_split(conn: psycopg.Connection, name: str, split: dict[str, int],
             indexes[version] = {"name": outcome.name, "valid": outcome.valid}
             if outcome.problem:
                 problems.append(f"{name}@{version}: {outcome.problem}")
+            # and the index of each source this model embeds, for the version
+            for source in db.fetch_all(conn, "sources_of_model", {"model_name": name}):
+                outcome = vector_index.ensure_source_index(
+                    conn, source["id"], versions[version]["id"], lock_timeout_s=wait_s)
+                source_indexes.setdefault(source["name"], {})[version] = {
+                    "name": outcome.name, "valid": outcome.valid}
+                if outcome.problem:
+                    problems.append(f"{name}@{version}, source {source['name']}: "
+                                    f"{outcome.problem}")
     return {"name": name, "split": split, "backfill_queued": backfilled, "indexes": indexes,
-            "problems": problems}
+            "source_indexes": source_indexes, "problems": problems}
 
 
 def _apply(conn: psycopg.Connection, name: str, split: dict[str, int], action: str,

@@ -21,6 +21,11 @@ transaction, it creates:
 * a full-text index over the source's chunks;
 * the backfill: every existing row queued behind live changes.
 
+After that transaction, ``add`` builds the source's HNSW index for each active version of its
+model (``ensure_indexes``: concurrently, so that workers writing other sources' chunks never
+wait for it); ``pgfleet ab set`` builds them for a version it activates, and a source search
+reads its own source's and version's index alone.
+
 ``drop`` removes all of that and the source's pending rows, chunks and failures; nothing of
 the user's table.
 """
@@ -142,9 +147,16 @@ def list_sources(conn: psycopg.Connection, *, counts: bool = False) -> list[Sour
     return [Source.from_row(r) for r in db.fetch_all(conn, query)]
 
 
-def add(conn: psycopg.Connection, spec: SourceSpec) -> tuple[Source, int]:
+def add(conn: psycopg.Connection, spec: SourceSpec, *,
+        index_wait_s: float = 10.0) -> tuple[Source, int]:
     """Check the source, create its objects and queue its existing rows, in one
-    transaction. Returns the source and how many rows were queued."""
+    transaction. Returns the source and how many rows were queued.
+
+    On a connection outside a transaction, the source's HNSW indexes are then built
+    (``ensure_indexes``, waiting at most ``index_wait_s`` for writers of chunks); the
+    source's ``extra["indexes"]`` says, per version, whether each is valid and why not.
+    Inside a caller's transaction they cannot be built concurrently: the next
+    ``ensure_indexes`` (``pgfleet ab set``) builds them."""
     with conn.transaction():
         checked = _check(conn, spec)
         row = db.fetch_one(conn, "insert_source", checked)
@@ -154,7 +166,28 @@ def add(conn: psycopg.Connection, spec: SourceSpec) -> tuple[Source, int]:
         for statement in _ddl(conn, source, fleet_schema):
             conn.execute(statement)
         queued = backfill(conn, source)
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        source.extra["indexes"] = ensure_indexes(conn, source, lock_timeout_s=index_wait_s)
     return source, queued
+
+
+def ensure_indexes(conn: psycopg.Connection, source: Source, *, lock_timeout_s: float,
+                   version_id: int | None = None) -> dict[str, dict[str, Any]]:
+    """Build the HNSW index of the source's chunks for each active version of its model (or
+    for ``version_id`` alone) that lacks one, concurrently. Per version label: the index's
+    name, whether it is valid and, when not, why (also logged)."""
+    from pgfleet.db import vector_index
+
+    out: dict[str, dict[str, Any]] = {}
+    for version in db.fetch_all(conn, "source_index_versions",
+                                {"model_name": source.model_name, "version_id": version_id}):
+        outcome = vector_index.ensure_source_index(conn, source.id, int(version["id"]),
+                                                   lock_timeout_s=lock_timeout_s)
+        out[version["label"]] = {"name": outcome.name, "valid": outcome.valid}
+        if outcome.problem:
+            out[version["label"]]["problem"] = outcome.problem
+            logger.warning("source %s: %s", source.name, outcome.problem)
+    return out
 
 
 def drop(conn: psycopg.Connection, name: str) -> Source:
@@ -174,6 +207,9 @@ def drop(conn: psycopg.Connection, name: str) -> Source:
             conn.execute(_query("source_drop_function",
                                 **_trigger_names(source, fleet_schema, suffix)))
         conn.execute(_query("source_drop_index", **names))
+        for index in db.fetch_all(conn, "source_hnsw_indexes", {"source_id": source.id}):
+            conn.execute(_query("source_drop_index", fleet=names["fleet"],
+                                index=sql.Identifier(index["name"])))
         db.execute(conn, "delete_source", {"source_id": source.id})
     return source
 

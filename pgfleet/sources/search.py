@@ -3,7 +3,9 @@
 * ``vector``: the query embedded by the version that answers (routed by the A/B split of
   the source's model, or named; a version still backfilling the source hands over to the
   complete serving version with the most traffic and says so, ``fallback_from``, as a
-  search of docs does), then that version's nearest chunks;
+  search of docs does), then that version's nearest chunks, from the source's and
+  version's own HNSW index (``hnsw.ef_search`` raised to the candidates read, so that k
+  distinct rows survive);
 * ``hybrid``: those and PostgreSQL's full-text matches over the same chunks (the source's
   text search configuration, ``websearch_to_tsquery``: words, "phrases", or, -not), fused by
   reciprocal rank fusion: a chunk scores ``1 / (60 + rank)`` in each list it is in, and a
@@ -21,12 +23,13 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 import schema
 from pgfleet import db
 from pgfleet.embedding.engines.base import Engine, ModelSpec
-from pgfleet.embedding.search import route_and_cached
+from pgfleet.embedding.search import fetch_nearest, route_and_cached
 from pgfleet.models import inference_logs
 from pgfleet.sources import catalog
 
@@ -57,8 +60,8 @@ def search_source(conn: psycopg.Connection, engines: Callable[[ModelSpec], Engin
     params = {"source_id": source.id, "version_id": spec.version_id, "query": vector,
               "candidates": candidates, "text_config": source.text_config,
               "query_text": query}
+    nearest = fetch_nearest(conn, nearest_sql(spec.dimensions), params, candidates)
     with conn.cursor(row_factory=dict_row) as cur:
-        nearest = cur.execute(schema.query("source_nearest"), params).fetchall()
         matches = (cur.execute(schema.query("source_text_matches"), params).fetchall()
                    if mode == "hybrid" else [])
     hits = _fuse(nearest, matches, k) if mode == "hybrid" else _best_per_row(nearest, k)
@@ -84,6 +87,12 @@ def search_source(conn: psycopg.Connection, engines: Callable[[ModelSpec], Engin
     if route.incomplete:
         out["incomplete"] = True
     return out
+
+
+def nearest_sql(dims: int) -> sql.Composed:
+    """The nearest-chunks query for a version of ``dims`` dimensions: the expression of its
+    HNSW index."""
+    return sql.SQL(schema.query("source_nearest")).format(dims=sql.Literal(dims))
 
 
 def _best_per_row(rows: list[dict[str, Any]], k: int) -> list[tuple[dict[str, Any], float]]:

@@ -298,8 +298,16 @@ WHERE v.kind = 'embedding' AND v.active
 ORDER BY v.id;
 
 -- name: drop_retired_vectors
--- Vectors of versions retired longer ago than the grace period.
-DELETE FROM embeddings e
-USING model_versions v
-WHERE e.version_id = v.id AND v.status = 'retired'
-  AND v.retired_at < now() - make_interval(secs => %(grace_s)s);
+-- Vectors of versions retired longer ago than the grace period: docs' and every source's
+-- chunks (with the failures recorded for them). Returns how many vectors went.
+WITH retired AS (
+    SELECT id FROM model_versions
+    WHERE status = 'retired' AND retired_at < now() - make_interval(secs => %(grace_s)s)
+), chunks AS (
+    DELETE FROM source_chunks c USING retired r WHERE c.version_id = r.id RETURNING 1
+), failures AS (
+    DELETE FROM source_failures f USING retired r WHERE f.version_id = r.id RETURNING 1
+), docs AS (
+    DELETE FROM embeddings e USING retired r WHERE e.version_id = r.id RETURNING 1
+)
+SELECT (SELECT count(*) FROM docs) + (SELECT count(*) FROM chunks) AS dropped;

@@ -16,6 +16,22 @@ WHERE c.oid = to_regclass(%(name)s);
 CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON embeddings
     USING hnsw ((embedding::vector({dims})) vector_cosine_ops) WHERE version_id = {version_id};
 
+-- name: source_index_create
+-- Template, as version_index_create: one HNSW index per source and embedding version, on
+-- the version's own dimension. A source's search uses the same expression and predicate:
+-- ORDER BY embedding::vector(<dims>) <=> query WHERE source_id = <s> AND version_id = <v>.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON source_chunks
+    USING hnsw ((embedding::vector({dims})) vector_cosine_ops)
+    WHERE source_id = {source_id} AND version_id = {version_id};
+
+-- name: source_hnsw_indexes
+-- A source's HNSW indexes (one per version it was embedded with), by name.
+SELECT c.relname AS name
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid
+WHERE i.indrelid = 'source_chunks'::regclass
+  AND c.relname ~ ('^source_chunks_hnsw_s' || %(source_id)s::integer || '_v[0-9]+$');
+
 -- name: index_drop_concurrently
 -- Template: {index} is composed with psycopg.sql.
 DROP INDEX CONCURRENTLY IF EXISTS {index};

@@ -123,7 +123,13 @@ WITH cleared AS (
 SELECT count(*) AS queued, pg_notify('pgfleet_pending', '') IS NULL AS notified FROM queued;
 
 -- name: drop_inactive_pending
--- Pending work of versions no longer active.
+-- Pending work of versions no longer active: of docs, and of every source.
+WITH sources_dropped AS (
+    DELETE FROM source_pending p
+    USING model_versions v
+    WHERE p.version_id = v.id AND NOT v.active
+    RETURNING 1
+)
 DELETE FROM pending_embeddings p
 USING model_versions v
 WHERE p.version_id = v.id AND NOT v.active;

@@ -443,12 +443,15 @@ LIMIT %(limit)s;
 
 -- name: source_nearest
 -- The chunks nearest a query vector (the caller keeps each row's best: several of a row's
--- chunks may be among them, so more than k are read).
+-- chunks may be among them, so more than k are read). Template: {dims} is the version's
+-- dimension, bound as a literal, so that the expression and the predicate are those of the
+-- source's and version's HNSW index (source_index_create); the caller sets hnsw.ef_search
+-- to at least the candidates asked for.
 SELECT c.row_key, c.chunk, c.content, c.heading, c.start_offset, c.end_offset,
-       1 - (c.embedding <=> %(query)b) AS score
+       1 - (c.embedding::vector({dims}) <=> %(query)b::vector({dims})) AS score
 FROM source_chunks c
 WHERE c.source_id = %(source_id)s AND c.version_id = %(version_id)s
-ORDER BY c.embedding <=> %(query)b
+ORDER BY c.embedding::vector({dims}) <=> %(query)b::vector({dims})
 LIMIT %(candidates)s;
 
 -- name: source_text_matches
@@ -474,6 +477,22 @@ FROM model_versions v
 WHERE v.kind = 'embedding' AND v.active
   AND (%(model_name)s::text IS NULL OR v.name = %(model_name)s::text)
 ORDER BY v.traffic_percent DESC, v.id;
+
+-- name: source_index_versions
+-- The versions a source's HNSW indexes are built for: the active embedding versions of its
+-- model (every one when it names none), or the one version asked for.
+SELECT v.id, v.name || '@' || v.version AS label
+FROM model_versions v
+WHERE v.kind = 'embedding' AND v.active AND v.dimensions IS NOT NULL
+  AND (%(model_name)s::text IS NULL OR v.name = %(model_name)s::text)
+  AND (%(version_id)s::integer IS NULL OR v.id = %(version_id)s::integer)
+ORDER BY v.id;
+
+-- name: sources_of_model
+-- The sources a model's versions embed: those that name it and those that name none.
+SELECT id, name FROM sources
+WHERE model_name IS NULL OR model_name = %(model_name)s::text
+ORDER BY id;
 
 -- name: docs_source_counts
 -- The built-in source's counts, as list_sources gives a source's.

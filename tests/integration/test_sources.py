@@ -87,6 +87,13 @@ def chunks(conn, source_id: int, key: str) -> list[tuple]:
                         "ORDER BY chunk", (source_id, key)).fetchall()
 
 
+def hnsw_indexes(conn, source_id: int) -> dict[str, str]:
+    """The source's HNSW indexes: name -> definition."""
+    return dict(conn.execute(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'source_chunks' "
+        "AND indexname LIKE %s", (f"source\\_chunks\\_hnsw\\_s{source_id}\\_v%",)).fetchall())
+
+
 def embed_all(pipeline: SourcePipeline, conn, source_id: int):
     catalog.take_all_changes(conn)
     keys = [r[0] for r in conn.execute("SELECT row_key FROM source_pending WHERE source_id = %s",
@@ -523,6 +530,7 @@ def test_drop_removes_the_source_and_nothing_of_the_table(db_, make_pipeline):
     db_.execute("INSERT INTO articles (id, title, body) VALUES (2, 'c', 'd')")  # still works
     with pytest.raises(SourceError, match="no source named 'articles'"):
         catalog.drop(db_, "articles")
+    assert hnsw_indexes(db_, source.id) == {}
 
 
 def test_the_restricted_role_reads_only_the_view(db_, scratch_url):
@@ -539,6 +547,106 @@ def test_the_restricted_role_reads_only_the_view(db_, scratch_url):
 
 
 # --- search ---------------------------------------------------------------------------
+
+def test_a_source_search_reads_its_own_hnsw_index_and_still_finds_k_rows(db_, make_pipeline):
+    source, _ = add(db_, chunk_tokens=16, overlap=0)
+    [(label,)] = db_.execute("SELECT name || '@' || version FROM model_versions WHERE id = 1")
+    name = f"source_chunks_hnsw_s{source.id}_v1"
+    assert source.extra["indexes"] == {label: {"name": name, "valid": True}}
+    definition = hnsw_indexes(db_, source.id)[name]
+    assert "USING hnsw (((embedding)::vector(384)) vector_cosine_ops)" in definition
+    assert f"WHERE ((source_id = {source.id}) AND (version_id = 1))" in definition
+    # 40 rows of four chunks each
+    db_.execute("INSERT INTO articles (id, title, body) SELECT g, 'row ' || g, "
+                "(SELECT string_agg('w' || g || '_' || i, ' ') FROM generate_series(1, 56) i) "
+                "FROM generate_series(1, 40) g")
+    run = make_pipeline()
+    embed_all(run, db_, source.id)
+    engine = next(iter(run.engines.values()))   # type: ignore[attr-defined]
+    assert db_.execute("SELECT count(*) FROM source_chunks WHERE source_id = %s",
+                       (source.id,)).fetchone()[0] >= 160
+
+    def search(k: int):
+        return search_source(db_, lambda spec: engine, "articles", "w7_3 w7_4", k=k)
+
+    exact = search(30)          # a table this small is scanned and sorted
+    db_.execute("SET enable_seqscan = off")
+    db_.execute("SET enable_sort = off")
+    try:
+        from pgfleet.sources.search import nearest_sql
+        plan = "\n".join(r[0] for r in db_.execute(
+            sql.SQL("EXPLAIN ") + nearest_sql(384),
+            {"source_id": source.id, "version_id": 1, "query": engine.encode(["q"])[0],
+             "candidates": 240}))
+        assert f"Index Scan using {name}" in plan
+        indexed = search(30)
+    finally:
+        db_.execute("RESET enable_seqscan")
+        db_.execute("RESET enable_sort")
+    # HNSW hands back at most hnsw.ef_search chunks (40 by default): 240 are asked for, so
+    # that 30 distinct rows survive keeping each row's best chunk
+    keys = [h["key"] for h in indexed["hits"]]
+    assert len(keys) == 30 == len(set(keys))
+    assert keys == [h["key"] for h in exact["hits"]]
+
+
+def test_a_version_gets_its_source_index_its_pending_rows_go_with_it_and_retired_chunks_too(
+        db_, make_pipeline, scratch_url):
+    from pgfleet.models import abtest
+    from producers.reconcile import drop_retired
+
+    source, _ = add(db_)
+    [(model,)] = db_.execute("SELECT name FROM model_versions WHERE id = 1")
+    db_.execute("INSERT INTO articles (id, title, body) VALUES (1, 'a', 'one'), (2, 'b', 'two')")
+    run = make_pipeline()
+    embed_all(run, db_, source.id)
+    [v2] = db_.execute(
+        "INSERT INTO model_versions (name, version, kind, format, artifact, dimensions, "
+        "max_seq_length) SELECT name, 'v2-idx', kind, format, artifact, dimensions, "
+        "max_seq_length FROM model_versions WHERE id = 1 RETURNING id").fetchone()
+    pool = db.open_pool(scratch_url, min_size=1, max_size=1, name="pgfleet-test")
+    try:
+        result = abtest.set_split(db_, model, {"v1": 100, "v2-idx": 0}, wait_s=10)
+        name = f"source_chunks_hnsw_s{source.id}_v{v2}"
+        assert result["source_indexes"] == {"articles": {"v2-idx": {"name": name, "valid": True}}}
+        assert f"(version_id = {v2})" in hnsw_indexes(db_, source.id)[name]
+        # the shadow version is backfilled by the reconciler and embedded
+        assert catalog.backfill(db_, source) == 2
+        run.run(source.id, v2, ["1", "2"])
+        db_.execute("UPDATE articles SET body = 'three' WHERE id = 1")
+        assert len(pending(db_, source.id)) == 1
+        assert db_.execute("SELECT count(*) FROM source_pending WHERE version_id = %s",
+                           (v2,)).fetchone()[0] == 1
+        # left out of the split: its pending rows go (they would be embedded for nothing)
+        abtest.set_split(db_, model, {"v1": 100}, wait_s=10)
+        assert db_.execute("SELECT version_id FROM source_pending WHERE source_id = %s",
+                           (source.id,)).fetchall() == [(1,)]
+        # retired: its chunks go after the grace period, v1's stay
+        abtest.retire(db_, model, "v2-idx")
+        assert drop_retired(pool, grace_s=3600) == 0
+        assert drop_retired(pool, grace_s=0) == 2
+        assert db_.execute("SELECT DISTINCT version_id FROM source_chunks WHERE source_id = %s",
+                           (source.id,)).fetchall() == [(1,)]
+    finally:
+        pool.close()
+        with db_.transaction():
+            db_.execute("UPDATE model_versions SET active = true, traffic_percent = 100 "
+                        "WHERE id = 1")
+            db_.execute("DELETE FROM model_versions WHERE id = %s", (v2,))
+        db_.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
+            sql.Identifier(f"embeddings_hnsw_v{v2}")))
+
+
+def test_the_migration_builds_a_missing_source_index(db_):
+    from schema.migrate import migrate
+
+    source, _ = add(db_)
+    name = f"source_chunks_hnsw_s{source.id}_v1"
+    db_.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
+    assert hnsw_indexes(db_, source.id) == {}
+    migrate(db_)
+    assert list(hnsw_indexes(db_, source.id)) == [name]
+
 
 def test_search_returns_each_row_once_with_its_best_chunk(db_, make_pipeline):
     source, _ = add(db_, chunk_tokens=32, overlap=0)

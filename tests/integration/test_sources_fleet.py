@@ -45,7 +45,10 @@ def test_a_table_added_as_a_source_is_embedded_in_chunks_and_searchable(fleet, n
     added = run_cli("source", "add", "notes", "--table", "fleet_notes", "--columns",
                     "title,body", "--chunk-tokens", "48", "--overlap", "8", "--json", env=env)
     assert added.returncode == 0, added.stderr
-    assert json.loads(added.stdout.splitlines()[-1])["queued"] == 1   # the backfill
+    added_json = json.loads(added.stdout.splitlines()[-1])
+    assert added_json["queued"] == 1                                   # the backfill
+    # its HNSW index, one per active version, built while the fleet runs
+    assert added_json["indexes"] and all(i["valid"] for i in added_json["indexes"].values())
     [guide] = [r[0] for r in notes.execute("SELECT id::text FROM fleet_notes")]
     wait_until(lambda: chunk_count(notes, guide) >= 4, 120, message="the guide's chunks")
     # a live insert is embedded without anyone calling anything
