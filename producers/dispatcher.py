@@ -11,6 +11,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -52,27 +53,44 @@ class Dispatcher:
         self._queues: dict[int, str | None] = {}
 
     def dispatch_once(self, max_priority: int = BACKFILL) -> Published:
-        """Claim up to ``claim_limit`` pending rows and publish them; commit after sending."""
+        """Claim up to ``claim_limit`` pending docs and publish them (``embed_docs`` messages
+        of ``(version_id, doc_ids)``); commit after sending."""
+        return self._dispatch("claim_pending", TASK_EMBED, "docs", max_priority,
+                              lambda row: ((row[0],), row[1]))
+
+    def dispatch_sources_once(self, max_priority: int = BACKFILL) -> Published:
+        """The same for the rows of sources (``embed_source`` messages of ``(source_id,
+        version_id, row_keys)``)."""
+        return self._dispatch("claim_source_pending", TASK_EMBED_SOURCE, "source rows",
+                              max_priority, lambda row: ((row[0], row[1]), row[2]))
+
+    def _dispatch(self, claim: str, task: str, what: str, max_priority: int,
+                  target: Callable[[tuple[Any, ...]], tuple[tuple[int, ...], Any]]
+                  ) -> Published:
+        """Claim rows with the query ``claim`` and publish them as ``task`` messages, grouped
+        by ``target(row)``: the message's leading arguments (the version id last) and the
+        row's id, at most ``ids_per_message`` ids a message."""
         published = Published()
         with db.pooled(self.pool) as conn, conn.transaction():
-            rows = conn.execute(_claim_sql(), {"limit": self.claim_limit,
-                                               "max_priority": max_priority}).fetchall()
+            rows = conn.execute(schema.query(claim), {"limit": self.claim_limit,
+                                                     "max_priority": max_priority}).fetchall()
             if not rows:
                 return published
             published.claimed = len(rows)
-            by_version: dict[int, list[int]] = defaultdict(list)
-            for version_id, doc_id in rows:
-                by_version[version_id].append(doc_id)
-            self._refresh_queues(conn, by_version)
+            groups: dict[tuple[int, ...], list[Any]] = defaultdict(list)
+            for row in rows:
+                leading, item = target(row)
+                groups[leading].append(item)
+            self._refresh_queues(conn, {leading[-1] for leading in groups})
             try:
                 with self.app.producer_or_acquire() as producer:
-                    for version_id, doc_ids in by_version.items():
-                        queue = self._queues.get(version_id)
+                    for leading, items in groups.items():
+                        queue = self._queues.get(leading[-1])
                         if queue is None:
                             continue
-                        for ids in chunked(sorted(doc_ids), self.ids_per_message):
+                        for ids in chunked(sorted(items), self.ids_per_message):
                             # nobody waits for these results: no subscription to them
-                            self.app.send_task(TASK_EMBED, args=(version_id, ids), queue=queue,
+                            self.app.send_task(task, args=(*leading, ids), queue=queue,
                                                producer=producer, retry=True,
                                                retry_policy=PUBLISH_RETRY, ignore_result=True)
                             published.messages += 1
@@ -81,39 +99,7 @@ class Dispatcher:
                 # rolls the claim back: the rows stay publishable
                 raise BrokerUnavailable(f"cannot publish to the broker: {exc}") from exc
         if published.docs:
-            logger.info("published %d docs in %d messages", published.docs, published.messages)
-        return published
-
-    def dispatch_sources_once(self, max_priority: int = BACKFILL) -> Published:
-        """As ``dispatch_once``, for the rows of sources (``embed_source`` messages)."""
-        published = Published()
-        with db.pooled(self.pool) as conn, conn.transaction():
-            rows = conn.execute(schema.query("claim_source_pending"), {
-                "limit": self.claim_limit, "max_priority": max_priority}).fetchall()
-            if not rows:
-                return published
-            published.claimed = len(rows)
-            by_target: dict[tuple[int, int], list[str]] = defaultdict(list)
-            for source_id, version_id, row_key in rows:
-                by_target[(source_id, version_id)].append(row_key)
-            self._refresh_queues(conn, {v: [] for _, v in by_target})
-            try:
-                with self.app.producer_or_acquire() as producer:
-                    for (source_id, version_id), keys in by_target.items():
-                        queue = self._queues.get(version_id)
-                        if queue is None:
-                            continue
-                        for part in chunked(sorted(keys), self.ids_per_message):
-                            self.app.send_task(TASK_EMBED_SOURCE,
-                                               args=(source_id, version_id, part), queue=queue,
-                                               producer=producer, retry=True,
-                                               retry_policy=PUBLISH_RETRY, ignore_result=True)
-                            published.messages += 1
-                            published.docs += len(part)
-            except KombuOperationalError as exc:
-                raise BrokerUnavailable(f"cannot publish to the broker: {exc}") from exc
-        if published.docs:
-            logger.info("published %d source rows in %d messages", published.docs,
+            logger.info("published %d %s in %d messages", published.docs, what,
                         published.messages)
         return published
 
@@ -152,8 +138,8 @@ class Dispatcher:
         waiting = self.backlog()
         return BACKFILL if waiting is not None and waiting < BACKFILL_QUEUE_LIMIT else LIVE
 
-    def _refresh_queues(self, conn, by_version: dict[int, list]) -> None:
-        if all(v in self._queues for v in by_version):
+    def _refresh_queues(self, conn, version_ids: set[int]) -> None:
+        if all(v in self._queues for v in version_ids):
             return
         for row in db.fetch_all(conn, "model_versions"):
             if row["kind"] != "embedding":
@@ -163,9 +149,3 @@ class Dispatcher:
             except ValueError as exc:
                 logger.error("model version %s: %s", row["id"], exc)
                 self._queues[row["id"]] = None
-
-
-def _claim_sql() -> str:
-    import schema
-
-    return schema.query("claim_pending")
