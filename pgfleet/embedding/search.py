@@ -190,7 +190,7 @@ def nearest(conn: psycopg.Connection, spec: ModelSpec, vector, k: int) -> list[H
     return [Hit(r["id"], float(r["score"]), r["content"], r["metadata"]) for r in rows]
 
 
-def fetch_nearest(conn: psycopg.Connection, query: sql.Composable, params: dict[str, Any],
+def fetch_nearest(conn: psycopg.Connection, query: sql.Composed, params: dict[str, Any],
                   candidates: int) -> list[dict[str, Any]]:
     """The rows of an HNSW ``query`` asking for ``candidates`` nearest vectors, with
     ``hnsw.ef_search`` at least that (at most pgvector's 1,000): for the query's

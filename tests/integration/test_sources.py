@@ -608,7 +608,9 @@ def test_a_version_gets_its_source_index_its_pending_rows_go_with_it_and_retired
     try:
         result = abtest.set_split(db_, model, {"v1": 100, "v2-idx": 0}, wait_s=10)
         name = f"source_chunks_hnsw_s{source.id}_v{v2}"
-        assert result["source_indexes"] == {"articles": {"v2-idx": {"name": name, "valid": True}}}
+        assert result["source_indexes"] == {"articles": {   # each version of the split
+            "v1": {"name": f"source_chunks_hnsw_s{source.id}_v1", "valid": True},
+            "v2-idx": {"name": name, "valid": True}}}
         assert f"(version_id = {v2})" in hnsw_indexes(db_, source.id)[name]
         # the shadow version is backfilled by the reconciler and embedded
         assert catalog.backfill(db_, source) == 2
